@@ -1,0 +1,31 @@
+//! Rust types and gRPC stubs generated from `proto/`.
+#![allow(missing_docs, clippy::all, clippy::pedantic)]
+
+/// `build.bazel.*`
+pub mod build {
+    pub mod bazel {
+        pub mod semver {
+            tonic::include_proto!("build.bazel.semver");
+        }
+        pub mod remote {
+            pub mod execution {
+                pub mod v2 {
+                    tonic::include_proto!("build.bazel.remote.execution.v2");
+                }
+            }
+        }
+    }
+}
+
+/// `google.*`
+pub mod google {
+    pub mod bytestream {
+        tonic::include_proto!("google.bytestream");
+    }
+    pub mod rpc {
+        tonic::include_proto!("google.rpc");
+    }
+}
+
+pub use build::bazel::remote::execution::v2 as reapi;
+pub use google::bytestream;

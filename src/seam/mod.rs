@@ -1,0 +1,12 @@
+//! The seam between hoard and the world: a filesystem and a runtime, as traits.
+//!
+//! The engine and the servers only ever touch disk, time, tasks and randomness through these,
+//! so the simulator can substitute a world that breaks them on purpose.
+
+pub mod fs;
+#[cfg(not(madsim))]
+pub mod real_fs;
+pub mod runtime;
+
+pub use fs::{Fs, FsFile, FsLock};
+pub use runtime::{Runtime, TokioRuntime};

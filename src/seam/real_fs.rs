@@ -1,0 +1,241 @@
+//! [`Fs`] on the real filesystem (normal builds only: tokio's blocking pool does not exist in
+//! the simulator, where `sim/` supplies the filesystem).
+//!
+//! Writes collect in a per-handle buffer and reach the file on [`FsFile::flush`], exactly the
+//! contract the trait states, so production behaves like the world the simulator checks.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::fs::{Fs, FsFile, FsLock};
+
+/// Bytes a handle buffers before it writes them through on its own.
+const WRITE_BUFFER: usize = 256 * 1024;
+
+/// The real filesystem.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RealFs;
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| io::Error::other(format!("blocking task failed: {e}")))?
+}
+
+fn owned(path: &Path) -> PathBuf {
+    path.to_path_buf()
+}
+
+#[async_trait]
+impl Fs for RealFs {
+    async fn create(&self, path: &Path) -> io::Result<Box<dyn FsFile>> {
+        let path = owned(path);
+        let file = blocking(move || {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(path)
+        })
+        .await?;
+        Ok(Box::new(RealFile::new(file, 0)))
+    }
+
+    async fn open_append(&self, path: &Path) -> io::Result<Box<dyn FsFile>> {
+        let path = owned(path);
+        let file = blocking(move || OpenOptions::new().read(true).write(true).open(path)).await?;
+        let end = file.metadata()?.len();
+        Ok(Box::new(RealFile::new(file, end)))
+    }
+
+    async fn open_read(&self, path: &Path) -> io::Result<Box<dyn FsFile>> {
+        let path = owned(path);
+        let file = blocking(move || File::open(path)).await?;
+        Ok(Box::new(RealFile::new(file, 0)))
+    }
+
+    async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        tokio::fs::rename(from, to).await
+    }
+
+    async fn remove(&self, path: &Path) -> io::Result<()> {
+        tokio::fs::remove_file(path).await
+    }
+
+    async fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
+        let mut entries = tokio::fs::read_dir(path).await?;
+        let mut names = Vec::new();
+        while let Some(entry) = entries.next_entry().await? {
+            names.push(entry.file_name().to_string_lossy().into_owned());
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    async fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        tokio::fs::create_dir_all(path).await
+    }
+
+    async fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        let path = owned(path);
+        blocking(move || File::open(path)?.sync_all()).await
+    }
+
+    async fn len(&self, path: &Path) -> io::Result<u64> {
+        Ok(tokio::fs::metadata(path).await?.len())
+    }
+
+    async fn free_space(&self, path: &Path) -> io::Result<u64> {
+        let path = owned(path);
+        blocking(move || statvfs_available(&path)).await
+    }
+
+    async fn lock(&self, path: &Path) -> io::Result<Box<dyn FsLock>> {
+        let path = owned(path);
+        blocking(move || {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)?;
+            match file.try_lock() {
+                Ok(()) => Ok(Box::new(RealLock { _file: file }) as Box<dyn FsLock>),
+                Err(std::fs::TryLockError::WouldBlock) => Err(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    format!("{} is locked by another process", path.display()),
+                )),
+                Err(std::fs::TryLockError::Error(e)) => Err(e),
+            }
+        })
+        .await
+    }
+}
+
+fn statvfs_available(path: &Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path holds a NUL byte"))?;
+    // SAFETY: `c_path` is a valid NUL-terminated string and `stat` is a plain C struct that
+    // statvfs fills in completely when it returns 0.
+    let stat = unsafe {
+        let mut stat: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(c_path.as_ptr(), &mut stat) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        stat
+    };
+    Ok(u64::from(stat.f_bavail).saturating_mul(u64::from(stat.f_frsize)))
+}
+
+struct RealLock {
+    _file: File,
+}
+
+impl FsLock for RealLock {}
+
+/// A real file handle with a userspace write buffer (the lazy-flush behaviour the seam promises).
+struct RealFile {
+    file: Arc<File>,
+    /// Where the next buffered byte lands.
+    end: u64,
+    buffer: Vec<u8>,
+}
+
+impl RealFile {
+    fn new(file: File, end: u64) -> Self {
+        Self {
+            file: Arc::new(file),
+            end,
+            buffer: Vec::new(),
+        }
+    }
+
+    async fn write_through(&mut self) -> io::Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let file = self.file.clone();
+        let buffer = std::mem::take(&mut self.buffer);
+        let at = self.end;
+        let len = buffer.len() as u64;
+        let buffer = blocking(move || {
+            file.write_all_at(&buffer, at)?;
+            Ok(buffer)
+        })
+        .await?;
+        self.end = at + len;
+        // Keep the allocation for the next round of writes.
+        self.buffer = buffer;
+        self.buffer.clear();
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl FsFile for RealFile {
+    async fn write(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.buffer.extend_from_slice(buf);
+        if self.buffer.len() >= WRITE_BUFFER {
+            self.write_through().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        self.write_through().await
+    }
+
+    async fn sync(&mut self) -> io::Result<()> {
+        self.write_through().await?;
+        let file = self.file.clone();
+        blocking(move || file.sync_data()).await
+    }
+
+    async fn read_at(&self, offset: u64, len: usize) -> io::Result<Bytes> {
+        let file = self.file.clone();
+        blocking(move || {
+            let mut data = vec![0; len];
+            let mut filled = 0;
+            while filled < len {
+                match file.read_at(&mut data[filled..], offset + filled as u64) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            data.truncate(filled);
+            Ok(Bytes::from(data))
+        })
+        .await
+    }
+
+    async fn truncate(&mut self, len: u64) -> io::Result<()> {
+        self.write_through().await?;
+        let file = self.file.clone();
+        blocking(move || file.set_len(len)).await?;
+        self.end = len;
+        Ok(())
+    }
+
+    async fn len(&self) -> io::Result<u64> {
+        let file = self.file.clone();
+        blocking(move || Ok(file.metadata()?.len())).await
+    }
+
+    async fn close(mut self: Box<Self>) -> io::Result<()> {
+        self.write_through().await?;
+        let mut file = &*self.file;
+        file.flush()
+    }
+}
