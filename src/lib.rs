@@ -6,5 +6,7 @@
 //! - [`seam`]: the filesystem and runtime traits the engine is written against, and their real
 //!   implementations. The simulator (`sim/`) supplies a simulated world behind the same traits.
 
-pub mod seam;
+pub mod engine;
 pub mod proto;
+pub mod seam;
+pub mod wire;

@@ -1,0 +1,414 @@
+//! Segments: append-only files of records, one active writer, group-committed fsyncs.
+//!
+//! Invariants this module keeps:
+//! - **Synced before indexed.** [`SegmentLog::append`] returns a location only after the record's
+//!   bytes are covered by a successful `sync` of its segment. The caller indexes it after that.
+//! - **A failed sync poisons the segment.** After any write or sync error the active segment is
+//!   retired: nothing appended to it since its last good sync is ever reported durable, and new
+//!   records go to a fresh segment.
+//! - **A new segment's directory entry is durable before any record in it is acknowledged.**
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use sha2::{Digest as _, Sha256};
+
+use super::record::{self, Header, RecordKey, Torn};
+use super::Error;
+use crate::seam::fs::read_exact_at;
+use crate::seam::{Fs, FsFile};
+
+/// Bytes moved per read when copying or scanning.
+pub const IO_CHUNK: usize = 1 << 20;
+
+/// Where a record's payload lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Location {
+    /// Segment id.
+    pub segment: u32,
+    /// Offset of the payload's first byte within the segment.
+    pub offset: u64,
+    /// Payload length.
+    pub len: u64,
+}
+
+/// Where the payload of an append comes from.
+pub enum Payload<'a> {
+    /// Bytes in memory, already hashed by the caller.
+    Memory(&'a [u8]),
+    /// A closed, synced staging file; re-hashed while copied and checked against the header.
+    File(&'a Path),
+}
+
+/// A record recovered from disk.
+pub struct Recovered {
+    /// The record's key.
+    pub key: RecordKey,
+    /// Where its payload is.
+    pub location: Location,
+    /// SHA-256 of the payload, from the header.
+    pub payload_sha256: [u8; 32],
+    /// Whether recovery re-hashed the payload.
+    pub verified: bool,
+}
+
+struct Writer {
+    segment: u32,
+    file: Box<dyn FsFile>,
+    /// Bytes written to `file` (all of them flushed).
+    end: u64,
+    /// Bytes known durable.
+    synced: u64,
+    /// A write or sync failed: the segment must not take more records.
+    poisoned: bool,
+}
+
+/// The set of segments: readers for all, a writer for the newest.
+pub struct SegmentLog {
+    fs: Arc<dyn Fs>,
+    dir: PathBuf,
+    target_size: u64,
+    readers: Mutex<BTreeMap<u32, Arc<dyn FsFile>>>,
+    /// Segments this process sealed: every byte in them is durable.
+    sealed: Mutex<BTreeSet<u32>>,
+    writer: tokio::sync::Mutex<Writer>,
+}
+
+fn segment_name(id: u32) -> String {
+    format!("{id:010}.seg")
+}
+
+fn parse_segment_name(name: &str) -> Option<u32> {
+    name.strip_suffix(".seg")?.parse().ok()
+}
+
+fn io_error(context: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
+    let context = context.into();
+    move |source| Error::io(context, source)
+}
+
+impl SegmentLog {
+    /// Opens the segments under `dir`, recovering every complete record (handed to `found`, in
+    /// log order) and cutting off torn tails.
+    pub async fn open(
+        fs: Arc<dyn Fs>,
+        dir: PathBuf,
+        target_size: u64,
+        mut found: impl FnMut(Recovered),
+    ) -> Result<SegmentLog, Error> {
+        let names = fs
+            .list_dir(&dir)
+            .await
+            .map_err(io_error(format!("listing {}", dir.display())))?;
+        let ids: Vec<u32> = names.iter().filter_map(|n| parse_segment_name(n)).collect();
+        let mut readers = BTreeMap::new();
+        for &id in &ids {
+            let path = dir.join(segment_name(id));
+            let (end, sealed) = recover_segment(fs.as_ref(), &path, id, &mut found).await?;
+            let reader: Arc<dyn FsFile> = Arc::from(
+                fs.open_read(&path)
+                    .await
+                    .map_err(io_error(format!("opening {}", path.display())))?,
+            );
+            readers.insert(id, reader);
+            tracing::debug!(segment = id, end, sealed, "recovered segment");
+        }
+        // Always start a fresh segment: the last one may hold a torn or unsealed tail.
+        let next = ids.last().map_or(1, |id| id + 1);
+        let (writer, reader) = create_segment(fs.as_ref(), &dir, next).await?;
+        readers.insert(next, reader);
+        Ok(SegmentLog {
+            fs,
+            dir,
+            target_size,
+            readers: Mutex::new(readers),
+            sealed: Mutex::new(BTreeSet::new()),
+            writer: tokio::sync::Mutex::new(writer),
+        })
+    }
+
+    /// Appends one record (written and flushed, not yet durable: see [`SegmentLog::sync`]).
+    ///
+    /// For [`Payload::File`] the bytes are hashed again while copied; a mismatch with
+    /// `payload_sha256` fails the append (the staging file changed under us).
+    pub async fn append(
+        &self,
+        key: &RecordKey,
+        payload_sha256: &[u8; 32],
+        payload_len: u64,
+        payload: Payload<'_>,
+    ) -> Result<Location, Error> {
+        let header = record::encode_header(key, payload_len, payload_sha256);
+        let mut writer = self.writer.lock().await;
+            if writer.poisoned
+                || (writer.end > 0 && writer.end + header.len() as u64 + payload_len > self.target_size)
+            {
+                self.roll(&mut writer).await?;
+            }
+            let start = writer.end;
+            let written = write_record(&mut writer, &header, payload_sha256, payload_len, payload, self.fs.as_ref()).await;
+            if let Err(e) = written {
+                writer.poisoned = true;
+                return Err(e);
+            }
+            writer.end = start + header.len() as u64 + payload_len;
+            Ok(Location {
+                segment: writer.segment,
+                offset: start + header.len() as u64,
+                len: payload_len,
+            })
+    }
+
+    /// Returns once the record at `location` is durable. Concurrent callers share one `fsync`
+    /// (group commit): whoever takes the writer first syncs everything appended so far.
+    pub async fn sync(&self, location: &Location) -> Result<(), Error> {
+        let (segment, end) = (location.segment, location.offset + location.len);
+        let mut writer = self.writer.lock().await;
+        if writer.segment != segment {
+            // Rolled since: a roll seals and syncs the old segment, or fails every append in it.
+            return if self.is_sealed_durable(segment) {
+                Ok(())
+            } else {
+                Err(Error::io(
+                    format!("segment {segment}"),
+                    io::Error::other("segment was retired after a failed write or sync"),
+                ))
+            };
+        }
+        if writer.synced >= end {
+            return Ok(());
+        }
+        if writer.poisoned {
+            return Err(Error::io(
+                format!("segment {segment}"),
+                io::Error::other("segment was poisoned by an earlier failed write or sync"),
+            ));
+        }
+        let target = writer.end;
+        match writer.file.sync().await {
+            Ok(()) => {
+                writer.synced = target;
+                Ok(())
+            }
+            Err(e) => {
+                writer.poisoned = true;
+                Err(Error::io(format!("syncing segment {segment}"), e))
+            }
+        }
+    }
+
+    fn is_sealed_durable(&self, segment: u32) -> bool {
+        self.sealed.lock().expect("sealed set").contains(&segment)
+    }
+
+    /// Closes the active segment (sealing it when it is healthy) and starts the next one.
+    async fn roll(&self, writer: &mut Writer) -> Result<(), Error> {
+        let old = writer.segment;
+        if !writer.poisoned {
+            let seal = record::encode_header(&RecordKey::Seal, 0, &Sha256::digest(b"").into());
+            let sealed = async {
+                writer.file.write(&seal).await?;
+                writer.file.sync().await
+            }
+            .await;
+            match sealed {
+                Ok(()) => {
+                    self.sealed.lock().expect("sealed set").insert(old);
+                }
+                Err(e) => tracing::warn!(segment = old, error = %e, "sealing segment failed"),
+            }
+        }
+        let (next, reader) = create_segment(self.fs.as_ref(), &self.dir, old + 1).await?;
+        let previous = std::mem::replace(writer, next);
+        if let Err(e) = previous.file.close().await {
+            tracing::warn!(segment = old, error = %e, "closing segment failed");
+        }
+        self.readers.lock().expect("readers").insert(old + 1, reader);
+        Ok(())
+    }
+
+    /// Reads `len` bytes at `offset` of a record's payload.
+    pub async fn read(&self, location: &Location, offset: u64, len: usize) -> Result<Bytes, Error> {
+        let reader = self
+            .readers
+            .lock()
+            .expect("readers")
+            .get(&location.segment)
+            .cloned()
+            .ok_or_else(|| Error::DataLoss(format!("segment {} is gone", location.segment)))?;
+        read_exact_at(reader.as_ref(), location.offset + offset, len)
+            .await
+            .map_err(io_error(format!("reading segment {}", location.segment)))
+    }
+}
+
+async fn write_record(
+    writer: &mut Writer,
+    header: &[u8],
+    payload_sha256: &[u8; 32],
+    payload_len: u64,
+    payload: Payload<'_>,
+    fs: &dyn Fs,
+) -> Result<(), Error> {
+    let segment = writer.segment;
+    let append_err = || io_error(format!("appending to segment {segment}"));
+    writer.file.write(header).await.map_err(append_err())?;
+    match payload {
+        Payload::Memory(bytes) => writer.file.write(bytes).await.map_err(append_err())?,
+        Payload::File(path) => {
+            let staged = fs
+                .open_read(path)
+                .await
+                .map_err(io_error(format!("opening staged upload {}", path.display())))?;
+            let mut hasher = Sha256::new();
+            let mut copied = 0u64;
+            while copied < payload_len {
+                let want = (payload_len - copied).min(IO_CHUNK as u64) as usize;
+                let chunk = staged
+                    .read_at(copied, want)
+                    .await
+                    .map_err(io_error(format!("reading staged upload {}", path.display())))?;
+                if chunk.is_empty() {
+                    return Err(Error::Internal(format!(
+                        "staged upload {} holds {copied} bytes, expected {payload_len}",
+                        path.display()
+                    )));
+                }
+                hasher.update(&chunk);
+                writer.file.write(&chunk).await.map_err(append_err())?;
+                copied += chunk.len() as u64;
+            }
+            if <[u8; 32]>::from(hasher.finalize()) != *payload_sha256 {
+                return Err(Error::Internal(format!(
+                    "staged upload {} changed after it was verified",
+                    path.display()
+                )));
+            }
+        }
+    }
+    writer
+        .file
+        .flush()
+        .await
+        .map_err(io_error(format!("flushing segment {segment}")))
+}
+
+async fn create_segment(fs: &dyn Fs, dir: &Path, id: u32) -> Result<(Writer, Arc<dyn FsFile>), Error> {
+    let path = dir.join(segment_name(id));
+    let file = fs
+        .create(&path)
+        .await
+        .map_err(io_error(format!("creating {}", path.display())))?;
+    fs.sync_dir(dir)
+        .await
+        .map_err(io_error(format!("syncing {}", dir.display())))?;
+    let reader: Arc<dyn FsFile> = Arc::from(
+        fs.open_read(&path)
+            .await
+            .map_err(io_error(format!("opening {}", path.display())))?,
+    );
+    let writer = Writer {
+        segment: id,
+        file,
+        end: 0,
+        synced: 0,
+        poisoned: false,
+    };
+    Ok((writer, reader))
+}
+
+/// Scans one segment, hands every complete record to `found`, and cuts a torn tail off.
+/// Returns the segment's valid length and whether it ended with a seal.
+async fn recover_segment(
+    fs: &dyn Fs,
+    path: &Path,
+    id: u32,
+    found: &mut impl FnMut(Recovered),
+) -> Result<(u64, bool), Error> {
+    let context = || format!("recovering {}", path.display());
+    let file = fs.open_append(path).await.map_err(io_error(context()))?;
+    let len = file.len().await.map_err(io_error(context()))?;
+    let mut records = Vec::new();
+    let mut offset = 0u64;
+    let mut sealed = false;
+    let mut torn: Option<String> = None;
+    while offset < len {
+        let want = (len - offset).min(record::MAX_HEADER_LEN as u64) as usize;
+        let bytes = file.read_at(offset, want).await.map_err(io_error(context()))?;
+        let header: Header = match record::decode_header(&bytes) {
+            Ok(h) => h,
+            Err(Torn::Short) => {
+                torn = Some("segment ends inside a header".into());
+                break;
+            }
+            Err(Torn::Corrupt(why)) => {
+                torn = Some(why);
+                break;
+            }
+        };
+        let payload_at = offset + header.header_len as u64;
+        if payload_at + header.payload_len > len {
+            torn = Some("segment ends inside a payload".into());
+            break;
+        }
+        if header.key == RecordKey::Seal {
+            sealed = true;
+            offset = payload_at;
+            if offset < len {
+                torn = Some("bytes after the seal".into());
+            }
+            break;
+        }
+        records.push((header, payload_at));
+        offset = payload_at + records.last().map_or(0, |(h, _)| h.payload_len);
+    }
+    // An unsealed segment may hold a torn tail that still parses: re-hash its payloads.
+    let verify = !sealed;
+    let mut valid_end = offset;
+    let mut accepted = Vec::with_capacity(records.len());
+    for (header, payload_at) in records {
+        if verify && !payload_hashes_to(file.as_ref(), payload_at, &header).await? {
+            torn = Some(format!("payload at {payload_at} fails its checksum"));
+            valid_end = payload_at - header.header_len as u64;
+            break;
+        }
+        accepted.push((header, payload_at));
+    }
+    if let Some(why) = torn {
+        tracing::warn!(segment = id, valid_end, len, reason = %why, "cutting torn segment tail");
+        let mut file = file;
+        file.truncate(valid_end).await.map_err(io_error(context()))?;
+        file.sync().await.map_err(io_error(context()))?;
+    }
+    for (header, payload_at) in accepted {
+        found(Recovered {
+            location: Location {
+                segment: id,
+                offset: payload_at,
+                len: header.payload_len,
+            },
+            payload_sha256: header.payload_sha256,
+            key: header.key,
+            verified: verify,
+        });
+    }
+    Ok((valid_end, sealed))
+}
+
+async fn payload_hashes_to(file: &dyn FsFile, at: u64, header: &Header) -> Result<bool, Error> {
+    let mut hasher = Sha256::new();
+    let mut done = 0u64;
+    while done < header.payload_len {
+        let want = (header.payload_len - done).min(IO_CHUNK as u64) as usize;
+        match read_exact_at(file, at + done, want).await {
+            Ok(chunk) => hasher.update(&chunk),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(false),
+            Err(e) => return Err(Error::io("verifying a recovered record", e)),
+        }
+        done += want as u64;
+    }
+    Ok(<[u8; 32]>::from(hasher.finalize()) == header.payload_sha256)
+}
