@@ -9,4 +9,5 @@
 pub mod engine;
 pub mod proto;
 pub mod seam;
+pub mod server;
 pub mod wire;

@@ -26,6 +26,8 @@ pub struct Entry {
 #[derive(Default)]
 pub struct Index {
     blobs: HashMap<Digest, Entry>,
+    /// Hash → size, for clients that name blobs by hash alone (the HTTP protocol).
+    sizes: HashMap<[u8; 32], u64>,
     actions: HashMap<(String, Digest), Entry>,
     blob_bytes: u64,
 }
@@ -37,6 +39,7 @@ impl Index {
             RecordKey::Blob(digest) => {
                 if self.blobs.insert(digest, entry).is_none() {
                     self.blob_bytes += digest.size;
+                    self.sizes.insert(digest.hash, digest.size);
                 }
             }
             RecordKey::Action { instance, action } => {
@@ -51,6 +54,13 @@ impl Index {
         self.blobs.get(digest).copied()
     }
 
+    /// The digest of the blob whose bytes hash to `hash`.
+    pub fn blob_by_hash(&self, hash: &[u8; 32]) -> Option<Digest> {
+        self.sizes
+            .get(hash)
+            .map(|&size| Digest { hash: *hash, size })
+    }
+
     /// Notes that a blob's stored bytes were re-hashed and matched.
     pub fn mark_verified(&mut self, digest: &Digest) {
         if let Some(entry) = self.blobs.get_mut(digest) {
@@ -62,6 +72,7 @@ impl Index {
     pub fn remove_blob(&mut self, digest: &Digest) {
         if self.blobs.remove(digest).is_some() {
             self.blob_bytes -= digest.size;
+            self.sizes.remove(&digest.hash);
         }
     }
 

@@ -92,6 +92,8 @@ pub struct EngineConfig {
     pub dir: PathBuf,
     /// Largest blob accepted.
     pub max_blob_size: u64,
+    /// Byte budget for stored blobs. Until eviction exists, uploads past it are refused.
+    pub max_size: Option<u64>,
     /// A segment is closed once it reaches about this many bytes.
     pub segment_size: u64,
     /// Uploads up to this size are staged in memory; larger ones in a temp file.
@@ -109,6 +111,7 @@ impl EngineConfig {
         EngineConfig {
             dir: dir.into(),
             max_blob_size: 64 << 30,
+            max_size: None,
             segment_size: 256 << 20,
             memory_stage_limit: 1 << 20,
             max_concurrent_uploads: 4096,
@@ -149,6 +152,8 @@ pub struct Engine {
     segments: SegmentLog,
     index: Mutex<Index>,
     uploads: upload::Tracker,
+    /// Where dropped uploads send their temp files for removal.
+    janitor: tokio::sync::mpsc::UnboundedSender<PathBuf>,
     _lock: Box<dyn FsLock>,
 }
 
@@ -209,6 +214,8 @@ impl Engine {
             "engine opened"
         );
         let uploads = upload::Tracker::new(config.max_concurrent_uploads);
+        let (janitor, janitor_rx) = tokio::sync::mpsc::unbounded_channel();
+        runtime.spawn(Box::pin(upload::run_janitor(fs.clone(), janitor_rx)));
         Ok(Arc::new(Engine {
             config,
             fs,
@@ -217,6 +224,7 @@ impl Engine {
             segments,
             index: Mutex::new(index),
             uploads,
+            janitor,
             _lock: lock,
         }))
     }
@@ -234,6 +242,14 @@ impl Engine {
     /// Whether the CAS holds `digest` (the empty blob always).
     pub fn contains(&self, digest: &Digest) -> bool {
         digest.is_empty() || self.index.lock().expect("index").blob(digest).is_some()
+    }
+
+    /// The digest of the stored blob whose bytes hash to `hash` (the empty blob included).
+    pub fn blob_by_hash(&self, hash: &[u8; 32]) -> Option<Digest> {
+        if *hash == Digest::EMPTY.hash {
+            return Some(Digest::EMPTY);
+        }
+        self.index.lock().expect("index").blob_by_hash(hash)
     }
 
     /// The subset of `digests` the CAS does not hold, in request order.
@@ -254,6 +270,14 @@ impl Engine {
                 "blob {expected} is larger than the limit of {} bytes",
                 self.config.max_blob_size
             )));
+        }
+        if let Some(budget) = self.config.max_size {
+            let used = self.stats().blob_bytes;
+            if used.saturating_add(expected.size) > budget {
+                return Err(Error::ResourceExhausted(format!(
+                    "storing {expected} would exceed the cache size budget of {budget} bytes ({used} used)"
+                )));
+            }
         }
         let permit = self.uploads.admit()?;
         if expected.size > self.config.memory_stage_limit {
@@ -288,7 +312,11 @@ impl Engine {
     }
 
     /// Makes a verified blob durable and indexes it; dedupes concurrent commits of one digest.
-    async fn persist_blob(self: &Arc<Self>, digest: Digest, payload: Payload<'_>) -> Result<(), Error> {
+    async fn persist_blob(
+        self: &Arc<Self>,
+        digest: Digest,
+        payload: Payload<'_>,
+    ) -> Result<(), Error> {
         if digest.is_empty() {
             return Ok(());
         }
@@ -307,7 +335,8 @@ impl Engine {
             .segments
             .append(&key, &digest.hash, digest.size, payload)
             .await?;
-        self.make_durable_and_index(key, digest.hash, location).await
+        self.make_durable_and_index(key, digest.hash, location)
+            .await
     }
 
     /// Syncs a just-appended record, then indexes it: the order every acknowledgement relies on.
@@ -330,7 +359,10 @@ impl Engine {
         if self.config.planted(PlantedBug::AckBeforeIndex) {
             let engine = self.clone();
             self.runtime.spawn(Box::pin(async move {
-                engine.runtime.sleep(std::time::Duration::from_millis(50)).await;
+                engine
+                    .runtime
+                    .sleep(std::time::Duration::from_millis(50))
+                    .await;
                 engine.index.lock().expect("index").insert(key, entry);
             }));
             return Ok(());
@@ -361,7 +393,10 @@ impl Engine {
         if !entry.verified {
             self.verify_blob(digest, &entry).await?;
         }
-        let bytes = self.segments.read(&entry.location, offset, len as usize).await?;
+        let bytes = self
+            .segments
+            .read(&entry.location, offset, len as usize)
+            .await?;
         if offset == 0 && len == digest.size && Sha256::digest(&bytes)[..] != digest.hash {
             return Err(self.drop_corrupt(digest));
         }
@@ -402,7 +437,11 @@ impl Engine {
         let mut done = 0;
         while done < digest.size {
             let want = (digest.size - done).min(IO_CHUNK as u64);
-            hasher.update(self.segments.read(&entry.location, done, want as usize).await?);
+            hasher.update(
+                self.segments
+                    .read(&entry.location, done, want as usize)
+                    .await?,
+            );
             done += want;
         }
         if hasher.finalize()[..] != digest.hash {
@@ -415,11 +454,18 @@ impl Engine {
     fn drop_corrupt(&self, digest: &Digest) -> Error {
         tracing::error!(%digest, "stored blob fails its digest; dropping it from the index");
         self.index.lock().expect("index").remove_blob(digest);
-        Error::DataLoss(format!("stored bytes of {digest} are corrupt and were dropped"))
+        Error::DataLoss(format!(
+            "stored bytes of {digest} are corrupt and were dropped"
+        ))
     }
 
     /// Stores an action result (encoded bytes) for `action` under `instance`; last writer wins.
-    pub async fn put_action(self: &Arc<Self>, instance: &str, action: Digest, value: Bytes) -> Result<(), Error> {
+    pub async fn put_action(
+        self: &Arc<Self>,
+        instance: &str,
+        action: Digest,
+        value: Bytes,
+    ) -> Result<(), Error> {
         record::check_instance_name(instance)?;
         let key = RecordKey::Action {
             instance: instance.to_owned(),
@@ -434,7 +480,11 @@ impl Engine {
     }
 
     /// The stored action result for `action` under `instance`, verified, if any.
-    pub async fn get_action(&self, instance: &str, action: &Digest) -> Result<Option<Bytes>, Error> {
+    pub async fn get_action(
+        &self,
+        instance: &str,
+        action: &Digest,
+    ) -> Result<Option<Bytes>, Error> {
         let Some(entry) = self.index.lock().expect("index").action(instance, action) else {
             return Ok(None);
         };
@@ -444,7 +494,10 @@ impl Engine {
             .await?;
         if <[u8; 32]>::from(Sha256::digest(&bytes)) != entry.sha256 {
             tracing::error!(instance, %action, "stored action result is corrupt; dropping it");
-            self.index.lock().expect("index").remove_action(instance, action);
+            self.index
+                .lock()
+                .expect("index")
+                .remove_action(instance, action);
             return Ok(None);
         }
         Ok(Some(bytes))
@@ -472,7 +525,11 @@ impl BlobReader<'_> {
             return Ok(None);
         }
         let want = (self.digest.size - self.position).min(max as u64) as usize;
-        let chunk = self.engine.segments.read(&location, self.position, want).await?;
+        let chunk = self
+            .engine
+            .segments
+            .read(&location, self.position, want)
+            .await?;
         self.position += want as u64;
         if let Some(hasher) = &mut self.hasher {
             hasher.update(&chunk);

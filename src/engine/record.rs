@@ -73,10 +73,17 @@ pub struct Header {
 }
 
 /// Encodes a header for `key` with a payload of `payload_len` bytes hashing to `payload_sha256`.
-pub fn encode_header(key: &RecordKey, payload_len: u64, payload_sha256: &[u8; HASH_LEN]) -> Vec<u8> {
+pub fn encode_header(
+    key: &RecordKey,
+    payload_len: u64,
+    payload_sha256: &[u8; HASH_LEN],
+) -> Vec<u8> {
     let mut key_bytes = Vec::new();
     key.encode_key(&mut key_bytes);
-    debug_assert!(key_bytes.len() <= MAX_KEY_LEN, "callers bound instance names");
+    debug_assert!(
+        key_bytes.len() <= MAX_KEY_LEN,
+        "callers bound instance names"
+    );
     let mut out = Vec::with_capacity(FIXED_LEN + key_bytes.len() + CRC_LEN);
     out.extend_from_slice(&MAGIC);
     out.push(key.kind());
@@ -136,13 +143,19 @@ pub fn decode_header(bytes: &[u8]) -> Result<Header, Torn> {
                 action: Digest {
                     hash: key_bytes[..HASH_LEN].try_into().expect("32 bytes"),
                     size: u64::from_le_bytes(
-                        key_bytes[HASH_LEN..HASH_LEN + 8].try_into().expect("8 bytes"),
+                        key_bytes[HASH_LEN..HASH_LEN + 8]
+                            .try_into()
+                            .expect("8 bytes"),
                     ),
                 },
             }
         }
         3 if key_len == 0 && payload_len == 0 => RecordKey::Seal,
-        _ => return Err(Torn::Corrupt(format!("bad kind {kind} or key length {key_len}"))),
+        _ => {
+            return Err(Torn::Corrupt(format!(
+                "bad kind {kind} or key length {key_len}"
+            )))
+        }
     };
     Ok(Header {
         key,
@@ -190,9 +203,17 @@ mod tests {
 
     #[test]
     fn any_flipped_bit_or_cut_is_detected() {
-        let bytes = encode_header(&RecordKey::Blob(Digest::of(b"x")), 1, &Digest::of(b"x").hash);
+        let bytes = encode_header(
+            &RecordKey::Blob(Digest::of(b"x")),
+            1,
+            &Digest::of(b"x").hash,
+        );
         for cut in 0..bytes.len() {
-            assert_eq!(decode_header(&bytes[..cut]), Err(Torn::Short), "cut at {cut}");
+            assert_eq!(
+                decode_header(&bytes[..cut]),
+                Err(Torn::Short),
+                "cut at {cut}"
+            );
         }
         for i in 0..bytes.len() * 8 {
             let mut flipped = bytes.clone();

@@ -143,23 +143,31 @@ impl SegmentLog {
     ) -> Result<Location, Error> {
         let header = record::encode_header(key, payload_len, payload_sha256);
         let mut writer = self.writer.lock().await;
-            if writer.poisoned
-                || (writer.end > 0 && writer.end + header.len() as u64 + payload_len > self.target_size)
-            {
-                self.roll(&mut writer).await?;
-            }
-            let start = writer.end;
-            let written = write_record(&mut writer, &header, payload_sha256, payload_len, payload, self.fs.as_ref()).await;
-            if let Err(e) = written {
-                writer.poisoned = true;
-                return Err(e);
-            }
-            writer.end = start + header.len() as u64 + payload_len;
-            Ok(Location {
-                segment: writer.segment,
-                offset: start + header.len() as u64,
-                len: payload_len,
-            })
+        if writer.poisoned
+            || (writer.end > 0 && writer.end + header.len() as u64 + payload_len > self.target_size)
+        {
+            self.roll(&mut writer).await?;
+        }
+        let start = writer.end;
+        let written = write_record(
+            &mut writer,
+            &header,
+            payload_sha256,
+            payload_len,
+            payload,
+            self.fs.as_ref(),
+        )
+        .await;
+        if let Err(e) = written {
+            writer.poisoned = true;
+            return Err(e);
+        }
+        writer.end = start + header.len() as u64 + payload_len;
+        Ok(Location {
+            segment: writer.segment,
+            offset: start + header.len() as u64,
+            len: payload_len,
+        })
     }
 
     /// Returns once the record at `location` is durable. Concurrent callers share one `fsync`
@@ -226,7 +234,10 @@ impl SegmentLog {
         if let Err(e) = previous.file.close().await {
             tracing::warn!(segment = old, error = %e, "closing segment failed");
         }
-        self.readers.lock().expect("readers").insert(old + 1, reader);
+        self.readers
+            .lock()
+            .expect("readers")
+            .insert(old + 1, reader);
         Ok(())
     }
 
@@ -259,10 +270,10 @@ async fn write_record(
     match payload {
         Payload::Memory(bytes) => writer.file.write(bytes).await.map_err(append_err())?,
         Payload::File(path) => {
-            let staged = fs
-                .open_read(path)
-                .await
-                .map_err(io_error(format!("opening staged upload {}", path.display())))?;
+            let staged = fs.open_read(path).await.map_err(io_error(format!(
+                "opening staged upload {}",
+                path.display()
+            )))?;
             let mut hasher = Sha256::new();
             let mut copied = 0u64;
             while copied < payload_len {
@@ -270,7 +281,10 @@ async fn write_record(
                 let chunk = staged
                     .read_at(copied, want)
                     .await
-                    .map_err(io_error(format!("reading staged upload {}", path.display())))?;
+                    .map_err(io_error(format!(
+                        "reading staged upload {}",
+                        path.display()
+                    )))?;
                 if chunk.is_empty() {
                     return Err(Error::Internal(format!(
                         "staged upload {} holds {copied} bytes, expected {payload_len}",
@@ -296,7 +310,11 @@ async fn write_record(
         .map_err(io_error(format!("flushing segment {segment}")))
 }
 
-async fn create_segment(fs: &dyn Fs, dir: &Path, id: u32) -> Result<(Writer, Arc<dyn FsFile>), Error> {
+async fn create_segment(
+    fs: &dyn Fs,
+    dir: &Path,
+    id: u32,
+) -> Result<(Writer, Arc<dyn FsFile>), Error> {
     let path = dir.join(segment_name(id));
     let file = fs
         .create(&path)
@@ -337,7 +355,10 @@ async fn recover_segment(
     let mut torn: Option<String> = None;
     while offset < len {
         let want = (len - offset).min(record::MAX_HEADER_LEN as u64) as usize;
-        let bytes = file.read_at(offset, want).await.map_err(io_error(context()))?;
+        let bytes = file
+            .read_at(offset, want)
+            .await
+            .map_err(io_error(context()))?;
         let header: Header = match record::decode_header(&bytes) {
             Ok(h) => h,
             Err(Torn::Short) => {
@@ -380,7 +401,9 @@ async fn recover_segment(
     if let Some(why) = torn {
         tracing::warn!(segment = id, valid_end, len, reason = %why, "cutting torn segment tail");
         let mut file = file;
-        file.truncate(valid_end).await.map_err(io_error(context()))?;
+        file.truncate(valid_end)
+            .await
+            .map_err(io_error(context()))?;
         file.sync().await.map_err(io_error(context()))?;
     }
     for (header, payload_at) in accepted {

@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use sha2::{Digest as _, Sha256};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use super::segment::Payload;
 use super::{Digest, Engine, Error, PlantedBug};
@@ -152,13 +152,18 @@ async fn seal_staged(mut file: Box<dyn FsFile>, path: &Path) -> Result<(), Error
 impl Drop for Upload {
     fn drop(&mut self) {
         if let Stage::File { path, .. } = &self.stage {
-            let fs = self.engine.fs.clone();
-            let path = path.clone();
-            self.engine.runtime.spawn(Box::pin(async move {
-                if let Err(e) = fs.remove(&path).await {
-                    tracing::debug!(path = %path.display(), error = %e, "removing temp file");
-                }
-            }));
+            // Drop cannot await: the janitor task removes it. If the janitor is gone (the process
+            // is going down), the next start sweeps it.
+            let _ = self.engine.janitor.send(path.clone());
+        }
+    }
+}
+
+/// Removes the temp files it is sent, until every sender is gone.
+pub(super) async fn run_janitor(fs: Arc<dyn Fs>, mut paths: mpsc::UnboundedReceiver<PathBuf>) {
+    while let Some(path) = paths.recv().await {
+        if let Err(e) = fs.remove(&path).await {
+            tracing::debug!(path = %path.display(), error = %e, "removing temp file");
         }
     }
 }
@@ -166,7 +171,10 @@ impl Drop for Upload {
 /// Removes every leftover temp file (uploads a crash interrupted).
 pub(super) async fn sweep_temp_files(fs: &dyn Fs, tmp_dir: &Path) -> Result<(), Error> {
     let context = || format!("sweeping {}", tmp_dir.display());
-    let names = fs.list_dir(tmp_dir).await.map_err(|e| Error::io(context(), e))?;
+    let names = fs
+        .list_dir(tmp_dir)
+        .await
+        .map_err(|e| Error::io(context(), e))?;
     for name in &names {
         fs.remove(&tmp_dir.join(name))
             .await
@@ -174,7 +182,9 @@ pub(super) async fn sweep_temp_files(fs: &dyn Fs, tmp_dir: &Path) -> Result<(), 
     }
     if !names.is_empty() {
         tracing::info!(count = names.len(), "removed leftover temp files");
-        fs.sync_dir(tmp_dir).await.map_err(|e| Error::io(context(), e))?;
+        fs.sync_dir(tmp_dir)
+            .await
+            .map_err(|e| Error::io(context(), e))?;
     }
     Ok(())
 }

@@ -61,6 +61,8 @@ pub trait Fs: Send + Sync + 'static {
 }
 
 /// An open file.
+// `len` is a file length as other handles see it; an `is_empty` would add nothing.
+#[allow(clippy::len_without_is_empty)]
 #[async_trait]
 pub trait FsFile: Send + Sync {
     /// Appends all of `buf`. May only reach this handle's buffer (see the module docs).
@@ -95,7 +97,10 @@ pub async fn read_exact_at(file: &dyn FsFile, offset: u64, len: usize) -> io::Re
     if bytes.len() < len {
         return Err(io::Error::new(
             io::ErrorKind::UnexpectedEof,
-            format!("wanted {len} bytes at offset {offset}, the file holds {}", bytes.len()),
+            format!(
+                "wanted {len} bytes at offset {offset}, the file holds {}",
+                bytes.len()
+            ),
         ));
     }
     Ok(bytes)

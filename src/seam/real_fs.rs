@@ -134,6 +134,7 @@ fn statvfs_available(path: &Path) -> io::Result<u64> {
         }
         stat
     };
+    #[allow(clippy::useless_conversion)] // the field types differ between libc targets
     Ok(u64::from(stat.f_bavail).saturating_mul(u64::from(stat.f_frsize)))
 }
 

@@ -1,0 +1,106 @@
+//! `hoard serve`: opens the engine and runs the gRPC and HTTP front ends until shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use futures::future::{FutureExt, Shared};
+
+use crate::engine::{Engine, EngineConfig};
+use crate::seam::{Fs, Runtime};
+use crate::wire::grpc::{self, GrpcConfig};
+use crate::wire::http;
+
+/// What `hoard serve` runs.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    /// Engine settings (data dir, limits).
+    pub engine: EngineConfig,
+    /// gRPC listen address.
+    pub grpc_addr: SocketAddr,
+    /// HTTP listen address (`None` disables HTTP).
+    pub http_addr: Option<SocketAddr>,
+    /// gRPC settings.
+    pub grpc: GrpcConfig,
+}
+
+/// Opens the engine and serves both front ends until `shutdown` completes or one fails.
+pub async fn serve(
+    config: ServeConfig,
+    fs: Arc<dyn Fs>,
+    runtime: Arc<dyn Runtime>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let engine = Engine::open(config.engine.clone(), fs, runtime).await?;
+    let shutdown: Shared<futures::future::BoxFuture<'static, ()>> = shutdown.boxed().shared();
+    tracing::info!(addr = %config.grpc_addr, "serving gRPC");
+    let grpc = grpc::serve(
+        engine.clone(),
+        config.grpc.clone(),
+        config.grpc_addr,
+        shutdown.clone(),
+    );
+    match config.http_addr {
+        Some(addr) => {
+            tracing::info!(%addr, "serving HTTP");
+            let http = http::serve(engine, addr, shutdown);
+            futures::try_join!(grpc, http)?;
+        }
+        None => grpc.await?,
+    }
+    tracing::info!("shut down");
+    Ok(())
+}
+
+/// The default data directory: `$XDG_CACHE_HOME/hoard`, `~/.cache/hoard`, or `./hoard-data`.
+pub fn default_data_dir() -> PathBuf {
+    let from_env = |var: &str| {
+        std::env::var_os(var)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    from_env("XDG_CACHE_HOME")
+        .or_else(|| from_env("HOME").map(|home| home.join(".cache")))
+        .map(|cache| cache.join("hoard"))
+        .unwrap_or_else(|| PathBuf::from("hoard-data"))
+}
+
+/// Parses a byte count: a number with an optional K, M, G or T suffix (powers of 1024).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, suffix) = text.split_at(split);
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (examples: 1048576, 512M, 20G)"))?;
+    let shift = match suffix.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        other => return Err(format!("unknown size suffix {other:?} in {text:?}")),
+    };
+    number
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("size {text:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_parse_with_binary_suffixes() {
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("20G"), Ok(20 << 30));
+        assert_eq!(parse_size("3 KiB"), Ok(3 << 10));
+        assert!(parse_size("12X").is_err());
+        assert!(parse_size("").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+}
