@@ -9,7 +9,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_build::configure()
         .build_client(true)
         .build_server(true)
-        .bytes([".google.bytestream", ".build.bazel.remote.execution.v2.BatchUpdateBlobsRequest", ".build.bazel.remote.execution.v2.BatchReadBlobsResponse"])
+        .bytes([
+            ".google.bytestream",
+            ".build.bazel.remote.execution.v2.BatchUpdateBlobsRequest",
+            ".build.bazel.remote.execution.v2.BatchReadBlobsResponse",
+        ])
         .compile_protos(
             &[
                 "proto/build/bazel/remote/execution/v2/remote_execution.proto",
