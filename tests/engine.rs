@@ -1,3 +1,4 @@
+#![cfg(not(madsim))]
 //! Engine round trips on the real filesystem.
 
 use std::path::Path;

@@ -188,9 +188,12 @@ impl Engine {
                 Error::io(format!("locking {}", dir.display()), e)
             }
         })?;
+        // The directories must be durable before any record in them is acknowledged.
         for d in [&dir, &tmp_dir, &segment_dir] {
-            if let Some(parent) = d.parent() {
-                fs.sync_dir(parent).await.ok();
+            if let Some(parent) = d.parent().filter(|p| !p.as_os_str().is_empty()) {
+                fs.sync_dir(parent)
+                    .await
+                    .map_err(|e| Error::io(format!("syncing {}", parent.display()), e))?;
             }
         }
         upload::sweep_temp_files(fs.as_ref(), &tmp_dir).await?;

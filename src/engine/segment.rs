@@ -62,7 +62,7 @@ struct Writer {
     end: u64,
     /// Bytes known durable.
     synced: u64,
-    /// A write or sync failed: the segment must not take more records.
+    /// The segment takes no more records: a write or sync failed, or it was sealed.
     poisoned: bool,
 }
 
@@ -213,9 +213,13 @@ impl SegmentLog {
     }
 
     /// Closes the active segment (sealing it when it is healthy) and starts the next one.
+    ///
+    /// The old segment takes no more records whatever happens here: if creating the next one
+    /// fails, the writer stays retired and the next append tries the roll again.
     async fn roll(&self, writer: &mut Writer) -> Result<(), Error> {
         let old = writer.segment;
         if !writer.poisoned {
+            writer.poisoned = true;
             let seal = record::encode_header(&RecordKey::Seal, 0, &Sha256::digest(b"").into());
             let sealed = async {
                 writer.file.write(&seal).await?;
@@ -224,6 +228,7 @@ impl SegmentLog {
             .await;
             match sealed {
                 Ok(()) => {
+                    writer.synced = writer.end;
                     self.sealed.lock().expect("sealed set").insert(old);
                 }
                 Err(e) => tracing::warn!(segment = old, error = %e, "sealing segment failed"),
@@ -234,10 +239,7 @@ impl SegmentLog {
         if let Err(e) = previous.file.close().await {
             tracing::warn!(segment = old, error = %e, "closing segment failed");
         }
-        self.readers
-            .lock()
-            .expect("readers")
-            .insert(old + 1, reader);
+        self.readers.lock().expect("readers").insert(old + 1, reader);
         Ok(())
     }
 

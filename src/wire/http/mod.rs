@@ -1,18 +1,124 @@
-//! The Bazel HTTP cache protocol front end (`/ac/{sha256}`, `/cas/{sha256}`).
+//! The Bazel HTTP cache protocol front end.
+//!
+//! - `GET`/`HEAD`/`PUT /cas/{sha256}`: blobs, streamed both ways; a `PUT` needs a
+//!   `Content-Length` and is verified against the hash before it is acknowledged.
+//! - `GET`/`HEAD`/`PUT /ac/{sha256}`: action-cache entries (encoded `ActionResult`s), per instance.
+//! - Either may carry an instance prefix, `/{instance...}/ac/{sha256}`: the path before the last
+//!   `ac`/`cas` segment. It names the action-cache namespace; the CAS is shared.
+//! - `GET /status`: counters as JSON.
+//!
+//! Served with hyper's HTTP/1.1 connection driver directly (no hyper-util executor or timer), so
+//! the same code runs on real tokio and under madsim.
+
+mod ac;
+mod body;
+mod cas;
+mod connection;
+mod handler;
+mod quick_ack;
+mod response;
+mod route;
+mod status;
+mod timer;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
 
 use crate::engine::Engine;
 
-/// Serves HTTP on `addr` until `shutdown` completes.
+/// Settings of the HTTP front end.
+#[derive(Clone, Debug)]
+pub struct HttpConfig {
+    /// Largest action-cache value a `PUT` may carry (`413 Payload Too Large` beyond).
+    pub max_action_result_size: usize,
+    /// How long the server waits for a request's headers, including on an idle keep-alive
+    /// connection; the connection is closed after that.
+    pub idle_timeout: Duration,
+    /// After shutdown is requested, how long requests in flight may take to finish before
+    /// [`serve`] returns without them.
+    pub drain_timeout: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            max_action_result_size: 16 << 20,
+            // Generous: clients pool connections across a whole build and should rarely find
+            // one closed under them.
+            idle_timeout: Duration::from_secs(300),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// How long to pause after a failed `accept` (e.g. out of file descriptors) before retrying.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Serves HTTP on `addr` with the default [`HttpConfig`] until `shutdown` completes.
 pub async fn serve(
     engine: Arc<Engine>,
     addr: SocketAddr,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let _ = (engine, addr);
-    shutdown.await;
+    let listener = TcpListener::bind(addr).await?;
+    tracing::info!(addr = %listener.local_addr()?, "http cache listening");
+    serve_listener(engine, HttpConfig::default(), listener, shutdown).await;
     Ok(())
+}
+
+/// Serves HTTP on an already bound `listener` until `shutdown` completes, then stops accepting,
+/// lets requests in flight finish (up to [`HttpConfig::drain_timeout`]) and returns.
+pub async fn serve_listener(
+    engine: Arc<Engine>,
+    config: HttpConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let config = Arc::new(config);
+    let (stop, stopping) = watch::channel(false);
+    // Every connection task holds a sender; `recv` yields `None` once all of them are gone.
+    let (open_connection, mut all_closed) = mpsc::channel::<()>(1);
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            // `biased`: an unbiased select draws from tokio's RNG, which madsim does not seed.
+            biased;
+            () = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _peer)) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting an http connection failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        // Send responses at once: with Nagle, a response written in pieces (headers, then
+        // streamed chunks) could wait tens of milliseconds on the client's delayed ACK.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "setting TCP_NODELAY failed");
+        }
+        let task = connection::serve(stream, engine.clone(), config.clone(), stopping.clone());
+        let open = open_connection.clone();
+        tokio::spawn(async move {
+            task.await;
+            drop(open);
+        });
+    }
+    drop(listener);
+    stop.send_replace(true);
+    drop(open_connection);
+    let drained = tokio::time::timeout(config.drain_timeout, all_closed.recv()).await;
+    if drained.is_err() {
+        tracing::warn!(
+            timeout = ?config.drain_timeout,
+            "http connections still busy after shutdown; leaving them"
+        );
+    }
 }

@@ -1,0 +1,82 @@
+//! A seed's whole configuration, drawn from the seeded RNG ("swarm testing"): each seed runs a
+//! different mix of clients, sizes, staging, segment sizes, crashes and fault rates, and prints
+//! it first, so the seed alone tells the whole story.
+
+use std::fmt;
+
+use madsim::rand::{thread_rng, Rng};
+
+use crate::fs::FaultConfig;
+
+/// Everything a seed decided before it ran.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// Client nodes running workloads at once.
+    pub clients: usize,
+    /// Rounds of operations per client.
+    pub rounds: usize,
+    /// The most uploads a client starts at once in a burst (a build script's OUT_DIR).
+    pub burst_max: usize,
+    /// Distinct blob contents the clients draw from (a small pool makes same-digest races).
+    pub pool: usize,
+    /// Largest blob in the pool.
+    pub max_blob: usize,
+    /// ByteStream chunk size.
+    pub chunk: usize,
+    /// Probability that an upload's stream breaks midway (then it is resumed or abandoned).
+    pub break_prob: f64,
+    /// Server: uploads up to this size are staged in memory, larger ones in temp files.
+    pub memory_stage_limit: u64,
+    /// Server: segment roll size.
+    pub segment_size: u64,
+    /// Server crashes (kill + disk crash + restart) during the run.
+    pub crashes: usize,
+    /// Filesystem faults.
+    pub faults: FaultConfig,
+}
+
+impl Plan {
+    /// Draws a plan from the seeded RNG (call inside the simulation).
+    pub fn draw() -> Plan {
+        let mut rng = thread_rng();
+        let pool = *pick(&mut rng, &[8, 40, 200]);
+        Plan {
+            clients: rng.gen_range(1..=4),
+            rounds: rng.gen_range(2..=8),
+            burst_max: *pick(&mut rng, &[4, 32, 128, 340]),
+            pool,
+            max_blob: *pick(&mut rng, &[512, 64 << 10, 512 << 10]),
+            chunk: *pick(&mut rng, &[4 << 10, 16 << 10, 64 << 10]),
+            break_prob: *pick(&mut rng, &[0.0, 0.05, 0.2]),
+            memory_stage_limit: *pick(&mut rng, &[0, 1 << 10, 32 << 10, 1 << 20]),
+            segment_size: *pick(&mut rng, &[64 << 10, 1 << 20, 64 << 20]),
+            crashes: *pick(&mut rng, &[0, 1, 1, 2, 4]),
+            faults: FaultConfig::swarm(),
+        }
+    }
+}
+
+fn pick<'a, T>(rng: &mut impl Rng, choices: &'a [T]) -> &'a T {
+    &choices[rng.gen_range(0..choices.len())]
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "clients={} rounds={} burst_max={} pool={} max_blob={} chunk={} break={} \
+             stage_limit={} segment_size={} crashes={} | faults: {}",
+            self.clients,
+            self.rounds,
+            self.burst_max,
+            self.pool,
+            self.max_blob,
+            self.chunk,
+            self.break_prob,
+            self.memory_stage_limit,
+            self.segment_size,
+            self.crashes,
+            self.faults
+        )
+    }
+}

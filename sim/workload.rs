@@ -1,0 +1,579 @@
+//! Client workloads: Bazel-shaped traffic over gRPC against the real services, checked against
+//! the oracle as responses arrive.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::join_all;
+use hoard::engine::Digest;
+use hoard::proto::bytestream::byte_stream_client::ByteStreamClient;
+use hoard::proto::bytestream::{QueryWriteStatusRequest, ReadRequest, WriteRequest};
+use hoard::proto::reapi::action_cache_client::ActionCacheClient;
+use hoard::proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
+use hoard::proto::reapi::{
+    self, batch_update_blobs_request, ActionResult, BatchReadBlobsRequest, BatchUpdateBlobsRequest,
+    FindMissingBlobsRequest, GetActionResultRequest, OutputFile, UpdateActionResultRequest,
+};
+use madsim::rand::{thread_rng, Rng};
+use prost::Message;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use crate::oracle::{Oracle, Pool};
+use crate::plan::Plan;
+
+/// The server's gRPC address inside the simulated network.
+pub const SERVER_GRPC: &str = "http://10.0.0.1:9092";
+
+/// Instance names clients use (AC entries are per instance).
+const INSTANCES: [&str; 3] = ["", "main", "ci/linux"];
+
+/// How many distinct action keys exist (small, so updates of one key race and overwrite).
+const ACTION_KEYS: u64 = 24;
+
+/// A simulated client: one node's worth of traffic.
+pub struct Client {
+    /// Client number (in the trace).
+    pub id: usize,
+    /// Shared expectations.
+    pub oracle: Arc<Oracle>,
+    /// Shared blob contents.
+    pub pool: Arc<Pool>,
+    /// The seed's plan.
+    pub plan: Plan,
+}
+
+/// Converts an engine digest to the wire form.
+pub fn wire_digest(d: &Digest) -> reapi::Digest {
+    reapi::Digest {
+        hash: d.hex(),
+        size_bytes: d.size as i64,
+    }
+}
+
+/// Connects to the server, retrying while it is down (it may be mid-crash).
+pub async fn connect() -> Channel {
+    loop {
+        let endpoint = Endpoint::from_static(SERVER_GRPC).timeout(Duration::from_secs(120));
+        if let Ok(channel) = endpoint.connect().await {
+            return channel;
+        }
+        madsim::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The action-cache key `n`.
+pub fn action_key(n: u64) -> Digest {
+    Digest::of(format!("action {n}").as_bytes())
+}
+
+impl Client {
+    /// Runs the plan's rounds of mixed operations.
+    pub async fn run(self) {
+        for round in 0..self.plan.rounds {
+            let channel = connect().await;
+            let op = thread_rng().gen_range(0..100);
+            let tag = format!("c{} r{round}", self.id);
+            match op {
+                0..=39 => self.upload_burst(&channel, &tag).await,
+                40..=49 => self.batch_update(&channel, &tag).await,
+                50..=64 => self.reads(&channel, &tag).await,
+                65..=72 => self.find_missing(&channel, &tag).await,
+                73..=86 => self.update_action(&channel, &tag).await,
+                87..=94 => self.get_actions(&channel, &tag).await,
+                _ => self.bad_upload(&channel, &tag).await,
+            }
+        }
+    }
+
+    /// Records a status in the trace and checks that it is never INTERNAL.
+    fn status(&self, op: &str, digest: &Digest, status: &Status) {
+        self.oracle.event(format!("{} {op} {digest} {:?}", self.id, status.code()));
+        if status.code() == Code::Internal {
+            self.oracle.fail(
+                "internal-on-request",
+                format!("{op} of {digest}: {}", status.message()),
+            );
+        }
+    }
+
+    fn pick_blob(&self) -> (Digest, Bytes) {
+        let i = thread_rng().gen_range(0..self.pool.blobs.len());
+        (self.pool.digests[i], self.pool.blobs[i].clone())
+    }
+
+    /// Many concurrent multi-chunk ByteStream writes, the shape of a build script's OUT_DIR.
+    async fn upload_burst(&self, channel: &Channel, tag: &str) {
+        let count = thread_rng().gen_range(1..=self.plan.burst_max);
+        let uploads = (0..count).map(|_| {
+            let (digest, content) = self.pick_blob();
+            self.upload(channel.clone(), digest, content)
+        });
+        join_all(uploads).await;
+        self.oracle.event(format!("{tag} burst of {count} done"));
+    }
+
+    /// One ByteStream upload; once acknowledged, sometimes asks at once whether the blob is
+    /// there (it must be: an acknowledgement means indexed).
+    async fn upload(&self, channel: Channel, digest: Digest, content: Bytes) {
+        let committed = self.write_blob(&channel, digest, content).await;
+        let Some(committed) = committed else { return };
+        self.oracle.event(format!("{} write {digest} ok {committed}", self.id));
+        if committed != digest.size as i64 {
+            self.oracle.fail(
+                "read-hashes-to-digest",
+                format!("write of {digest} acknowledged with committed_size {committed}"),
+            );
+            return;
+        }
+        self.oracle.blob_acked(digest);
+        if thread_rng().gen_bool(0.3) {
+            let request = FindMissingBlobsRequest {
+                blob_digests: vec![wire_digest(&digest)],
+                ..Default::default()
+            };
+            let mut cas = ContentAddressableStorageClient::new(channel);
+            match cas.find_missing_blobs(request).await {
+                Ok(r) if !r.get_ref().missing_blob_digests.is_empty() => self.oracle.fail(
+                    "find-missing-lies",
+                    format!("{digest} reported missing right after its write was acknowledged"),
+                ),
+                Ok(_) => {}
+                Err(status) => self.status("recheck", &digest, &status),
+            }
+        }
+    }
+
+    /// A ByteStream write, possibly broken midway and then resumed or abandoned. Returns the
+    /// committed size of an acknowledged write.
+    async fn write_blob(&self, channel: &Channel, digest: Digest, content: Bytes) -> Option<i64> {
+        let (instance, uuid, break_after, resume) = {
+            let mut rng = thread_rng();
+            let chunks = content.len().div_ceil(self.plan.chunk).max(1);
+            let breaks = chunks > 1 && rng.gen_bool(self.plan.break_prob);
+            (
+                INSTANCES[rng.gen_range(0..INSTANCES.len())],
+                rng.gen::<u64>(),
+                breaks.then(|| rng.gen_range(1..chunks)),
+                rng.gen_bool(0.7),
+            )
+        };
+        let resource = format!(
+            "{instance}{}uploads/{uuid:016x}/blobs/{}/{}",
+            if instance.is_empty() { "" } else { "/" },
+            digest.hex(),
+            digest.size
+        );
+        let mut client = ByteStreamClient::new(channel.clone());
+        let mut offset = 0u64;
+        if let Some(chunks) = break_after {
+            let sent = self.write_chunks(&content, &resource, 0, Some(chunks));
+            match client.write(futures::stream::iter(sent)).await {
+                Ok(response) => {
+                    let committed = response.into_inner().committed_size;
+                    // The whole size means the blob already existed and the server completed the
+                    // write early; less reports the partial upload it keeps for a resume.
+                    if committed == digest.size as i64 {
+                        return Some(committed);
+                    }
+                    self.oracle.event(format!("{} broken-write {digest} kept {committed}", self.id));
+                }
+                Err(status) => self.status("broken-write", &digest, &status),
+            }
+            if !resume {
+                self.oracle.upload_abandoned();
+                return None;
+            }
+            let query = QueryWriteStatusRequest {
+                resource_name: resource.clone(),
+            };
+            match client.query_write_status(query).await {
+                Ok(status) => {
+                    let status = status.into_inner();
+                    if status.complete {
+                        return Some(status.committed_size);
+                    }
+                    offset = status.committed_size.max(0) as u64;
+                    if offset > content.len() as u64 {
+                        self.oracle.fail(
+                            "read-hashes-to-digest",
+                            format!("QueryWriteStatus of {digest} reports {offset} bytes committed"),
+                        );
+                        return None;
+                    }
+                }
+                // The partial upload is gone (a crash, say): start over.
+                Err(status) => self.status("query-write-status", &digest, &status),
+            }
+        }
+        let requests = self.write_chunks(&content, &resource, offset, None);
+        match client.write(futures::stream::iter(requests)).await {
+            Ok(response) => Some(response.into_inner().committed_size),
+            Err(status) => {
+                self.status("write", &digest, &status);
+                None
+            }
+        }
+    }
+
+    /// The write requests for `content` from `offset`, all of them or only `limit` chunks.
+    fn write_chunks(
+        &self,
+        content: &Bytes,
+        resource: &str,
+        offset: u64,
+        limit: Option<usize>,
+    ) -> Vec<WriteRequest> {
+        let mut requests = Vec::new();
+        let mut at = offset as usize;
+        loop {
+            let end = (at + self.plan.chunk).min(content.len());
+            let last = end == content.len();
+            requests.push(WriteRequest {
+                resource_name: if requests.is_empty() {
+                    resource.to_owned()
+                } else {
+                    String::new()
+                },
+                write_offset: at as i64,
+                finish_write: last && limit.is_none(),
+                data: content.slice(at..end),
+            });
+            at = end;
+            if last || limit.is_some_and(|l| requests.len() >= l) {
+                return requests;
+            }
+        }
+    }
+
+    /// A BatchUpdateBlobs of small blobs, sometimes with one corrupt item.
+    async fn batch_update(&self, channel: &Channel, tag: &str) {
+        let mut items: Vec<(Digest, Bytes)> = Vec::new();
+        let mut total = 0;
+        let corrupt_at = thread_rng().gen_bool(0.3).then(|| thread_rng().gen_range(0..8));
+        for i in 0..thread_rng().gen_range(1..=8) {
+            let (digest, content) = self.pick_blob();
+            // Distinct digests, so each response names exactly one item.
+            if total + content.len() > (2 << 20) || items.iter().any(|(d, _)| *d == digest) {
+                continue;
+            }
+            total += content.len();
+            let data = if corrupt_at == Some(i) && !content.is_empty() {
+                let mut bad = content.to_vec();
+                bad[0] ^= 1;
+                Bytes::from(bad)
+            } else {
+                content
+            };
+            items.push((digest, data));
+        }
+        let request = BatchUpdateBlobsRequest {
+            requests: items
+                .iter()
+                .map(|(digest, data)| batch_update_blobs_request::Request {
+                    digest: Some(wire_digest(digest)),
+                    data: data.clone(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let mut client = ContentAddressableStorageClient::new(channel.clone());
+        let response = match client.batch_update_blobs(request).await {
+            Ok(r) => r.into_inner(),
+            Err(status) => return self.status("batch-update", &Digest::EMPTY, &status),
+        };
+        for (i, (digest, data)) in items.iter().enumerate() {
+            let code = response
+                .responses
+                .iter()
+                .find(|r| r.digest.as_ref() == Some(&wire_digest(digest)))
+                .and_then(|r| r.status.as_ref())
+                .map_or(-1, |s| s.code);
+            self.oracle.event(format!("{tag} batch item {i} {digest} code {code}"));
+            let corrupt = Digest::of(data) != *digest;
+            match (code, corrupt) {
+                (0, false) => self.oracle.blob_acked(*digest),
+                (0, true) => self.oracle.fail(
+                    "bad-input-accepted",
+                    format!("BatchUpdateBlobs stored corrupt bytes for {digest}"),
+                ),
+                (13, _) => self.oracle.fail(
+                    "internal-on-request",
+                    format!("BatchUpdateBlobs item {digest} got INTERNAL"),
+                ),
+                _ => {}
+            }
+        }
+    }
+
+    /// ByteStream reads at random offsets, and one BatchReadBlobs, checked byte for byte.
+    async fn reads(&self, channel: &Channel, tag: &str) {
+        let acked = self.oracle.acked_blobs();
+        let mut client = ByteStreamClient::new(channel.clone());
+        for _ in 0..thread_rng().gen_range(1..=6) {
+            let digest = if acked.is_empty() || thread_rng().gen_bool(0.2) {
+                self.pick_blob().0
+            } else {
+                acked[thread_rng().gen_range(0..acked.len())]
+            };
+            let (offset, limit) = {
+                let mut rng = thread_rng();
+                let offset = if rng.gen_bool(0.5) { 0 } else { rng.gen_range(0..=digest.size) };
+                let limit = if rng.gen_bool(0.5) { 0 } else { rng.gen_range(0..=digest.size) };
+                (offset, limit)
+            };
+            let was_acked = self.oracle.is_acked(&digest);
+            let request = ReadRequest {
+                resource_name: format!("blobs/{}/{}", digest.hex(), digest.size),
+                read_offset: offset as i64,
+                read_limit: limit as i64,
+            };
+            let result = async {
+                let mut stream = client.read(request).await?.into_inner();
+                let mut data = Vec::new();
+                while let Some(chunk) = stream.message().await? {
+                    data.extend_from_slice(&chunk.data);
+                }
+                Ok::<_, Status>(data)
+            }
+            .await;
+            match result {
+                Ok(data) => {
+                    self.oracle.event(format!("{tag} read {digest} @{offset} got {}", data.len()));
+                    let want = if limit == 0 { digest.size - offset } else { limit.min(digest.size - offset) };
+                    if data.len() as u64 != want {
+                        self.oracle.fail(
+                            "read-hashes-to-digest",
+                            format!("read of {digest} at {offset} limit {limit} gave {} bytes", data.len()),
+                        );
+                    }
+                    self.oracle.check_read(&self.pool, &digest, offset, &data);
+                }
+                Err(status) => {
+                    self.status("read", &digest, &status);
+                    if status.code() == Code::NotFound && was_acked {
+                        self.oracle.fail(
+                            "acknowledged-blob-lost",
+                            format!("read of acknowledged {digest}: {}", status.message()),
+                        );
+                    }
+                }
+            }
+        }
+        self.batch_read(channel, &acked, tag).await;
+    }
+
+    async fn batch_read(&self, channel: &Channel, acked: &[Digest], tag: &str) {
+        let digests: Vec<Digest> = acked
+            .iter()
+            .filter(|d| d.size < 256 << 10)
+            .take(thread_rng().gen_range(1..=10))
+            .copied()
+            .collect();
+        if digests.is_empty() {
+            return;
+        }
+        let request = BatchReadBlobsRequest {
+            digests: digests.iter().map(wire_digest).collect(),
+            ..Default::default()
+        };
+        let mut client = ContentAddressableStorageClient::new(channel.clone());
+        let response = match client.batch_read_blobs(request).await {
+            Ok(r) => r.into_inner(),
+            Err(status) => return self.status("batch-read", &Digest::EMPTY, &status),
+        };
+        for item in response.responses {
+            let Some(digest) = item.digest.as_ref().and_then(|d| Digest::parse(&d.hash, d.size_bytes).ok()) else {
+                self.oracle.fail("read-hashes-to-digest", "BatchReadBlobs answered a malformed digest");
+                continue;
+            };
+            let code = item.status.map_or(-1, |s| s.code);
+            self.oracle.event(format!("{tag} batch-read {digest} code {code}"));
+            match code {
+                0 => self.oracle.check_read(&self.pool, &digest, 0, &item.data),
+                5 => self.oracle.fail(
+                    "acknowledged-blob-lost",
+                    format!("BatchReadBlobs: acknowledged {digest} not found"),
+                ),
+                13 => self.oracle.fail("internal-on-request", format!("BatchReadBlobs {digest}")),
+                _ => {}
+            }
+        }
+    }
+
+    /// FindMissingBlobs over a mix of acknowledged and unknown digests.
+    async fn find_missing(&self, channel: &Channel, tag: &str) {
+        let mut digests: Vec<Digest> = (0..thread_rng().gen_range(1..=50)).map(|_| self.pick_blob().0).collect();
+        digests.push(Digest::of(format!("never uploaded {tag}").as_bytes()));
+        let acked: Vec<bool> = digests.iter().map(|d| self.oracle.is_acked(d)).collect();
+        let request = FindMissingBlobsRequest {
+            blob_digests: digests.iter().map(wire_digest).collect(),
+            ..Default::default()
+        };
+        let mut client = ContentAddressableStorageClient::new(channel.clone());
+        match client.find_missing_blobs(request).await {
+            Ok(response) => {
+                let missing = response.into_inner().missing_blob_digests;
+                self.oracle.event(format!("{tag} find-missing {} of {}", missing.len(), digests.len()));
+                for (digest, was_acked) in digests.iter().zip(acked) {
+                    if was_acked && missing.contains(&wire_digest(digest)) {
+                        self.oracle.fail(
+                            "find-missing-lies",
+                            format!("acknowledged {digest} reported missing"),
+                        );
+                    }
+                }
+            }
+            Err(status) => self.status("find-missing", &Digest::EMPTY, &status),
+        }
+    }
+
+    /// UpdateActionResult naming acknowledged blobs as outputs (Bazel uploads outputs first).
+    async fn update_action(&self, channel: &Channel, tag: &str) {
+        let acked = self.oracle.acked_blobs();
+        if acked.is_empty() {
+            return;
+        }
+        let (instance, action, outputs, exit_code) = {
+            let mut rng = thread_rng();
+            let outputs: Vec<Digest> = (0..rng.gen_range(1..=4)).map(|_| acked[rng.gen_range(0..acked.len())]).collect();
+            (
+                INSTANCES[rng.gen_range(0..INSTANCES.len())],
+                action_key(rng.gen_range(0..ACTION_KEYS)),
+                outputs,
+                rng.gen_range(0..3),
+            )
+        };
+        let result = ActionResult {
+            output_files: outputs
+                .iter()
+                .enumerate()
+                .map(|(i, d)| OutputFile {
+                    path: format!("out/{i}"),
+                    digest: Some(wire_digest(d)),
+                    ..Default::default()
+                })
+                .collect(),
+            exit_code,
+            stdout_digest: Some(wire_digest(&outputs[0])),
+            ..Default::default()
+        };
+        self.oracle.action_attempted(instance, action, result.encode_to_vec().into());
+        let request = UpdateActionResultRequest {
+            instance_name: instance.to_owned(),
+            action_digest: Some(wire_digest(&action)),
+            action_result: Some(result),
+            ..Default::default()
+        };
+        let mut client = ActionCacheClient::new(channel.clone());
+        match client.update_action_result(request).await {
+            Ok(_) => {
+                self.oracle.event(format!("{tag} update-action {instance:?} {action} ok"));
+                self.oracle.action_acked(instance, action);
+            }
+            Err(status) => self.status("update-action", &action, &status),
+        }
+    }
+
+    /// GetActionResult of stored keys: a hit must be a stored value whose blobs all exist.
+    async fn get_actions(&self, channel: &Channel, tag: &str) {
+        let keys = self.oracle.attempted_actions();
+        for _ in 0..thread_rng().gen_range(1..=4) {
+            if keys.is_empty() {
+                return;
+            }
+            let (instance, action) = keys[thread_rng().gen_range(0..keys.len())].clone();
+            check_action(&self.oracle, channel, &instance, &action, false, tag).await;
+        }
+    }
+
+    /// An upload whose bytes do not match its digest must be refused and leave nothing.
+    async fn bad_upload(&self, channel: &Channel, tag: &str) {
+        let (_, content) = self.pick_blob();
+        let wrong = Digest {
+            hash: Digest::of(format!("wrong {tag}").as_bytes()).hash,
+            size: content.len() as u64,
+        };
+        let resource = format!("uploads/{:016x}/blobs/{}/{}", thread_rng().gen::<u64>(), wrong.hex(), wrong.size);
+        let requests = self.write_chunks(&content, &resource, 0, None);
+        let mut client = ByteStreamClient::new(channel.clone());
+        match client.write(futures::stream::iter(requests)).await {
+            Ok(_) => self.oracle.fail(
+                "bad-input-accepted",
+                format!("a write of other bytes under {wrong} was acknowledged"),
+            ),
+            Err(status) => {
+                self.status("bad-write", &wrong, &status);
+                let expected = [Code::InvalidArgument, Code::Unavailable, Code::ResourceExhausted, Code::Unknown];
+                if !expected.contains(&status.code()) {
+                    self.oracle.fail(
+                        "bad-input-accepted",
+                        format!("a mismatched write got {:?}: {}", status.code(), status.message()),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Fetches an action result and checks it against the oracle. `must_hit` when the key was
+/// acknowledged and nothing since could have removed it.
+pub async fn check_action(
+    oracle: &Oracle,
+    channel: &Channel,
+    instance: &str,
+    action: &Digest,
+    must_hit: bool,
+    tag: &str,
+) {
+    let mut client = ActionCacheClient::new(channel.clone());
+    let request = GetActionResultRequest {
+        instance_name: instance.to_owned(),
+        action_digest: Some(wire_digest(action)),
+        ..Default::default()
+    };
+    let result = match client.get_action_result(request).await {
+        Ok(r) => r.into_inner(),
+        Err(status) => {
+            oracle.event(format!("{tag} get-action {instance:?} {action} {:?}", status.code()));
+            if status.code() == Code::Internal {
+                oracle.fail("internal-on-request", format!("GetActionResult: {}", status.message()));
+            }
+            if must_hit && status.code() == Code::NotFound {
+                oracle.fail(
+                    "acknowledged-action-lost",
+                    format!("acknowledged action {action} in {instance:?} not found"),
+                );
+            }
+            return;
+        }
+    };
+    oracle.event(format!("{tag} get-action {instance:?} {action} hit"));
+    if !oracle.action_value_known(instance, action, &result.encode_to_vec()) {
+        oracle.fail(
+            "ac-returns-unknown-value",
+            format!("action {action} in {instance:?} returned a value nobody stored"),
+        );
+    }
+    let referenced: Vec<reapi::Digest> = result
+        .output_files
+        .iter()
+        .filter_map(|f| f.digest.clone())
+        .chain(result.stdout_digest.clone())
+        .collect();
+    let mut cas = ContentAddressableStorageClient::new(channel.clone());
+    let request = FindMissingBlobsRequest {
+        blob_digests: referenced,
+        ..Default::default()
+    };
+    if let Ok(response) = cas.find_missing_blobs(request).await {
+        for missing in response.into_inner().missing_blob_digests {
+            oracle.fail(
+                "ac-hit-references-missing-blob",
+                format!("action {action} in {instance:?} names missing {}/{}", missing.hash, missing.size_bytes),
+            );
+        }
+    }
+}

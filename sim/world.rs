@@ -1,0 +1,300 @@
+//! One seed's world: a hoard server node on the simulated disk, client nodes running workloads,
+//! a crasher, and the final durability audit.
+
+use std::future::pending;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::panic::AssertUnwindSafe;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::join_all;
+use hoard::engine::{Digest, EngineConfig};
+use hoard::proto::bytestream::byte_stream_client::ByteStreamClient;
+use hoard::proto::bytestream::ReadRequest;
+use hoard::proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
+use hoard::proto::reapi::FindMissingBlobsRequest;
+use hoard::seam::TokioRuntime;
+use hoard::server::{self, ServeConfig};
+use hoard::wire::grpc::GrpcConfig;
+use madsim::rand::{thread_rng, Rng};
+use madsim::runtime::{Handle, NodeHandle, Runtime};
+use tonic::transport::Channel;
+
+use crate::fs::SimFs;
+pub use crate::oracle::Failure;
+use crate::oracle::{Oracle, Pool};
+use crate::plan::Plan;
+use crate::workload::{check_action, connect, wire_digest, Client};
+
+const DATA_DIR: &str = "/data";
+const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+
+/// What a seed did and found.
+pub struct Outcome {
+    /// The plan, printed.
+    pub config: String,
+    /// Hash of every event, for replay comparison.
+    pub trace_hash: String,
+    /// Events in the trace.
+    pub events: u64,
+    /// Broken invariants.
+    pub failures: Vec<Failure>,
+}
+
+/// Runs one seed to completion.
+pub fn run_seed(seed: u64, planted: Option<&str>, verbose: bool) -> Outcome {
+    let runtime = Runtime::with_seed_and_config(seed, madsim::Config::default());
+    let planted = planted.map(str::to_owned);
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        runtime.block_on(simulate(planted, verbose))
+    }));
+    result.unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown panic".into());
+        Outcome {
+            config: "(panicked before the plan was printed)".into(),
+            trace_hash: "-".into(),
+            events: 0,
+            failures: vec![Failure {
+                invariant: "server-panic",
+                detail: message,
+            }],
+        }
+    })
+}
+
+fn engine_config(plan: &Plan, planted: Option<&str>) -> EngineConfig {
+    let mut config = EngineConfig::new(DATA_DIR);
+    config.memory_stage_limit = plan.memory_stage_limit;
+    config.segment_size = plan.segment_size;
+    #[cfg(feature = "planted-bugs")]
+    {
+        use hoard::engine::PlantedBug;
+        config.planted = planted.map(|name| match name {
+            "unflushed-persist" => PlantedBug::UnflushedPersist,
+            "index-before-sync" => PlantedBug::IndexBeforeSync,
+            "ack-before-index" => PlantedBug::AckBeforeIndex,
+            other => panic!("unknown planted bug {other:?}"),
+        });
+    }
+    #[cfg(not(feature = "planted-bugs"))]
+    assert!(planted.is_none(), "planting a bug needs --features planted-bugs");
+    config
+}
+
+fn start_server(handle: &Handle, fs: &SimFs, config: ServeConfig) -> NodeHandle {
+    let fs = fs.clone();
+    handle
+        .create_node()
+        .name("hoard")
+        .ip(IpAddr::V4(SERVER_IP))
+        .init(move || {
+            let (fs, config) = (fs.clone(), config.clone());
+            async move {
+                // A supervisor's restart loop: a start that fails (an I/O error during
+                // recovery, say) is retried, as systemd would.
+                loop {
+                    let served =
+                        server::serve(config.clone(), Arc::new(fs.clone()), Arc::new(TokioRuntime), pending())
+                            .await;
+                    if let Err(e) = served {
+                        tracing::info!(error = %e, "server stopped; restarting");
+                    }
+                    madsim::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        })
+        .build()
+}
+
+fn draw_pool(plan: &Plan) -> Pool {
+    let mut rng = thread_rng();
+    let blobs: Vec<Bytes> = (0..plan.pool)
+        .map(|_| {
+            // Log-uniform sizes: mostly small, some large, like real outputs.
+            let bits = rng.gen_range(0.0..(plan.max_blob as f64).log2());
+            let len = 2f64.powf(bits) as usize;
+            (0..len).map(|_| rng.gen::<u8>()).collect::<Vec<u8>>().into()
+        })
+        .collect();
+    let digests = blobs.iter().map(|b| Digest::of(b)).collect();
+    Pool { blobs, digests }
+}
+
+async fn simulate(planted: Option<String>, verbose: bool) -> Outcome {
+    let plan = Plan::draw();
+    if verbose {
+        println!("plan: {plan}");
+    }
+    let handle = Handle::current();
+    let fs = SimFs::new(plan.faults.clone());
+    let oracle = Arc::new(Oracle::default());
+    let pool = Arc::new(draw_pool(&plan));
+    let config = ServeConfig {
+        engine: engine_config(&plan, planted.as_deref()),
+        grpc_addr: SocketAddr::new(IpAddr::V4(SERVER_IP), 9092),
+        http_addr: None,
+        grpc: GrpcConfig::default(),
+    };
+    let server = start_server(&handle, &fs, config);
+
+    let clients = (0..plan.clients).map(|id| {
+        let node = handle
+            .create_node()
+            .name(format!("client-{id}"))
+            .ip(IpAddr::V4(Ipv4Addr::new(10, 0, 1, id as u8 + 1)))
+            .build();
+        let client = Client {
+            id,
+            oracle: oracle.clone(),
+            pool: pool.clone(),
+            plan: plan.clone(),
+        };
+        node.spawn(client.run())
+    });
+    let crasher = async {
+        for n in 0..plan.crashes {
+            let wait = thread_rng().gen_range(0..3000);
+            madsim::time::sleep(Duration::from_millis(wait)).await;
+            oracle.event(format!("crash {n}"));
+            crash_and_restart(&handle, &server, &fs).await;
+        }
+    };
+    let (finished, ()) = futures::join!(join_all(clients), crasher);
+    if finished.iter().any(Result::is_err) {
+        oracle.fail("server-panic", "a client task panicked");
+    }
+
+    // The audit speaks to the server over the simulated network, so it runs on a node of its own.
+    let auditor = handle
+        .create_node()
+        .name("auditor")
+        .ip(IpAddr::V4(Ipv4Addr::new(10, 0, 2, 1)))
+        .build();
+    let audited = {
+        let (handle, fs, oracle, pool) = (handle.clone(), fs.clone(), oracle.clone(), pool.clone());
+        auditor.spawn(async move { audit(&handle, &server, &fs, &oracle, &pool).await })
+    };
+    if audited.await.is_err() {
+        oracle.fail("server-panic", "the audit task panicked");
+    }
+    let (trace_hash, events) = oracle.trace();
+    Outcome {
+        config: plan.to_string(),
+        trace_hash,
+        events,
+        failures: oracle.failures(),
+    }
+}
+
+async fn crash_and_restart(handle: &Handle, server: &NodeHandle, fs: &SimFs) {
+    handle.kill(server.id());
+    fs.crash();
+    let down = thread_rng().gen_range(1..500);
+    madsim::time::sleep(Duration::from_millis(down)).await;
+    handle.restart(server.id());
+}
+
+/// After the workload: no leaked temp files, then a final crash with faults off, and every
+/// acknowledged blob and action must come back intact.
+async fn audit(handle: &Handle, server: &NodeHandle, fs: &SimFs, oracle: &Oracle, pool: &Pool) {
+    // Let dropped uploads' temp files be removed.
+    madsim::time::sleep(Duration::from_secs(2)).await;
+    let leftovers = temp_files(fs);
+    if leftovers.len() > oracle.abandoned_uploads() {
+        oracle.fail(
+            "temp-file-leak",
+            format!(
+                "{} temp files remain with {} uploads abandoned: {leftovers:?}",
+                leftovers.len(),
+                oracle.abandoned_uploads()
+            ),
+        );
+    }
+
+    fs.set_faults(false);
+    oracle.event("final crash");
+    crash_and_restart(handle, server, fs).await;
+    let channel = connect().await;
+    wait_until_serving(&channel).await;
+    let leftovers = temp_files(fs);
+    if !leftovers.is_empty() {
+        oracle.fail("temp-file-leak", format!("temp files survived a restart: {leftovers:?}"));
+    }
+
+    let acked = oracle.acked_blobs();
+    let mut cas = ContentAddressableStorageClient::new(channel.clone());
+    let request = FindMissingBlobsRequest {
+        blob_digests: acked.iter().map(wire_digest).collect(),
+        ..Default::default()
+    };
+    match cas.find_missing_blobs(request).await {
+        Ok(response) => {
+            for missing in response.into_inner().missing_blob_digests {
+                oracle.fail(
+                    "acknowledged-blob-lost",
+                    format!("{}/{} missing after the final restart", missing.hash, missing.size_bytes),
+                );
+            }
+        }
+        Err(status) => oracle.fail("internal-on-request", format!("final FindMissingBlobs: {status}")),
+    }
+    for digest in &acked {
+        audit_blob(&channel, oracle, pool, digest).await;
+    }
+    for (instance, action) in oracle.acked_actions() {
+        check_action(oracle, &channel, &instance, &action, true, "audit").await;
+    }
+    for violation in fs.violations() {
+        oracle.fail(violation.name, format!("{}: {}", violation.path.display(), violation.detail));
+    }
+}
+
+async fn audit_blob(channel: &Channel, oracle: &Oracle, pool: &Pool, digest: &Digest) {
+    let mut client = ByteStreamClient::new(channel.clone());
+    let request = ReadRequest {
+        resource_name: format!("blobs/{}/{}", digest.hex(), digest.size),
+        ..Default::default()
+    };
+    let read = async {
+        let mut stream = client.read(request).await?.into_inner();
+        let mut data = Vec::new();
+        while let Some(chunk) = stream.message().await? {
+            data.extend_from_slice(&chunk.data);
+        }
+        Ok::<_, tonic::Status>(data)
+    }
+    .await;
+    match read {
+        Ok(data) if Digest::of(&data) == *digest => {}
+        Ok(data) => {
+            oracle.check_read(pool, digest, 0, &data);
+            oracle.fail("read-hashes-to-digest", format!("final read of {digest} gave {} bytes", data.len()));
+        }
+        Err(status) => oracle.fail(
+            "acknowledged-blob-lost",
+            format!("final read of {digest}: {:?} {}", status.code(), status.message()),
+        ),
+    }
+}
+
+async fn wait_until_serving(channel: &Channel) {
+    let mut cas = ContentAddressableStorageClient::new(channel.clone());
+    loop {
+        let probe = FindMissingBlobsRequest::default();
+        if cas.find_missing_blobs(probe).await.is_ok() {
+            return;
+        }
+        madsim::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn temp_files(fs: &SimFs) -> Vec<std::path::PathBuf> {
+    let tmp = Path::new(DATA_DIR).join("tmp");
+    fs.files().into_iter().filter(|p| p.starts_with(&tmp)).collect()
+}

@@ -1,0 +1,62 @@
+//! The Capabilities service: what Bazel checks before it uses the cache at all.
+
+use tonic::{Request, Response, Status};
+
+use crate::proto::build::bazel::semver::SemVer;
+use crate::proto::reapi::{
+    capabilities_server::Capabilities, compressor, digest_function, symlink_absolute_path_strategy,
+    ActionCacheUpdateCapabilities, CacheCapabilities, GetCapabilitiesRequest, ServerCapabilities,
+};
+
+/// Answers GetCapabilities with a fixed description of this server.
+pub struct CapabilitiesService {
+    capabilities: ServerCapabilities,
+}
+
+impl CapabilitiesService {
+    /// Describes a cache that accepts batches of up to `max_batch_total_size` blob bytes and
+    /// blobs of up to `max_blob_size` bytes.
+    pub fn new(max_batch_total_size: u64, max_blob_size: u64) -> Self {
+        let version = |minor| SemVer {
+            major: 2,
+            minor,
+            patch: 0,
+            prerelease: String::new(),
+        };
+        let identity_only = vec![compressor::Value::Identity as i32];
+        let cache = CacheCapabilities {
+            digest_functions: vec![digest_function::Value::Sha256 as i32],
+            // Bazel refuses a cache it may not write results to.
+            action_cache_update_capabilities: Some(ActionCacheUpdateCapabilities {
+                update_enabled: true,
+            }),
+            cache_priority_capabilities: None,
+            max_batch_total_size_bytes: max_batch_total_size as i64,
+            symlink_absolute_path_strategy: symlink_absolute_path_strategy::Value::Allowed as i32,
+            supported_compressors: identity_only.clone(),
+            supported_batch_update_compressors: identity_only,
+            max_cas_blob_size_bytes: max_blob_size.min(i64::MAX as u64) as i64,
+        };
+        CapabilitiesService {
+            capabilities: ServerCapabilities {
+                cache_capabilities: Some(cache),
+                execution_capabilities: None,
+                deprecated_api_version: None,
+                // Bazel also refuses a reply without these.
+                low_api_version: Some(version(0)),
+                high_api_version: Some(version(3)),
+            },
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Capabilities for CapabilitiesService {
+    async fn get_capabilities(
+        &self,
+        request: Request<GetCapabilitiesRequest>,
+    ) -> Result<Response<ServerCapabilities>, Status> {
+        tracing::debug!(instance = %request.get_ref().instance_name, "GetCapabilities");
+        Ok(Response::new(self.capabilities.clone()))
+    }
+}

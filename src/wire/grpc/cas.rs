@@ -1,0 +1,188 @@
+//! The ContentAddressableStorage service: FindMissingBlobs, the batch calls and GetTree.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use prost::Message;
+use tonic::{Request, Response, Status};
+
+use super::status::rpc_status;
+use super::stream::ResponseStream;
+use super::{digests, tree};
+use crate::engine::Engine;
+use crate::proto::reapi::{
+    batch_read_blobs_response, batch_update_blobs_request, batch_update_blobs_response, compressor,
+    content_addressable_storage_server::ContentAddressableStorage, BatchReadBlobsRequest,
+    BatchReadBlobsResponse, BatchUpdateBlobsRequest, BatchUpdateBlobsResponse,
+    FindMissingBlobsRequest, FindMissingBlobsResponse, GetTreeRequest, GetTreeResponse,
+};
+
+/// Items of one batch call processed at once: enough to overlap commits (each waits for a
+/// segment sync), few enough that one big batch cannot monopolise the engine.
+const BATCH_CONCURRENCY: usize = 64;
+
+/// Serves the CAS from the engine (shared by all instance names).
+pub struct CasService {
+    engine: Arc<Engine>,
+    /// Largest sum of blob sizes in one batch call (announced in the capabilities).
+    max_batch_total_size: u64,
+    /// Largest gRPC message (bounds BatchReadBlobs and GetTree replies).
+    max_message_size: usize,
+}
+
+impl CasService {
+    /// A CAS over `engine` with the given limits.
+    pub fn new(engine: Arc<Engine>, max_batch_total_size: u64, max_message_size: usize) -> Self {
+        CasService {
+            engine,
+            max_batch_total_size,
+            max_message_size,
+        }
+    }
+
+    /// INVALID_ARGUMENT if the blob `sizes` of one batch add up to more than the limit.
+    fn check_batch_total(&self, sizes: impl Iterator<Item = u64>) -> Result<(), Status> {
+        // Saturating: declared sizes come from the client and may be absurd.
+        let total = sizes.fold(0u64, u64::saturating_add);
+        if total > self.max_batch_total_size {
+            return Err(Status::invalid_argument(format!(
+                "batch of {total} bytes exceeds max_batch_total_size_bytes {}; use ByteStream",
+                self.max_batch_total_size
+            )));
+        }
+        Ok(())
+    }
+
+    async fn update_one(
+        &self,
+        item: batch_update_blobs_request::Request,
+    ) -> batch_update_blobs_response::Response {
+        let result = async {
+            let digest = digests::required(item.digest.as_ref(), "digest")?;
+            if item.compressor != compressor::Value::Identity as i32 {
+                return Err(Status::invalid_argument(format!(
+                    "compressor {} is not supported; send IDENTITY",
+                    item.compressor
+                )));
+            }
+            // The engine verifies size and hash before anything is stored.
+            Ok(self.engine.put_blob(digest, item.data).await?)
+        }
+        .await;
+        batch_update_blobs_response::Response {
+            digest: item.digest,
+            status: Some(rpc_status(&result)),
+        }
+    }
+
+    async fn read_one(
+        &self,
+        requested: crate::proto::reapi::Digest,
+    ) -> batch_read_blobs_response::Response {
+        let result = async {
+            let digest = digests::parse(&requested, "digest")?;
+            Ok::<_, Status>(self.engine.read_blob(&digest, 0, digest.size).await?)
+        }
+        .await;
+        let (data, result) = match result {
+            Ok(data) => (data, Ok(())),
+            Err(status) => (Default::default(), Err(status)),
+        };
+        batch_read_blobs_response::Response {
+            digest: Some(requested),
+            data,
+            compressor: compressor::Value::Identity as i32,
+            status: Some(rpc_status(&result)),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl ContentAddressableStorage for CasService {
+    async fn find_missing_blobs(
+        &self,
+        request: Request<FindMissingBlobsRequest>,
+    ) -> Result<Response<FindMissingBlobsResponse>, Status> {
+        let request = request.into_inner();
+        digests::check_function(request.digest_function)?;
+        tracing::debug!(count = request.blob_digests.len(), "FindMissingBlobs");
+        let wanted = request
+            .blob_digests
+            .iter()
+            .map(|d| digests::parse(d, "blob digest"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let missing = self.engine.missing(&wanted);
+        Ok(Response::new(FindMissingBlobsResponse {
+            missing_blob_digests: missing.iter().map(digests::to_proto).collect(),
+        }))
+    }
+
+    /// Each blob succeeds or fails alone; responses are in request order.
+    async fn batch_update_blobs(
+        &self,
+        request: Request<BatchUpdateBlobsRequest>,
+    ) -> Result<Response<BatchUpdateBlobsResponse>, Status> {
+        let request = request.into_inner();
+        digests::check_function(request.digest_function)?;
+        tracing::debug!(count = request.requests.len(), "BatchUpdateBlobs");
+        self.check_batch_total(request.requests.iter().map(|r| r.data.len() as u64))?;
+        let responses = futures::stream::iter(request.requests)
+            .map(|item| self.update_one(item))
+            .buffered(BATCH_CONCURRENCY)
+            .collect()
+            .await;
+        Ok(Response::new(BatchUpdateBlobsResponse { responses }))
+    }
+
+    /// Each blob succeeds or fails alone; responses are in request order.
+    async fn batch_read_blobs(
+        &self,
+        request: Request<BatchReadBlobsRequest>,
+    ) -> Result<Response<BatchReadBlobsResponse>, Status> {
+        let request = request.into_inner();
+        digests::check_function(request.digest_function)?;
+        tracing::debug!(count = request.digests.len(), "BatchReadBlobs");
+        // IDENTITY is always acceptable, so `acceptable_compressors` needs no check.
+        self.check_batch_total(request.digests.iter().map(|d| d.size_bytes.max(0) as u64))?;
+        let response = BatchReadBlobsResponse {
+            responses: futures::stream::iter(request.digests)
+                .map(|digest| self.read_one(digest))
+                .buffered(BATCH_CONCURRENCY)
+                .collect()
+                .await,
+        };
+        // The blob bytes fit the batch limit, but thousands of tiny entries add up too.
+        if response.encoded_len() > self.max_message_size {
+            return Err(Status::invalid_argument(format!(
+                "the reply to {} digests would exceed the {} byte message limit; ask for fewer",
+                response.responses.len(),
+                self.max_message_size
+            )));
+        }
+        Ok(Response::new(response))
+    }
+
+    type GetTreeStream = ResponseStream<GetTreeResponse>;
+
+    async fn get_tree(
+        &self,
+        request: Request<GetTreeRequest>,
+    ) -> Result<Response<Self::GetTreeStream>, Status> {
+        let request = request.into_inner();
+        digests::check_function(request.digest_function)?;
+        let root = digests::required(request.root_digest.as_ref(), "root_digest")?;
+        tracing::debug!(%root, page_size = request.page_size, "GetTree");
+        let walk = tree::Walk::new(
+            root,
+            request.page_size,
+            &request.page_token,
+            self.max_message_size,
+        )?;
+        if !self.engine.contains(&root) {
+            return Err(Status::not_found(format!(
+                "root directory {root} not found"
+            )));
+        }
+        Ok(Response::new(walk.spawn(self.engine.clone())))
+    }
+}

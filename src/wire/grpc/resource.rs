@@ -1,0 +1,256 @@
+//! ByteStream resource names.
+//!
+//! - Read: `{instance}/blobs/{digest_function/}{hash}/{size}`
+//! - Write: `{instance}/uploads/{uuid}/blobs/{digest_function/}{hash}/{size}{/metadata...}`
+//!
+//! The instance name may be empty or span several segments; the REAPI forbids it to contain the
+//! reserved segments (`blobs`, `uploads`, `compressed-blobs`, ...), so the first reserved segment
+//! marks where it ends. A leading `/` is tolerated because some clients join an empty instance
+//! name with a slash. Every malformed name is INVALID_ARGUMENT, never INTERNAL.
+
+use tonic::Status;
+
+use crate::engine::Digest;
+
+/// What a Read resource name designates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadResource {
+    /// Instance name (the CAS is shared by all instances; kept for logging).
+    pub instance: String,
+    /// The blob to read.
+    pub digest: Digest,
+}
+
+/// What a Write resource name designates. Also the key of a resumable upload: a client resumes
+/// by sending the same instance, uuid and digest again (trailing metadata is ignored).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct WriteResource {
+    /// Instance name.
+    pub instance: String,
+    /// The client's upload id.
+    pub uuid: String,
+    /// The blob being written.
+    pub digest: Digest,
+}
+
+/// Parses a Read resource name.
+pub fn parse_read(name: &str) -> Result<ReadResource, Status> {
+    let segments = segments(name)?;
+    let at = segments
+        .iter()
+        .position(|s| *s == "blobs" || *s == "compressed-blobs")
+        .ok_or_else(|| malformed(name, "expected `{instance}/blobs/{hash}/{size}`"))?;
+    let (digest, rest) = blob_part(name, &segments[at..])?;
+    if !rest.is_empty() {
+        return Err(malformed(name, "unexpected segments after the size"));
+    }
+    Ok(ReadResource {
+        instance: segments[..at].join("/"),
+        digest,
+    })
+}
+
+/// Parses a Write resource name.
+pub fn parse_write(name: &str) -> Result<WriteResource, Status> {
+    let segments = segments(name)?;
+    let at = segments
+        .iter()
+        .position(|s| *s == "uploads")
+        .ok_or_else(|| {
+            malformed(
+                name,
+                "expected `{instance}/uploads/{uuid}/blobs/{hash}/{size}`",
+            )
+        })?;
+    let uuid = segments
+        .get(at + 1)
+        .filter(|uuid| !uuid.is_empty())
+        .ok_or_else(|| malformed(name, "missing upload id after `uploads`"))?;
+    // Trailing segments are client metadata the REAPI lets servers ignore.
+    let (digest, _metadata) = blob_part(name, &segments[at + 2..])?;
+    Ok(WriteResource {
+        instance: segments[..at].join("/"),
+        uuid: (*uuid).to_owned(),
+        digest,
+    })
+}
+
+/// Lowercase names of the REAPI digest functions, as they appear in resource names.
+const DIGEST_FUNCTIONS: [&str; 9] = [
+    "sha256",
+    "sha1",
+    "md5",
+    "vso",
+    "sha384",
+    "sha512",
+    "murmur3",
+    "sha256tree",
+    "blake3",
+];
+
+fn segments(name: &str) -> Result<Vec<&str>, Status> {
+    if name.is_empty() {
+        return Err(Status::invalid_argument("resource_name is empty"));
+    }
+    Ok(name.strip_prefix('/').unwrap_or(name).split('/').collect())
+}
+
+/// Parses `blobs/{digest_function/}{hash}/{size}` at the start of `segments`, returning the digest
+/// and whatever follows it.
+fn blob_part<'a, 'n>(
+    name: &str,
+    segments: &'a [&'n str],
+) -> Result<(Digest, &'a [&'n str]), Status> {
+    match segments.first() {
+        Some(&"blobs") => {}
+        Some(&"compressed-blobs") => {
+            return Err(Status::invalid_argument(format!(
+                "resource name {name:?}: compressed-blobs are not supported; this server \
+                 announces only the IDENTITY compressor"
+            )))
+        }
+        _ => return Err(malformed(name, "expected `blobs` after the upload id")),
+    }
+    let mut rest = &segments[1..];
+    // The optional digest function segment names a function other than SHA-256 (whose hashes
+    // are told apart by length); "sha256" itself is accepted too.
+    if let Some(function) = rest.first().filter(|s| DIGEST_FUNCTIONS.contains(*s)) {
+        if *function != "sha256" {
+            return Err(Status::invalid_argument(format!(
+                "resource name {name:?}: digest function {function:?} is not supported (only sha256)"
+            )));
+        }
+        rest = &rest[1..];
+    }
+    let [hash, size, tail @ ..] = rest else {
+        return Err(malformed(name, "expected `{hash}/{size}` after `blobs`"));
+    };
+    let size: i64 = size
+        .parse()
+        .map_err(|_| malformed(name, "the size is not a decimal integer"))?;
+    let digest = Digest::parse(hash, size)
+        .map_err(|e| Status::invalid_argument(format!("resource name {name:?}: {e}")))?;
+    Ok((digest, tail))
+}
+
+fn malformed(name: &str, why: &str) -> Status {
+    let shown: String = name.chars().take(200).collect();
+    Status::invalid_argument(format!("resource name {shown:?} is malformed: {why}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    fn hash() -> String {
+        Digest::of(b"hi").hex()
+    }
+
+    #[test]
+    fn read_names_with_any_instance() {
+        let h = hash();
+        for (name, instance) in [
+            (format!("blobs/{h}/2"), ""),
+            (format!("/blobs/{h}/2"), ""),
+            (format!("main/blobs/{h}/2"), "main"),
+            (format!("a/b/c/blobs/{h}/2"), "a/b/c"),
+            (format!("main/blobs/sha256/{h}/2"), "main"),
+        ] {
+            let r = parse_read(&name).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(r.instance, instance);
+            assert_eq!(r.digest, Digest::of(b"hi"));
+        }
+    }
+
+    #[test]
+    fn write_names_with_metadata_and_instance() {
+        let h = hash();
+        for (name, instance) in [
+            (format!("uploads/u-1/blobs/{h}/2"), ""),
+            (format!("/uploads/u-1/blobs/{h}/2"), ""),
+            (format!("x/y/uploads/u-1/blobs/{h}/2/some/file.o"), "x/y"),
+            (format!("x/uploads/u-1/blobs/sha256/{h}/2"), "x"),
+        ] {
+            let w = parse_write(&name).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(w.instance, instance);
+            assert_eq!(w.uuid, "u-1");
+            assert_eq!(w.digest, Digest::of(b"hi"));
+        }
+    }
+
+    #[test]
+    fn malformed_names_are_invalid_argument() {
+        let h = hash();
+        let bad_reads = [
+            String::new(),
+            "/".into(),
+            "blobs".into(),
+            format!("blobs/{h}"),
+            format!("blobs/{h}/-1"),
+            format!("blobs/{h}/two"),
+            format!("blobs/{}/2", h.to_uppercase()),
+            format!("blobs/{}/2", &h[1..]),
+            format!("blobs/{h}/2/extra"),
+            format!("blobs/blake3/{h}/2"),
+            format!("compressed-blobs/zstd/{h}/2"),
+            format!("instance/{h}/2"),
+            format!("blobs/{h}/99999999999999999999"),
+        ];
+        for name in bad_reads {
+            let e = parse_read(&name).expect_err(&name);
+            assert_eq!(e.code(), Code::InvalidArgument, "{name}: {e}");
+        }
+        let bad_writes = [
+            format!("blobs/{h}/2"),
+            format!("uploads/blobs/{h}/2"),
+            format!("uploads//blobs/{h}/2"),
+            format!("uploads/u/{h}/2"),
+            format!("uploads/u/blobs/{h}"),
+            format!("uploads/u/compressed-blobs/zstd/{h}/2"),
+            "uploads/u/blobs/../../etc/passwd".into(),
+        ];
+        for name in bad_writes {
+            let e = parse_write(&name).expect_err(&name);
+            assert_eq!(e.code(), Code::InvalidArgument, "{name}: {e}");
+        }
+    }
+
+    #[test]
+    fn no_name_built_from_tricky_segments_panics() {
+        let h = hash();
+        let parts = [
+            "",
+            "/",
+            "blobs",
+            "uploads",
+            "compressed-blobs",
+            "sha256",
+            "blake3",
+            "u",
+            &h,
+            "2",
+            "-2",
+            "é",
+            "\u{0}",
+            "99999999999999999999",
+        ];
+        for a in parts {
+            for b in parts {
+                for c in parts {
+                    for d in parts {
+                        let name = [a, b, c, d].join("/");
+                        let _ = parse_read(&name);
+                        let _ = parse_write(&name);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn compressed_blobs_are_explained() {
+        let e = parse_read(&format!("compressed-blobs/zstd/{}/2", hash())).unwrap_err();
+        assert!(e.message().contains("IDENTITY"), "{e}");
+    }
+}

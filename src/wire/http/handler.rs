@@ -1,0 +1,45 @@
+//! One request: route it by path and method to the handler that answers it.
+
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response};
+
+use super::body::Body;
+use super::response::HttpError;
+use super::route::{self, Route};
+use super::{ac, cas, status, HttpConfig};
+use crate::engine::Engine;
+
+/// Answers `request`. Every refusal is an error response with a message; only a failure in the
+/// middle of a streamed body aborts the connection instead.
+pub(super) async fn handle(
+    engine: &Arc<Engine>,
+    config: &HttpConfig,
+    request: Request<Incoming>,
+) -> Response<Body> {
+    let (parts, mut body) = request.into_parts();
+    let route = match route::parse(parts.uri.path()) {
+        Ok(route) => route,
+        Err(e) => return e.into_response(),
+    };
+    let result = match (route, &parts.method) {
+        (Route::Status, &Method::GET | &Method::HEAD) => Ok(status::get(engine)),
+        (Route::Cas { hash }, &Method::GET) => cas::get(engine, &hash, false),
+        (Route::Cas { hash }, &Method::HEAD) => cas::get(engine, &hash, true),
+        (Route::Cas { hash }, &Method::PUT) => {
+            cas::put(engine, hash, &parts.headers, &mut body).await
+        }
+        (Route::Ac { instance, hash }, &Method::GET | &Method::HEAD) => {
+            ac::get(engine, instance, hash).await
+        }
+        (Route::Ac { instance, hash }, &Method::PUT) => {
+            ac::put(engine, config, instance, hash, &mut body).await
+        }
+        (Route::Status, method) => Err(HttpError::method_not_allowed(method, "GET, HEAD")),
+        (Route::Cas { .. } | Route::Ac { .. }, method) => {
+            Err(HttpError::method_not_allowed(method, "GET, HEAD, PUT"))
+        }
+    };
+    result.unwrap_or_else(HttpError::into_response)
+}
