@@ -17,8 +17,6 @@
 //! Determinism: all state is in ordered containers, every random draw comes from madsim's
 //! seeded RNG, and draws happen in call order (the simulation is single-threaded).
 
-// sim/main.rs is still a stub that does not use this module yet.
-
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::io;
@@ -128,6 +126,7 @@ pub struct FaultConfig {
 
 impl FaultConfig {
     /// No faults: buffers drain only on flush and dropped bytes land at the next call.
+    #[cfg(test)]
     pub fn none() -> Self {
         Self {
             lazy_flush: 0.0,
@@ -353,11 +352,6 @@ impl SimFs {
         self.world().faults_on = on;
     }
 
-    /// The fault configuration this disk was built with.
-    pub fn faults(&self) -> FaultConfig {
-        self.world().faults.clone()
-    }
-
     /// Power loss: pending and in-flight bytes vanish, page caches revert to durable contents
     /// (maybe with torn tails), the namespace reverts to its durable state, every handle goes
     /// stale and every lock is released.
@@ -389,6 +383,7 @@ impl SimFs {
 
     /// Page-cache contents of a live file, bypassing faults, stats and rule checks (for
     /// oracles and tests).
+    #[cfg(test)]
     pub fn peek(&self, path: &Path) -> Option<Vec<u8>> {
         let world = self.world();
         match world.entry(&normalise(path).ok()?)? {

@@ -74,7 +74,14 @@ mod cli {
                 check_determinism,
                 planted,
                 stop_at_first,
-            } => run(seeds, start, jobs, check_determinism, planted, stop_at_first),
+            } => run(
+                seeds,
+                start,
+                jobs,
+                check_determinism,
+                planted,
+                stop_at_first,
+            ),
             Command::Replay { seed, planted } => {
                 tracing_subscriber::fmt()
                     .with_env_filter(
@@ -95,7 +102,9 @@ mod cli {
     }
 
     fn replay_command(seed: u64, planted: Option<&str>) -> String {
-        let planted_arg = planted.map(|p| format!(" --planted {p}")).unwrap_or_default();
+        let planted_arg = planted
+            .map(|p| format!(" --planted {p}"))
+            .unwrap_or_default();
         let features = if planted.is_some() {
             " --features planted-bugs"
         } else {
@@ -109,12 +118,22 @@ mod cli {
 
     fn print_outcome(seed: u64, planted: Option<&str>, outcome: &Outcome) {
         println!("seed {seed}: {}", outcome.config);
-        println!("seed {seed}: trace {} ({} events)", outcome.trace_hash, outcome.events);
+        println!(
+            "seed {seed}: trace {} ({} events)",
+            outcome.trace_hash, outcome.events
+        );
+        println!("seed {seed}: disk {}", outcome.fs_stats);
         for failure in &outcome.failures {
-            println!("seed {seed}: INVARIANT VIOLATED [{}] {}", failure.invariant, failure.detail);
+            println!(
+                "seed {seed}: INVARIANT VIOLATED [{}] {}",
+                failure.invariant, failure.detail
+            );
         }
         if !outcome.failures.is_empty() {
-            println!("seed {seed}: replay with: {}", replay_command(seed, planted));
+            println!(
+                "seed {seed}: replay with: {}",
+                replay_command(seed, planted)
+            );
         }
     }
 
@@ -184,8 +203,15 @@ mod cli {
         println!(
             "simulated {ran} seeds in {elapsed:.1} s ({:.0} seeds/min){}{}",
             ran as f64 / elapsed * 60.0,
-            if check_determinism { ", each twice for determinism" } else { "" },
-            planted.as_deref().map(|p| format!(", planted bug {p}")).unwrap_or_default(),
+            if check_determinism {
+                ", each twice for determinism"
+            } else {
+                ""
+            },
+            planted
+                .as_deref()
+                .map(|p| format!(", planted bug {p}"))
+                .unwrap_or_default(),
         );
         match first {
             None => {

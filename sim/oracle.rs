@@ -42,7 +42,10 @@ pub struct Pool {
 impl Pool {
     /// Content of a digest in the pool.
     pub fn content(&self, digest: &Digest) -> Option<&Bytes> {
-        self.digests.iter().position(|d| d == digest).map(|i| &self.blobs[i])
+        self.digests
+            .iter()
+            .position(|d| d == digest)
+            .map(|i| &self.blobs[i])
     }
 }
 
@@ -175,11 +178,15 @@ impl Oracle {
             return;
         };
         let start = offset as usize;
-        let matches = start + data.len() <= content.len() && content[start..start + data.len()] == *data;
+        let matches =
+            start + data.len() <= content.len() && content[start..start + data.len()] == *data;
         if !matches {
             self.fail(
                 "read-hashes-to-digest",
-                format!("read of {digest} at {offset} returned {} wrong bytes", data.len()),
+                format!(
+                    "read of {digest} at {offset} returned {} wrong bytes",
+                    data.len()
+                ),
             );
         }
     }

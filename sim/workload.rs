@@ -89,7 +89,8 @@ impl Client {
 
     /// Records a status in the trace and checks that it is never INTERNAL.
     fn status(&self, op: &str, digest: &Digest, status: &Status) {
-        self.oracle.event(format!("{} {op} {digest} {:?}", self.id, status.code()));
+        self.oracle
+            .event(format!("{} {op} {digest} {:?}", self.id, status.code()));
         if status.code() == Code::Internal {
             self.oracle.fail(
                 "internal-on-request",
@@ -119,7 +120,8 @@ impl Client {
     async fn upload(&self, channel: Channel, digest: Digest, content: Bytes) {
         let committed = self.write_blob(&channel, digest, content).await;
         let Some(committed) = committed else { return };
-        self.oracle.event(format!("{} write {digest} ok {committed}", self.id));
+        self.oracle
+            .event(format!("{} write {digest} ok {committed}", self.id));
         if committed != digest.size as i64 {
             self.oracle.fail(
                 "read-hashes-to-digest",
@@ -177,7 +179,10 @@ impl Client {
                     if committed == digest.size as i64 {
                         return Some(committed);
                     }
-                    self.oracle.event(format!("{} broken-write {digest} kept {committed}", self.id));
+                    self.oracle.event(format!(
+                        "{} broken-write {digest} kept {committed}",
+                        self.id
+                    ));
                 }
                 Err(status) => self.status("broken-write", &digest, &status),
             }
@@ -198,7 +203,9 @@ impl Client {
                     if offset > content.len() as u64 {
                         self.oracle.fail(
                             "read-hashes-to-digest",
-                            format!("QueryWriteStatus of {digest} reports {offset} bytes committed"),
+                            format!(
+                                "QueryWriteStatus of {digest} reports {offset} bytes committed"
+                            ),
                         );
                         return None;
                     }
@@ -251,7 +258,9 @@ impl Client {
     async fn batch_update(&self, channel: &Channel, tag: &str) {
         let mut items: Vec<(Digest, Bytes)> = Vec::new();
         let mut total = 0;
-        let corrupt_at = thread_rng().gen_bool(0.3).then(|| thread_rng().gen_range(0..8));
+        let corrupt_at = thread_rng()
+            .gen_bool(0.3)
+            .then(|| thread_rng().gen_range(0..8));
         for i in 0..thread_rng().gen_range(1..=8) {
             let (digest, content) = self.pick_blob();
             // Distinct digests, so each response names exactly one item.
@@ -291,7 +300,8 @@ impl Client {
                 .find(|r| r.digest.as_ref() == Some(&wire_digest(digest)))
                 .and_then(|r| r.status.as_ref())
                 .map_or(-1, |s| s.code);
-            self.oracle.event(format!("{tag} batch item {i} {digest} code {code}"));
+            self.oracle
+                .event(format!("{tag} batch item {i} {digest} code {code}"));
             let corrupt = Digest::of(data) != *digest;
             match (code, corrupt) {
                 (0, false) => self.oracle.blob_acked(*digest),
@@ -320,8 +330,16 @@ impl Client {
             };
             let (offset, limit) = {
                 let mut rng = thread_rng();
-                let offset = if rng.gen_bool(0.5) { 0 } else { rng.gen_range(0..=digest.size) };
-                let limit = if rng.gen_bool(0.5) { 0 } else { rng.gen_range(0..=digest.size) };
+                let offset = if rng.gen_bool(0.5) {
+                    0
+                } else {
+                    rng.gen_range(0..=digest.size)
+                };
+                let limit = if rng.gen_bool(0.5) {
+                    0
+                } else {
+                    rng.gen_range(0..=digest.size)
+                };
                 (offset, limit)
             };
             let was_acked = self.oracle.is_acked(&digest);
@@ -341,12 +359,20 @@ impl Client {
             .await;
             match result {
                 Ok(data) => {
-                    self.oracle.event(format!("{tag} read {digest} @{offset} got {}", data.len()));
-                    let want = if limit == 0 { digest.size - offset } else { limit.min(digest.size - offset) };
+                    self.oracle
+                        .event(format!("{tag} read {digest} @{offset} got {}", data.len()));
+                    let want = if limit == 0 {
+                        digest.size - offset
+                    } else {
+                        limit.min(digest.size - offset)
+                    };
                     if data.len() as u64 != want {
                         self.oracle.fail(
                             "read-hashes-to-digest",
-                            format!("read of {digest} at {offset} limit {limit} gave {} bytes", data.len()),
+                            format!(
+                                "read of {digest} at {offset} limit {limit} gave {} bytes",
+                                data.len()
+                            ),
                         );
                     }
                     self.oracle.check_read(&self.pool, &digest, offset, &data);
@@ -385,19 +411,29 @@ impl Client {
             Err(status) => return self.status("batch-read", &Digest::EMPTY, &status),
         };
         for item in response.responses {
-            let Some(digest) = item.digest.as_ref().and_then(|d| Digest::parse(&d.hash, d.size_bytes).ok()) else {
-                self.oracle.fail("read-hashes-to-digest", "BatchReadBlobs answered a malformed digest");
+            let Some(digest) = item
+                .digest
+                .as_ref()
+                .and_then(|d| Digest::parse(&d.hash, d.size_bytes).ok())
+            else {
+                self.oracle.fail(
+                    "read-hashes-to-digest",
+                    "BatchReadBlobs answered a malformed digest",
+                );
                 continue;
             };
             let code = item.status.map_or(-1, |s| s.code);
-            self.oracle.event(format!("{tag} batch-read {digest} code {code}"));
+            self.oracle
+                .event(format!("{tag} batch-read {digest} code {code}"));
             match code {
                 0 => self.oracle.check_read(&self.pool, &digest, 0, &item.data),
                 5 => self.oracle.fail(
                     "acknowledged-blob-lost",
                     format!("BatchReadBlobs: acknowledged {digest} not found"),
                 ),
-                13 => self.oracle.fail("internal-on-request", format!("BatchReadBlobs {digest}")),
+                13 => self
+                    .oracle
+                    .fail("internal-on-request", format!("BatchReadBlobs {digest}")),
                 _ => {}
             }
         }
@@ -405,7 +441,9 @@ impl Client {
 
     /// FindMissingBlobs over a mix of acknowledged and unknown digests.
     async fn find_missing(&self, channel: &Channel, tag: &str) {
-        let mut digests: Vec<Digest> = (0..thread_rng().gen_range(1..=50)).map(|_| self.pick_blob().0).collect();
+        let mut digests: Vec<Digest> = (0..thread_rng().gen_range(1..=50))
+            .map(|_| self.pick_blob().0)
+            .collect();
         digests.push(Digest::of(format!("never uploaded {tag}").as_bytes()));
         let acked: Vec<bool> = digests.iter().map(|d| self.oracle.is_acked(d)).collect();
         let request = FindMissingBlobsRequest {
@@ -416,7 +454,11 @@ impl Client {
         match client.find_missing_blobs(request).await {
             Ok(response) => {
                 let missing = response.into_inner().missing_blob_digests;
-                self.oracle.event(format!("{tag} find-missing {} of {}", missing.len(), digests.len()));
+                self.oracle.event(format!(
+                    "{tag} find-missing {} of {}",
+                    missing.len(),
+                    digests.len()
+                ));
                 for (digest, was_acked) in digests.iter().zip(acked) {
                     if was_acked && missing.contains(&wire_digest(digest)) {
                         self.oracle.fail(
@@ -438,7 +480,9 @@ impl Client {
         }
         let (instance, action, outputs, exit_code) = {
             let mut rng = thread_rng();
-            let outputs: Vec<Digest> = (0..rng.gen_range(1..=4)).map(|_| acked[rng.gen_range(0..acked.len())]).collect();
+            let outputs: Vec<Digest> = (0..rng.gen_range(1..=4))
+                .map(|_| acked[rng.gen_range(0..acked.len())])
+                .collect();
             (
                 INSTANCES[rng.gen_range(0..INSTANCES.len())],
                 action_key(rng.gen_range(0..ACTION_KEYS)),
@@ -460,7 +504,8 @@ impl Client {
             stdout_digest: Some(wire_digest(&outputs[0])),
             ..Default::default()
         };
-        self.oracle.action_attempted(instance, action, result.encode_to_vec().into());
+        self.oracle
+            .action_attempted(instance, action, result.encode_to_vec().into());
         let request = UpdateActionResultRequest {
             instance_name: instance.to_owned(),
             action_digest: Some(wire_digest(&action)),
@@ -470,7 +515,8 @@ impl Client {
         let mut client = ActionCacheClient::new(channel.clone());
         match client.update_action_result(request).await {
             Ok(_) => {
-                self.oracle.event(format!("{tag} update-action {instance:?} {action} ok"));
+                self.oracle
+                    .event(format!("{tag} update-action {instance:?} {action} ok"));
                 self.oracle.action_acked(instance, action);
             }
             Err(status) => self.status("update-action", &action, &status),
@@ -496,7 +542,12 @@ impl Client {
             hash: Digest::of(format!("wrong {tag}").as_bytes()).hash,
             size: content.len() as u64,
         };
-        let resource = format!("uploads/{:016x}/blobs/{}/{}", thread_rng().gen::<u64>(), wrong.hex(), wrong.size);
+        let resource = format!(
+            "uploads/{:016x}/blobs/{}/{}",
+            thread_rng().gen::<u64>(),
+            wrong.hex(),
+            wrong.size
+        );
         let requests = self.write_chunks(&content, &resource, 0, None);
         let mut client = ByteStreamClient::new(channel.clone());
         match client.write(futures::stream::iter(requests)).await {
@@ -506,11 +557,20 @@ impl Client {
             ),
             Err(status) => {
                 self.status("bad-write", &wrong, &status);
-                let expected = [Code::InvalidArgument, Code::Unavailable, Code::ResourceExhausted, Code::Unknown];
+                let expected = [
+                    Code::InvalidArgument,
+                    Code::Unavailable,
+                    Code::ResourceExhausted,
+                    Code::Unknown,
+                ];
                 if !expected.contains(&status.code()) {
                     self.oracle.fail(
                         "bad-input-accepted",
-                        format!("a mismatched write got {:?}: {}", status.code(), status.message()),
+                        format!(
+                            "a mismatched write got {:?}: {}",
+                            status.code(),
+                            status.message()
+                        ),
                     );
                 }
             }
@@ -537,9 +597,15 @@ pub async fn check_action(
     let result = match client.get_action_result(request).await {
         Ok(r) => r.into_inner(),
         Err(status) => {
-            oracle.event(format!("{tag} get-action {instance:?} {action} {:?}", status.code()));
+            oracle.event(format!(
+                "{tag} get-action {instance:?} {action} {:?}",
+                status.code()
+            ));
             if status.code() == Code::Internal {
-                oracle.fail("internal-on-request", format!("GetActionResult: {}", status.message()));
+                oracle.fail(
+                    "internal-on-request",
+                    format!("GetActionResult: {}", status.message()),
+                );
             }
             if must_hit && status.code() == Code::NotFound {
                 oracle.fail(
@@ -572,7 +638,10 @@ pub async fn check_action(
         for missing in response.into_inner().missing_blob_digests {
             oracle.fail(
                 "ac-hit-references-missing-blob",
-                format!("action {action} in {instance:?} names missing {}/{}", missing.hash, missing.size_bytes),
+                format!(
+                    "action {action} in {instance:?} names missing {}/{}",
+                    missing.hash, missing.size_bytes
+                ),
             );
         }
     }

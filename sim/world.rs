@@ -41,6 +41,8 @@ pub struct Outcome {
     pub events: u64,
     /// Broken invariants.
     pub failures: Vec<Failure>,
+    /// What the simulated disk did: calls and injected faults by name.
+    pub fs_stats: String,
 }
 
 /// Runs one seed to completion.
@@ -64,6 +66,7 @@ pub fn run_seed(seed: u64, planted: Option<&str>, verbose: bool) -> Outcome {
                 invariant: "server-panic",
                 detail: message,
             }],
+            fs_stats: String::new(),
         }
     })
 }
@@ -83,7 +86,10 @@ fn engine_config(plan: &Plan, planted: Option<&str>) -> EngineConfig {
         });
     }
     #[cfg(not(feature = "planted-bugs"))]
-    assert!(planted.is_none(), "planting a bug needs --features planted-bugs");
+    assert!(
+        planted.is_none(),
+        "planting a bug needs --features planted-bugs"
+    );
     config
 }
 
@@ -99,9 +105,13 @@ fn start_server(handle: &Handle, fs: &SimFs, config: ServeConfig) -> NodeHandle 
                 // A supervisor's restart loop: a start that fails (an I/O error during
                 // recovery, say) is retried, as systemd would.
                 loop {
-                    let served =
-                        server::serve(config.clone(), Arc::new(fs.clone()), Arc::new(TokioRuntime), pending())
-                            .await;
+                    let served = server::serve(
+                        config.clone(),
+                        Arc::new(fs.clone()),
+                        Arc::new(TokioRuntime),
+                        pending(),
+                    )
+                    .await;
                     if let Err(e) = served {
                         tracing::info!(error = %e, "server stopped; restarting");
                     }
@@ -119,7 +129,10 @@ fn draw_pool(plan: &Plan) -> Pool {
             // Log-uniform sizes: mostly small, some large, like real outputs.
             let bits = rng.gen_range(0.0..(plan.max_blob as f64).log2());
             let len = 2f64.powf(bits) as usize;
-            (0..len).map(|_| rng.gen::<u8>()).collect::<Vec<u8>>().into()
+            (0..len)
+                .map(|_| rng.gen::<u8>())
+                .collect::<Vec<u8>>()
+                .into()
         })
         .collect();
     let digests = blobs.iter().map(|b| Digest::of(b)).collect();
@@ -183,12 +196,17 @@ async fn simulate(planted: Option<String>, verbose: bool) -> Outcome {
     if audited.await.is_err() {
         oracle.fail("server-panic", "the audit task panicked");
     }
+    // The disk's own record of injected faults is part of what must replay identically.
+    for event in fs.events() {
+        oracle.event(event);
+    }
     let (trace_hash, events) = oracle.trace();
     Outcome {
         config: plan.to_string(),
         trace_hash,
         events,
         failures: oracle.failures(),
+        fs_stats: fs.stats().to_string(),
     }
 }
 
@@ -224,7 +242,10 @@ async fn audit(handle: &Handle, server: &NodeHandle, fs: &SimFs, oracle: &Oracle
     wait_until_serving(&channel).await;
     let leftovers = temp_files(fs);
     if !leftovers.is_empty() {
-        oracle.fail("temp-file-leak", format!("temp files survived a restart: {leftovers:?}"));
+        oracle.fail(
+            "temp-file-leak",
+            format!("temp files survived a restart: {leftovers:?}"),
+        );
     }
 
     let acked = oracle.acked_blobs();
@@ -238,11 +259,17 @@ async fn audit(handle: &Handle, server: &NodeHandle, fs: &SimFs, oracle: &Oracle
             for missing in response.into_inner().missing_blob_digests {
                 oracle.fail(
                     "acknowledged-blob-lost",
-                    format!("{}/{} missing after the final restart", missing.hash, missing.size_bytes),
+                    format!(
+                        "{}/{} missing after the final restart",
+                        missing.hash, missing.size_bytes
+                    ),
                 );
             }
         }
-        Err(status) => oracle.fail("internal-on-request", format!("final FindMissingBlobs: {status}")),
+        Err(status) => oracle.fail(
+            "internal-on-request",
+            format!("final FindMissingBlobs: {status}"),
+        ),
     }
     for digest in &acked {
         audit_blob(&channel, oracle, pool, digest).await;
@@ -251,7 +278,10 @@ async fn audit(handle: &Handle, server: &NodeHandle, fs: &SimFs, oracle: &Oracle
         check_action(oracle, &channel, &instance, &action, true, "audit").await;
     }
     for violation in fs.violations() {
-        oracle.fail(violation.name, format!("{}: {}", violation.path.display(), violation.detail));
+        oracle.fail(
+            violation.name,
+            format!("{}: {}", violation.path.display(), violation.detail),
+        );
     }
 }
 
@@ -274,11 +304,18 @@ async fn audit_blob(channel: &Channel, oracle: &Oracle, pool: &Pool, digest: &Di
         Ok(data) if Digest::of(&data) == *digest => {}
         Ok(data) => {
             oracle.check_read(pool, digest, 0, &data);
-            oracle.fail("read-hashes-to-digest", format!("final read of {digest} gave {} bytes", data.len()));
+            oracle.fail(
+                "read-hashes-to-digest",
+                format!("final read of {digest} gave {} bytes", data.len()),
+            );
         }
         Err(status) => oracle.fail(
             "acknowledged-blob-lost",
-            format!("final read of {digest}: {:?} {}", status.code(), status.message()),
+            format!(
+                "final read of {digest}: {:?} {}",
+                status.code(),
+                status.message()
+            ),
         ),
     }
 }
@@ -296,5 +333,8 @@ async fn wait_until_serving(channel: &Channel) {
 
 fn temp_files(fs: &SimFs) -> Vec<std::path::PathBuf> {
     let tmp = Path::new(DATA_DIR).join("tmp");
-    fs.files().into_iter().filter(|p| p.starts_with(&tmp)).collect()
+    fs.files()
+        .into_iter()
+        .filter(|p| p.starts_with(&tmp))
+        .collect()
 }

@@ -239,7 +239,10 @@ impl SegmentLog {
         if let Err(e) = previous.file.close().await {
             tracing::warn!(segment = old, error = %e, "closing segment failed");
         }
-        self.readers.lock().expect("readers").insert(old + 1, reader);
+        self.readers
+            .lock()
+            .expect("readers")
+            .insert(old + 1, reader);
         Ok(())
     }
 

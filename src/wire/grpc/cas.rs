@@ -19,7 +19,7 @@ use crate::proto::reapi::{
 
 /// Items of one batch call processed at once: enough to overlap commits (each waits for a
 /// segment sync), few enough that one big batch cannot monopolise the engine.
-const BATCH_CONCURRENCY: usize = 64;
+const BATCH_CONCURRENCY: usize = 16;
 
 /// Serves the CAS from the engine (shared by all instance names).
 pub struct CasService {
