@@ -2,7 +2,8 @@
 # The one test command (README and CI run exactly this): lint, unit + integration tests on the
 # real filesystem, then the simulator (seeds, determinism, planted bugs) in release mode.
 #   SIM_SEEDS=N    seeds for the standard simulation run (default 2000)
-#   SKIP_SIM=1     only the real-world tests
+#   SKIP_SIM=1     skip the simulator
+#   SKIP_ACCEPTANCE=1  skip the real-client runs (Bazel, ccache; they install packages as root)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -20,4 +21,9 @@ cargo test --all-targets
 if [ "${SKIP_SIM:-0}" != 1 ]; then
   step "simulator: ${SIM_SEEDS:-2000} seeds, determinism check, planted bugs"
   ./sim/run.sh all "${SIM_SEEDS:-2000}"
+fi
+
+if [ "${SKIP_ACCEPTANCE:-0}" != 1 ]; then
+  step "acceptance: real Bazel (gRPC, HTTP, restart) and ccache against hoard serve"
+  ./tests/acceptance/run.sh
 fi

@@ -3,6 +3,8 @@
 //! that replays it bit for bit. Build with `RUSTFLAGS="--cfg madsim"` (see `sim/run.sh`).
 
 #[cfg(madsim)]
+mod ccache;
+#[cfg(madsim)]
 mod fs;
 #[cfg(madsim)]
 mod oracle;

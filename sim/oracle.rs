@@ -7,13 +7,16 @@
 //! - `find-missing-lies`: FindMissingBlobs never reports an acknowledged blob missing.
 //! - `acknowledged-action-lost`: an acknowledged action-cache update stays retrievable.
 //! - `ac-hit-references-missing-blob`: an action-cache hit never names a blob the CAS lacks.
-//! - `ac-returns-unknown-value`: an action-cache hit is a value some client stored for that key.
+//! - `ac-returns-unknown-value`: an action-cache hit (gRPC, or an opaque value over HTTP) is a
+//!   value some client stored for that key.
+//! - `opaque-value-over-grpc`: gRPC GetActionResult never serves an opaque (ccache) value.
 //! - `internal-on-request`: no request, valid or not, gets INTERNAL.
 //! - `bad-input-accepted`: a wrong upload is rejected with INVALID_ARGUMENT, not stored.
 //! - `temp-file-leak`: no temp file outlives its upload or survives a restart.
 //! - `persist-before-flush` (from the simulated filesystem): nothing reopens a file by path
 //!   while bytes of it sit unflushed in a handle.
 //! - `server-panic`: the server never panics.
+//! - `liveness`: a seed finishes within its virtual time limit (a hang fails it).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
@@ -54,6 +57,8 @@ struct State {
     acked_blobs: BTreeSet<Digest>,
     /// Every value any client tried to store per (instance, action), and whether one was acked.
     actions: BTreeMap<(String, Digest), (Vec<Bytes>, bool)>,
+    /// The same for opaque values stored over HTTP by ccache-like clients, by key.
+    opaque: BTreeMap<[u8; 32], (Vec<Bytes>, bool)>,
     abandoned_uploads: usize,
     failures: Vec<Failure>,
     trace: Sha256,
@@ -150,6 +155,45 @@ impl Oracle {
     /// Action keys some client stored, acked or not.
     pub fn attempted_actions(&self) -> Vec<(String, Digest)> {
         self.with(|s| s.actions.keys().cloned().collect())
+    }
+
+    /// A ccache-like client is about to store `value` under `key`.
+    pub fn opaque_attempted(&self, key: &[u8; 32], value: Bytes) {
+        self.with(|s| s.opaque.entry(*key).or_default().0.push(value));
+    }
+
+    /// An opaque value was acknowledged.
+    pub fn opaque_acked(&self, key: &[u8; 32]) {
+        self.with(|s| {
+            if let Some(entry) = s.opaque.get_mut(key) {
+                entry.1 = true;
+            }
+        });
+    }
+
+    /// Whether some value stored under `key` was acknowledged.
+    pub fn is_opaque_acked(&self, key: &[u8; 32]) -> bool {
+        self.with(|s| s.opaque.get(key).is_some_and(|(_, acked)| *acked))
+    }
+
+    /// Whether `value` is one some client tried to store under `key`.
+    pub fn opaque_value_known(&self, key: &[u8; 32], value: &[u8]) -> bool {
+        self.with(|s| {
+            s.opaque
+                .get(key)
+                .is_some_and(|(values, _)| values.iter().any(|v| v[..] == *value))
+        })
+    }
+
+    /// Keys with an acknowledged opaque value.
+    pub fn acked_opaque_keys(&self) -> Vec<[u8; 32]> {
+        self.with(|s| {
+            s.opaque
+                .iter()
+                .filter(|(_, (_, acked))| *acked)
+                .map(|(k, _)| *k)
+                .collect()
+        })
     }
 
     /// An upload's stream broke and was never completed.

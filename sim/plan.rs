@@ -11,8 +11,10 @@ use crate::fs::FaultConfig;
 /// Everything a seed decided before it ran.
 #[derive(Clone, Debug)]
 pub struct Plan {
-    /// Client nodes running workloads at once.
+    /// Client nodes running Bazel-shaped gRPC workloads at once.
     pub clients: usize,
+    /// Client nodes running ccache-shaped HTTP workloads at once.
+    pub ccache_clients: usize,
     /// Rounds of operations per client.
     pub rounds: usize,
     /// The most uploads a client starts at once in a burst (a build script's OUT_DIR).
@@ -42,6 +44,7 @@ impl Plan {
         let pool = *pick(&mut rng, &[8, 40, 200]);
         Plan {
             clients: rng.gen_range(1..=4),
+            ccache_clients: rng.gen_range(0..=2),
             rounds: rng.gen_range(2..=8),
             burst_max: *pick(&mut rng, &[4, 32, 128, 340]),
             pool,
@@ -64,9 +67,10 @@ impl fmt::Display for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "clients={} rounds={} burst_max={} pool={} max_blob={} chunk={} break={} \
-             stage_limit={} segment_size={} crashes={} | faults: {}",
+            "clients={} ccache_clients={} rounds={} burst_max={} pool={} max_blob={} chunk={} \
+             break={} stage_limit={} segment_size={} crashes={} | faults: {}",
             self.clients,
+            self.ccache_clients,
             self.rounds,
             self.burst_max,
             self.pool,

@@ -52,15 +52,17 @@ pub fn wire_digest(d: &Digest) -> reapi::Digest {
     }
 }
 
-/// Connects to the server, retrying while it is down (it may be mid-crash).
-pub async fn connect() -> Channel {
-    loop {
+/// Connects to the server, retrying while it is down (it may be mid-crash), for at most
+/// `attempts` tries 200 ms apart.
+pub async fn connect(attempts: usize) -> Option<Channel> {
+    for _ in 0..attempts {
         let endpoint = Endpoint::from_static(SERVER_GRPC).timeout(Duration::from_secs(120));
         if let Ok(channel) = endpoint.connect().await {
-            return channel;
+            return Some(channel);
         }
         madsim::time::sleep(Duration::from_millis(200)).await;
     }
+    None
 }
 
 /// The action-cache key `n`.
@@ -72,7 +74,12 @@ impl Client {
     /// Runs the plan's rounds of mixed operations.
     pub async fn run(self) {
         for round in 0..self.plan.rounds {
-            let channel = connect().await;
+            // A server that stays down (a disk too broken to recover) costs rounds, not a hang.
+            let Some(channel) = connect(50).await else {
+                self.oracle
+                    .event(format!("c{} r{round} server unreachable", self.id));
+                continue;
+            };
             let op = thread_rng().gen_range(0..100);
             let tag = format!("c{} r{round}", self.id);
             match op {

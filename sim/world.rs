@@ -13,15 +13,19 @@ use futures::future::join_all;
 use hoard::engine::{Digest, EngineConfig};
 use hoard::proto::bytestream::byte_stream_client::ByteStreamClient;
 use hoard::proto::bytestream::ReadRequest;
+use hoard::proto::reapi::action_cache_client::ActionCacheClient;
 use hoard::proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
-use hoard::proto::reapi::FindMissingBlobsRequest;
+use hoard::proto::reapi::{FindMissingBlobsRequest, GetActionResultRequest};
 use hoard::seam::TokioRuntime;
 use hoard::server::{self, ServeConfig};
 use hoard::wire::grpc::GrpcConfig;
+use hoard::wire::http::HttpConfig;
+use hyper::Method;
 use madsim::rand::{thread_rng, Rng};
 use madsim::runtime::{Handle, NodeHandle, Runtime};
 use tonic::transport::Channel;
 
+use crate::ccache;
 use crate::fs::SimFs;
 pub use crate::oracle::Failure;
 use crate::oracle::{Oracle, Pool};
@@ -30,6 +34,7 @@ use crate::workload::{check_action, connect, wire_digest, Client};
 
 const DATA_DIR: &str = "/data";
 const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+const VIRTUAL_TIME_LIMIT: Duration = Duration::from_secs(30 * 60);
 
 /// What a seed did and found.
 pub struct Outcome {
@@ -47,7 +52,9 @@ pub struct Outcome {
 
 /// Runs one seed to completion.
 pub fn run_seed(seed: u64, planted: Option<&str>, verbose: bool) -> Outcome {
-    let runtime = Runtime::with_seed_and_config(seed, madsim::Config::default());
+    let mut runtime = Runtime::with_seed_and_config(seed, madsim::Config::default());
+    // Liveness: a seed's whole story fits in a few virtual minutes; longer means a hang.
+    runtime.set_time_limit(VIRTUAL_TIME_LIMIT);
     let planted = planted.map(str::to_owned);
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
         runtime.block_on(simulate(planted, verbose))
@@ -58,12 +65,17 @@ pub fn run_seed(seed: u64, planted: Option<&str>, verbose: bool) -> Outcome {
             .cloned()
             .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
             .unwrap_or_else(|| "unknown panic".into());
+        let invariant = if message.contains("time limit") {
+            "liveness"
+        } else {
+            "server-panic"
+        };
         Outcome {
             config: "(panicked before the plan was printed)".into(),
             trace_hash: "-".into(),
             events: 0,
             failures: vec![Failure {
-                invariant: "server-panic",
+                invariant,
                 detail: message,
             }],
             fs_stats: String::new(),
@@ -151,8 +163,9 @@ async fn simulate(planted: Option<String>, verbose: bool) -> Outcome {
     let config = ServeConfig {
         engine: engine_config(&plan, planted.as_deref()),
         grpc_addr: SocketAddr::new(IpAddr::V4(SERVER_IP), 9092),
-        http_addr: None,
+        http_addr: Some(crate::ccache::SERVER_HTTP),
         grpc: GrpcConfig::default(),
+        http: HttpConfig::default(),
     };
     let server = start_server(&handle, &fs, config);
 
@@ -170,6 +183,15 @@ async fn simulate(planted: Option<String>, verbose: bool) -> Outcome {
         };
         node.spawn(client.run())
     });
+    let ccache_clients = (0..plan.ccache_clients).map(|id| {
+        let node = handle
+            .create_node()
+            .name(format!("ccache-{id}"))
+            .ip(IpAddr::V4(Ipv4Addr::new(10, 0, 3, id as u8 + 1)))
+            .build();
+        node.spawn(ccache::run(id, oracle.clone(), plan.clone()))
+    });
+    let clients = clients.chain(ccache_clients);
     let crasher = async {
         for n in 0..plan.crashes {
             let wait = thread_rng().gen_range(0..3000);
@@ -238,7 +260,10 @@ async fn audit(handle: &Handle, server: &NodeHandle, fs: &SimFs, oracle: &Oracle
     fs.set_faults(false);
     oracle.event("final crash");
     crash_and_restart(handle, server, fs).await;
-    let channel = connect().await;
+    // Faults are off now: the server must come back (the liveness limit catches it if not).
+    let Some(channel) = connect(usize::MAX).await else {
+        unreachable!("connect retries without end")
+    };
     wait_until_serving(&channel).await;
     let leftovers = temp_files(fs);
     if !leftovers.is_empty() {
@@ -277,6 +302,7 @@ async fn audit(handle: &Handle, server: &NodeHandle, fs: &SimFs, oracle: &Oracle
     for (instance, action) in oracle.acked_actions() {
         check_action(oracle, &channel, &instance, &action, true, "audit").await;
     }
+    audit_opaque(&channel, oracle).await;
     for violation in fs.violations() {
         oracle.fail(
             violation.name,
@@ -317,6 +343,51 @@ async fn audit_blob(channel: &Channel, oracle: &Oracle, pool: &Pool, digest: &Di
                 status.message()
             ),
         ),
+    }
+}
+
+/// Every acknowledged ccache entry is still served over HTTP, and never over gRPC.
+async fn audit_opaque(channel: &Channel, oracle: &Oracle) {
+    let keys = oracle.acked_opaque_keys();
+    if keys.is_empty() {
+        return;
+    }
+    let Some(mut sender) = ccache::connect().await else {
+        oracle.fail(
+            "acknowledged-action-lost",
+            "the HTTP listener is gone after the final restart",
+        );
+        return;
+    };
+    let mut ac = ActionCacheClient::new(channel.clone());
+    for key in keys {
+        let path = format!("/{}/ac/{}", ccache::INSTANCE, hex::encode(key));
+        match ccache::send(&mut sender, Method::GET, &path, Bytes::new()).await {
+            Some((status, body)) => ccache::check_get(oracle, &key, status, &body, true),
+            None => oracle.fail(
+                "acknowledged-action-lost",
+                "HTTP connection lost during the audit",
+            ),
+        }
+        let request = GetActionResultRequest {
+            instance_name: ccache::INSTANCE.to_owned(),
+            action_digest: Some(wire_digest(&Digest { hash: key, size: 0 })),
+            ..Default::default()
+        };
+        match ac.get_action_result(request).await {
+            Ok(_) => oracle.fail(
+                "opaque-value-over-grpc",
+                format!(
+                    "GetActionResult served the ccache entry {}",
+                    hex::encode(key)
+                ),
+            ),
+            Err(status) if status.code() == tonic::Code::NotFound => {}
+            Err(status) => oracle.fail(
+                "internal-on-request",
+                format!("GetActionResult of a ccache key: {status}"),
+            ),
+        }
     }
 }
 

@@ -12,6 +12,7 @@ mod cli {
     use hoard::seam::TokioRuntime;
     use hoard::server::{self, parse_size, ServeConfig};
     use hoard::wire::grpc::GrpcConfig;
+    use hoard::wire::http::HttpConfig;
 
     /// A remote build cache for Bazel (REAPI v2 gRPC and the HTTP cache protocol).
     #[derive(Parser)]
@@ -44,6 +45,10 @@ mod cli {
         /// Byte budget for stored blobs, e.g. 50G (default: unbounded).
         #[arg(long, env = "HOARD_MAX_SIZE", value_parser = parse_size)]
         max_size: Option<u64>,
+        /// Refuse HTTP `/ac/` values that are not REAPI ActionResults (by default they are kept
+        /// as opaque values, which is what ccache stores).
+        #[arg(long, env = "HOARD_HTTP_AC_STRICT")]
+        http_ac_strict: bool,
         /// Largest single blob accepted, e.g. 2G.
         #[arg(long, env = "HOARD_MAX_BLOB_SIZE", value_parser = parse_size, default_value = "64G")]
         max_blob_size: u64,
@@ -82,6 +87,10 @@ mod cli {
             grpc_addr: args.grpc_addr,
             http_addr: (!args.no_http).then_some(args.http_addr),
             grpc: GrpcConfig::default(),
+            http: HttpConfig {
+                ac_strict: args.http_ac_strict,
+                ..HttpConfig::default()
+            },
         };
         server::serve(
             config,

@@ -10,7 +10,7 @@ use futures::future::{FutureExt, Shared};
 use crate::engine::{Engine, EngineConfig};
 use crate::seam::{Fs, Runtime};
 use crate::wire::grpc::{self, GrpcConfig};
-use crate::wire::http;
+use crate::wire::http::{self, HttpConfig};
 
 /// What `hoard serve` runs.
 #[derive(Clone, Debug)]
@@ -23,6 +23,8 @@ pub struct ServeConfig {
     pub http_addr: Option<SocketAddr>,
     /// gRPC settings.
     pub grpc: GrpcConfig,
+    /// HTTP settings.
+    pub http: HttpConfig,
 }
 
 /// Opens the engine and serves both front ends until `shutdown` completes or one fails.
@@ -44,7 +46,7 @@ pub async fn serve(
     match config.http_addr {
         Some(addr) => {
             tracing::info!(%addr, "serving HTTP");
-            let http = http::serve(engine, addr, shutdown);
+            let http = http::serve(engine, config.http.clone(), addr, shutdown);
             futures::try_join!(grpc, http)?;
         }
         None => grpc.await?,

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use hoard::engine::{Digest, Engine, EngineConfig, Error};
+use hoard::engine::{AcKind, Digest, Engine, EngineConfig, Error};
 use hoard::seam::real_fs::RealFs;
 use hoard::seam::TokioRuntime;
 
@@ -170,15 +170,30 @@ async fn a_restart_recovers_every_acknowledged_blob_and_action() {
                 .unwrap();
         }
         engine
-            .put_action("", action, Bytes::from_static(b"first"))
+            .put_action(
+                "",
+                action.hash,
+                AcKind::ActionResult,
+                Bytes::from_static(b"first"),
+            )
             .await
             .unwrap();
         engine
-            .put_action("", action, Bytes::from_static(b"second"))
+            .put_action(
+                "",
+                action.hash,
+                AcKind::Opaque,
+                Bytes::from_static(b"second"),
+            )
             .await
             .unwrap();
         engine
-            .put_action("other", action, Bytes::from_static(b"third"))
+            .put_action(
+                "other",
+                action.hash,
+                AcKind::ActionResult,
+                Bytes::from_static(b"third"),
+            )
             .await
             .unwrap();
     }
@@ -187,16 +202,16 @@ async fn a_restart_recovers_every_acknowledged_blob_and_action() {
         assert_eq!(read_all(&engine, &Digest::of(data)).await, *data);
     }
     assert_eq!(engine.stats().blobs, 40);
-    // Last writer wins, per instance, across the restart.
+    // Last writer wins, per instance and whatever the kinds, across the restart.
     assert_eq!(
-        engine.get_action("", &action).await.unwrap().unwrap(),
-        "second"
+        engine.get_action("", &action.hash).await.unwrap(),
+        Some((AcKind::Opaque, Bytes::from_static(b"second")))
     );
     assert_eq!(
-        engine.get_action("other", &action).await.unwrap().unwrap(),
-        "third"
+        engine.get_action("other", &action.hash).await.unwrap(),
+        Some((AcKind::ActionResult, Bytes::from_static(b"third")))
     );
-    assert_eq!(engine.get_action("nope", &action).await.unwrap(), None);
+    assert_eq!(engine.get_action("nope", &action.hash).await.unwrap(), None);
 }
 
 #[tokio::test]

@@ -4,7 +4,7 @@ mod grpc_support;
 
 use futures::StreamExt;
 use grpc_support::*;
-use hoard::engine::Digest;
+use hoard::engine::{AcKind, Digest};
 use hoard::proto::bytestream::{QueryWriteStatusRequest, WriteRequest};
 use hoard::proto::reapi::{
     batch_update_blobs_request, ActionResult, BatchReadBlobsRequest, BatchUpdateBlobsRequest,
@@ -172,20 +172,35 @@ async fn action_cache_rejects_malformed_requests() {
 }
 
 #[tokio::test]
-async fn undecodable_action_value_is_a_miss() {
+async fn opaque_and_undecodable_action_values_are_misses() {
     let f = Fixture::start().await;
-    let action = Digest::of(b"ccache-style entry");
-    // Not an ActionResult: field 1 is reserved and the bytes are garbage anyway.
+    // What ccache stores under /ac/ over HTTP: served back there, never over gRPC.
+    let ccache_key = Digest::of(b"ccache-style entry");
+    let ccache_entry = bytes::Bytes::from_static(b"\xcc\xac\x00\x01 manifest");
+    f.engine
+        .put_action("", ccache_key.hash, AcKind::Opaque, ccache_entry.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        code(f.ac().get_action_result(get("", &ccache_key)).await),
+        Code::NotFound
+    );
+    let stored = f.engine.get_action("", &ccache_key.hash).await.unwrap();
+    assert_eq!(stored, Some((AcKind::Opaque, ccache_entry)));
+
+    // A value tagged as an ActionResult that does not decode is a miss, not INTERNAL.
+    let broken = Digest::of(b"broken entry");
     f.engine
         .put_action(
             "",
-            action,
+            broken.hash,
+            AcKind::ActionResult,
             bytes::Bytes::from_static(b"\xcc\xac\xff\xff\xff"),
         )
         .await
         .unwrap();
     assert_eq!(
-        code(f.ac().get_action_result(get("", &action)).await),
+        code(f.ac().get_action_result(get("", &broken)).await),
         Code::NotFound
     );
 }

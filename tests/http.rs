@@ -45,7 +45,19 @@ impl Server {
         Server::start_with(|_| {}, Arc::new(RealFs)).await
     }
 
+    async fn start_strict() -> Server {
+        Server::start_configured(|_| {}, |http| http.ac_strict = true, Arc::new(RealFs)).await
+    }
+
     async fn start_with(configure: impl FnOnce(&mut EngineConfig), fs: Arc<dyn Fs>) -> Server {
+        Server::start_configured(configure, |_| {}, fs).await
+    }
+
+    async fn start_configured(
+        configure: impl FnOnce(&mut EngineConfig),
+        configure_http: impl FnOnce(&mut HttpConfig),
+        fs: Arc<dyn Fs>,
+    ) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let mut config = EngineConfig::new(dir.path());
         configure(&mut config);
@@ -55,10 +67,11 @@ impl Server {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let http = HttpConfig {
+        let mut http = HttpConfig {
             max_action_result_size: 64 << 10,
             ..HttpConfig::default()
         };
+        configure_http(&mut http);
         let task = tokio::spawn(serve_listener(engine.clone(), http, listener, async {
             let _ = stopped.await;
         }));
@@ -482,20 +495,49 @@ async fn ac_put_then_get_is_byte_exact() {
 }
 
 #[tokio::test]
-async fn ac_put_of_something_else_is_refused() {
+async fn ac_put_of_a_ccache_entry_is_kept_as_an_opaque_value() {
     let server = Server::start().await;
+    // ccache's key shape: 40 hex chars padded to 64 with the first 24 again.
+    let short = "1d7f7046202b2e6363fe710b07b2fc75ecdb3bb3";
+    let path = format!("/some/instance/ac/{short}{}", &short[..24]);
+    let entry = b"\xcc\xac\x00\x01\x00 a ccache result entry".to_vec();
+    let put = server.send(Method::PUT, &path, entry.clone()).await;
+    assert_eq!(put.status, StatusCode::OK);
+    let get = server.send(Method::GET, &path, "").await;
+    assert_eq!((get.status, get.body.to_vec()), (StatusCode::OK, entry));
+    // Manifests are rewritten as entries accumulate: the last writer wins.
+    let newer = b"\xcc\xac\x00\x02 a newer manifest".to_vec();
+    assert_eq!(
+        server.send(Method::PUT, &path, newer.clone()).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(server.send(Method::GET, &path, "").await.body, newer);
+    assert_eq!(server.stats().actions, 1);
+    // Over the configured limit (64 KiB in these tests), nothing is stored.
+    let other = format!("/ac/{}", sha256_hex(b"other key"));
+    let put = server.send(Method::PUT, &other, vec![0u8; 65 << 10]).await;
+    assert_eq!(put.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        server.send(Method::GET, &other, "").await.status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn strict_mode_refuses_what_is_not_an_action_result() {
+    let server = Server::start_strict().await;
     let path = format!("/ac/{}", sha256_hex(b"some action"));
     let put = server.send(Method::PUT, &path, "not a protobuf").await;
     assert_eq!(put.status, StatusCode::BAD_REQUEST);
     assert!(String::from_utf8_lossy(&put.body).contains("not an ActionResult"));
-    // Over the configured limit (64 KiB in these tests), valid or not.
-    let put = server.send(Method::PUT, &path, vec![0u8; 65 << 10]).await;
-    assert_eq!(put.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(
         server.send(Method::GET, &path, "").await.status,
         StatusCode::NOT_FOUND
     );
     assert_eq!(server.stats(), Stats::default());
+    // Real ActionResults are still welcome.
+    let put = server.send(Method::PUT, &path, action_result()).await;
+    assert_eq!(put.status, StatusCode::OK);
 }
 
 #[tokio::test]
@@ -655,28 +697,23 @@ async fn read_response(stream: &mut TcpStream) -> (u16, Vec<u8>) {
     (status, data[header_end..].to_vec())
 }
 
-/// ccache writes headers and body separately with Nagle on; delayed ACKs must not stall that.
+/// ccache writes headers and body in separate writes on one keep-alive connection. Every such
+/// PUT must be answered (and stored) in turn; how fast is measured by
+/// `tests/acceptance/ccache_bench.sh`, not asserted here.
 #[tokio::test]
-async fn two_write_puts_are_not_stalled() {
+async fn two_write_puts_on_one_connection_are_all_stored() {
     let server = Server::start().await;
     let mut stream = TcpStream::connect(server.addr).await.unwrap();
-    let path = format!("/ac/{}", sha256_hex(b"ccache key"));
-    let body = b"\xcc\xac not an ActionResult";
-    let started = std::time::Instant::now();
-    for _ in 0..20 {
+    for i in 0..20 {
+        let path = format!("/ac/{}", sha256_hex(format!("ccache key {i}").as_bytes()));
+        let body = format!("\u{cc}ccache entry {i}");
         let head = format!(
             "PUT {path} HTTP/1.1\r\nHost: hoard\r\nContent-Length: {}\r\n\r\n",
             body.len()
         );
         stream.write_all(head.as_bytes()).await.unwrap();
-        stream.write_all(body).await.unwrap();
-        // Refused (400) after reading the whole body: the connection stays open, nothing syncs.
-        assert_eq!(read_response(&mut stream).await.0, 400);
+        stream.write_all(body.as_bytes()).await.unwrap();
+        assert_eq!(read_response(&mut stream).await.0, 200);
     }
-    // Stalled, this takes 20 x ~40 ms; unstalled, a few milliseconds.
-    let elapsed = started.elapsed();
-    assert!(
-        elapsed < Duration::from_millis(300),
-        "20 PUTs took {elapsed:?}"
-    );
+    assert_eq!(server.stats().actions, 20);
 }

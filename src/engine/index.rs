@@ -6,8 +6,8 @@
 
 use std::collections::HashMap;
 
-use super::digest::Digest;
-use super::record::RecordKey;
+use super::digest::{Digest, HASH_LEN};
+use super::record::{AcKind, RecordKey};
 use super::segment::Location;
 use super::Stats;
 
@@ -28,7 +28,7 @@ pub struct Index {
     blobs: HashMap<Digest, Entry>,
     /// Hash → size, for clients that name blobs by hash alone (the HTTP protocol).
     sizes: HashMap<[u8; 32], u64>,
-    actions: HashMap<(String, Digest), Entry>,
+    actions: HashMap<(String, [u8; HASH_LEN]), (AcKind, Entry)>,
     blob_bytes: u64,
 }
 
@@ -42,8 +42,12 @@ impl Index {
                     self.sizes.insert(digest.hash, digest.size);
                 }
             }
-            RecordKey::Action { instance, action } => {
-                self.actions.insert((instance, action), entry);
+            RecordKey::Action {
+                instance,
+                action,
+                kind,
+            } => {
+                self.actions.insert((instance, action), (kind, entry));
             }
             RecordKey::Seal => {}
         }
@@ -76,14 +80,14 @@ impl Index {
         }
     }
 
-    /// The entry of an action result.
-    pub fn action(&self, instance: &str, action: &Digest) -> Option<Entry> {
+    /// The entry of an action-cache key, and what it holds.
+    pub fn action(&self, instance: &str, action: &[u8; HASH_LEN]) -> Option<(AcKind, Entry)> {
         // Keyed by an owned String; a lookup allocates once, which is cheap next to the I/O.
         self.actions.get(&(instance.to_owned(), *action)).copied()
     }
 
     /// Forgets an action result.
-    pub fn remove_action(&mut self, instance: &str, action: &Digest) {
+    pub fn remove_action(&mut self, instance: &str, action: &[u8; HASH_LEN]) {
         self.actions.remove(&(instance.to_owned(), *action));
     }
 

@@ -26,6 +26,7 @@ use sha2::{Digest as _, Sha256};
 
 pub use digest::{parse_hash, Digest, HASH_LEN};
 use index::{Entry, Index};
+pub use record::AcKind;
 use record::RecordKey;
 use segment::{Location, Payload, SegmentLog, IO_CHUNK};
 pub use upload::Upload;
@@ -462,17 +463,21 @@ impl Engine {
         ))
     }
 
-    /// Stores an action result (encoded bytes) for `action` under `instance`; last writer wins.
+    /// Stores an action-cache value for the action hashing to `action` under `instance`; last
+    /// writer wins, whatever the kinds of the old and new values. Keys are hashes alone, so
+    /// gRPC clients (which send digests) and HTTP clients (which send hashes) share entries.
     pub async fn put_action(
         self: &Arc<Self>,
         instance: &str,
-        action: Digest,
+        action: [u8; HASH_LEN],
+        kind: AcKind,
         value: Bytes,
     ) -> Result<(), Error> {
         record::check_instance_name(instance)?;
         let key = RecordKey::Action {
             instance: instance.to_owned(),
             action,
+            kind,
         };
         let sha: [u8; 32] = Sha256::digest(&value).into();
         let location = self
@@ -482,13 +487,13 @@ impl Engine {
         self.make_durable_and_index(key, sha, location).await
     }
 
-    /// The stored action result for `action` under `instance`, verified, if any.
+    /// The stored action-cache value for `action` under `instance`, verified, if any.
     pub async fn get_action(
         &self,
         instance: &str,
-        action: &Digest,
-    ) -> Result<Option<Bytes>, Error> {
-        let Some(entry) = self.index.lock().expect("index").action(instance, action) else {
+        action: &[u8; HASH_LEN],
+    ) -> Result<Option<(AcKind, Bytes)>, Error> {
+        let Some((kind, entry)) = self.index.lock().expect("index").action(instance, action) else {
             return Ok(None);
         };
         let bytes = self
@@ -496,14 +501,15 @@ impl Engine {
             .read(&entry.location, 0, entry.location.len as usize)
             .await?;
         if <[u8; 32]>::from(Sha256::digest(&bytes)) != entry.sha256 {
-            tracing::error!(instance, %action, "stored action result is corrupt; dropping it");
+            let shown = hex::encode(action);
+            tracing::error!(instance, action = %shown, "stored action-cache value is corrupt; dropping it");
             self.index
                 .lock()
                 .expect("index")
                 .remove_action(instance, action);
             return Ok(None);
         }
-        Ok(Some(bytes))
+        Ok(Some((kind, bytes)))
     }
 }
 

@@ -25,33 +25,54 @@ pub const MAX_HEADER_LEN: usize = FIXED_LEN + MAX_KEY_LEN + CRC_LEN;
 pub enum RecordKey {
     /// A CAS blob; the payload is the blob.
     Blob(Digest),
-    /// An action-cache entry; the payload is an encoded `ActionResult`.
+    /// An action-cache entry.
     Action {
         /// Instance name the entry belongs to.
         instance: String,
-        /// Digest of the action.
-        action: Digest,
+        /// Hash of the action (its size adds nothing, and HTTP clients never send it).
+        action: [u8; HASH_LEN],
+        /// What the payload is.
+        kind: AcKind,
     },
     /// Written when a segment is closed after a successful sync: everything before it is durable
     /// and was written completely.
     Seal,
 }
 
+/// What an action-cache entry holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AcKind {
+    /// An encoded REAPI `ActionResult`.
+    ActionResult,
+    /// Bytes some non-REAPI client (ccache, say) stores under `/ac/`; never served over gRPC.
+    Opaque,
+}
+
 impl RecordKey {
     fn kind(&self) -> u8 {
         match self {
             RecordKey::Blob(_) => 1,
-            RecordKey::Action { .. } => 2,
+            RecordKey::Action {
+                kind: AcKind::ActionResult,
+                ..
+            } => 2,
             RecordKey::Seal => 3,
+            RecordKey::Action {
+                kind: AcKind::Opaque,
+                ..
+            } => 4,
         }
     }
 
     fn encode_key(&self, out: &mut Vec<u8>) {
         match self {
             RecordKey::Blob(d) => out.extend_from_slice(&d.hash),
-            RecordKey::Action { instance, action } => {
-                out.extend_from_slice(&action.hash);
-                out.extend_from_slice(&action.size.to_le_bytes());
+            RecordKey::Action {
+                instance, action, ..
+            } => {
+                out.extend_from_slice(action);
+                // Reserved (the format once held the action's size here).
+                out.extend_from_slice(&[0; 8]);
                 out.extend_from_slice(instance.as_bytes());
             }
             RecordKey::Seal => {}
@@ -135,18 +156,16 @@ pub fn decode_header(bytes: &[u8]) -> Result<Header, Torn> {
             hash: key_bytes.try_into().expect("32 bytes"),
             size: payload_len,
         }),
-        2 if key_len >= HASH_LEN + 8 => {
+        2 | 4 if key_len >= HASH_LEN + 8 => {
             let instance = std::str::from_utf8(&key_bytes[HASH_LEN + 8..])
                 .map_err(|_| Torn::Corrupt("instance name is not UTF-8".into()))?;
             RecordKey::Action {
                 instance: instance.to_owned(),
-                action: Digest {
-                    hash: key_bytes[..HASH_LEN].try_into().expect("32 bytes"),
-                    size: u64::from_le_bytes(
-                        key_bytes[HASH_LEN..HASH_LEN + 8]
-                            .try_into()
-                            .expect("8 bytes"),
-                    ),
+                action: key_bytes[..HASH_LEN].try_into().expect("32 bytes"),
+                kind: if kind == 2 {
+                    AcKind::ActionResult
+                } else {
+                    AcKind::Opaque
                 },
             }
         }
@@ -186,7 +205,13 @@ mod tests {
             RecordKey::Blob(Digest::of(b"hello")),
             RecordKey::Action {
                 instance: "main/linux".into(),
-                action: Digest::of(b"action"),
+                action: Digest::of(b"action").hash,
+                kind: AcKind::ActionResult,
+            },
+            RecordKey::Action {
+                instance: String::new(),
+                action: Digest::of(b"ccache key").hash,
+                kind: AcKind::Opaque,
             },
             RecordKey::Seal,
         ];

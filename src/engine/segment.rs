@@ -24,6 +24,10 @@ use crate::seam::{Fs, FsFile};
 /// Bytes moved per read when copying or scanning.
 pub const IO_CHUNK: usize = 1 << 20;
 
+/// Tries of a read during recovery before a media error fails the start: a transient `EIO`
+/// should not keep the whole cache down.
+const RECOVERY_READ_TRIES: usize = 3;
+
 /// Where a record's payload lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Location {
@@ -431,12 +435,28 @@ async fn payload_hashes_to(file: &dyn FsFile, at: u64, header: &Header) -> Resul
     let mut done = 0u64;
     while done < header.payload_len {
         let want = (header.payload_len - done).min(IO_CHUNK as u64) as usize;
-        match read_exact_at(file, at + done, want).await {
-            Ok(chunk) => hasher.update(&chunk),
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(false),
-            Err(e) => return Err(Error::io("verifying a recovered record", e)),
+        let chunk = read_retrying(file, at + done, want)
+            .await
+            .map_err(|e| Error::io("verifying a recovered record", e))?;
+        if chunk.len() < want {
+            return Ok(false);
         }
+        hasher.update(&chunk);
         done += want as u64;
     }
     Ok(<[u8; 32]>::from(hasher.finalize()) == header.payload_sha256)
+}
+
+/// `read_at`, retried a few times on errors other than the file ending.
+async fn read_retrying(file: &dyn FsFile, offset: u64, len: usize) -> io::Result<Bytes> {
+    let mut tries = 0;
+    loop {
+        match file.read_at(offset, len).await {
+            Err(e) if tries + 1 < RECOVERY_READ_TRIES => {
+                tries += 1;
+                tracing::warn!(offset, error = %e, tries, "read failed during recovery; retrying");
+            }
+            result => return result,
+        }
+    }
 }

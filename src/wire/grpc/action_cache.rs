@@ -11,7 +11,7 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 use super::digests;
-use crate::engine::{Digest, Engine};
+use crate::engine::{AcKind, Digest, Engine};
 use crate::proto::reapi::{
     action_cache_server::ActionCache, ActionResult, GetActionResultRequest, Tree,
     UpdateActionResultRequest,
@@ -218,7 +218,10 @@ impl ActionCache for ActionCacheService {
         let action = digests::required(request.action_digest.as_ref(), "action_digest")?;
         let instance = &request.instance_name;
         tracing::debug!(%instance, %action, "GetActionResult");
-        let Some(bytes) = self.engine.get_action(instance, &action).await? else {
+        let Some((AcKind::ActionResult, bytes)) =
+            self.engine.get_action(instance, &action.hash).await?
+        else {
+            // Absent, or an opaque value some HTTP client (ccache) stored under this key.
             return Err(Status::not_found(format!("no action result for {action}")));
         };
         // A value that is not an ActionResult is a miss, not a server error: the client just
@@ -248,7 +251,12 @@ impl ActionCache for ActionCacheService {
             .ok_or_else(|| Status::invalid_argument("action_result is missing"))?;
         validate(&result)?;
         self.engine
-            .put_action(instance, action, result.encode_to_vec().into())
+            .put_action(
+                instance,
+                action.hash,
+                AcKind::ActionResult,
+                result.encode_to_vec().into(),
+            )
             .await?;
         Ok(Response::new(result))
     }

@@ -1,9 +1,10 @@
 //! `/{instance}/ac/{sha256}`: action-cache entries.
 //!
-//! Bazel's HTTP protocol keys an entry by the action's hash alone, while the engine (like gRPC)
-//! keys it by the action's digest, hash and size. HTTP entries are stored with size 0, so the
-//! HTTP and gRPC action caches are separate namespaces: an entry written over one protocol is
-//! not found over the other.
+//! Two kinds of client store values here. Bazel stores encoded `ActionResult`s; ccache (and other
+//! non-REAPI clients) store values of their own. A body that decodes as an `ActionResult` is
+//! stored as one (and served over gRPC too); any other body is stored as an opaque value that only
+//! HTTP serves back, byte for byte, unless [`HttpConfig::ac_strict`] asks for bazel-remote's
+//! behaviour of refusing it. Keys are action hashes, shared with gRPC's action cache.
 
 use std::sync::Arc;
 
@@ -14,13 +15,8 @@ use prost::Message as _;
 use super::body::{read_bounded, Body};
 use super::response::{ok, HttpError};
 use super::HttpConfig;
-use crate::engine::{Digest, Engine, HASH_LEN};
+use crate::engine::{AcKind, Engine, HASH_LEN};
 use crate::proto::reapi::ActionResult;
-
-/// The engine key of the HTTP entry for the action hashing to `hash`.
-fn action_key(hash: [u8; HASH_LEN]) -> Digest {
-    Digest { hash, size: 0 }
-}
 
 /// `GET` (and `HEAD`, whose body hyper drops): the stored bytes, exactly as they were put.
 pub(super) async fn get(
@@ -28,8 +24,8 @@ pub(super) async fn get(
     instance: &str,
     hash: [u8; HASH_LEN],
 ) -> Result<Response<Body>, HttpError> {
-    match engine.get_action(instance, &action_key(hash)).await? {
-        Some(value) => Ok(ok(Body::full(value))),
+    match engine.get_action(instance, &hash).await? {
+        Some((_, value)) => Ok(ok(Body::full(value))),
         None => Err(HttpError::new(
             StatusCode::NOT_FOUND,
             format!(
@@ -40,7 +36,7 @@ pub(super) async fn get(
     }
 }
 
-/// `PUT`: stores the body (bounded by the config) once it passes [`validate`].
+/// `PUT`: stores the body (bounded by the config) as the kind [`classify`] gives it.
 pub(super) async fn put(
     engine: &Arc<Engine>,
     config: &HttpConfig,
@@ -49,14 +45,39 @@ pub(super) async fn put(
     body: &mut Incoming,
 ) -> Result<Response<Body>, HttpError> {
     let value = read_bounded(body, config.max_action_result_size).await?;
-    validate(&value)?;
-    engine.put_action(instance, action_key(hash), value).await?;
+    let kind = classify(&value, config.ac_strict)?;
+    engine.put_action(instance, hash, kind, value).await?;
     Ok(ok(Body::empty()))
 }
 
-/// Whether `value` may be stored as an action-cache entry: the single place that decides it.
-fn validate(value: &[u8]) -> Result<(), HttpError> {
-    ActionResult::decode(value)
-        .map(drop)
-        .map_err(|e| HttpError::new(StatusCode::BAD_REQUEST, format!("not an ActionResult: {e}")))
+/// What kind of action-cache value `value` is, or why it may not be stored: the single place
+/// that decides it.
+fn classify(value: &[u8], strict: bool) -> Result<AcKind, HttpError> {
+    match ActionResult::decode(value) {
+        Ok(_) => Ok(AcKind::ActionResult),
+        Err(_) if !strict => Ok(AcKind::Opaque),
+        Err(e) => Err(HttpError::new(
+            StatusCode::BAD_REQUEST,
+            format!("not an ActionResult ({e}); this server runs with --http-ac-strict"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ccache_entries_are_opaque_unless_strict() {
+        let ccache_entry = b"cc\xac\x00\x01 not protobuf";
+        assert_eq!(classify(ccache_entry, false).unwrap(), AcKind::Opaque);
+        assert!(classify(ccache_entry, true).is_err());
+        let result = ActionResult {
+            exit_code: 1,
+            ..Default::default()
+        }
+        .encode_to_vec();
+        assert_eq!(classify(&result, true).unwrap(), AcKind::ActionResult);
+        assert_eq!(classify(&result, false).unwrap(), AcKind::ActionResult);
+    }
 }

@@ -42,6 +42,9 @@ pub struct HttpConfig {
     /// After shutdown is requested, how long requests in flight may take to finish before
     /// [`serve`] returns without them.
     pub drain_timeout: Duration,
+    /// Refuse `/ac/` values that are not `ActionResult`s (bazel-remote's behaviour) instead of
+    /// storing them as opaque values for clients such as ccache.
+    pub ac_strict: bool,
 }
 
 impl Default for HttpConfig {
@@ -52,6 +55,7 @@ impl Default for HttpConfig {
             // one closed under them.
             idle_timeout: Duration::from_secs(300),
             drain_timeout: Duration::from_secs(10),
+            ac_strict: false,
         }
     }
 }
@@ -59,15 +63,16 @@ impl Default for HttpConfig {
 /// How long to pause after a failed `accept` (e.g. out of file descriptors) before retrying.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Serves HTTP on `addr` with the default [`HttpConfig`] until `shutdown` completes.
+/// Serves HTTP on `addr` until `shutdown` completes.
 pub async fn serve(
     engine: Arc<Engine>,
+    config: HttpConfig,
     addr: SocketAddr,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let listener = TcpListener::bind(addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "http cache listening");
-    serve_listener(engine, HttpConfig::default(), listener, shutdown).await;
+    serve_listener(engine, config, listener, shutdown).await;
     Ok(())
 }
 

@@ -73,13 +73,14 @@ impl From<Error> for HttpError {
     fn from(error: Error) -> HttpError {
         let status = match &error {
             Error::InvalidArgument(_) => StatusCode::BAD_REQUEST,
-            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            // A corrupt blob has been dropped: to the client it is simply gone (as over gRPC).
+            Error::NotFound(_) | Error::DataLoss(_) => StatusCode::NOT_FOUND,
             // Size limits are checked before the engine is asked, so what remains is space
             // (or upload slots, which the engine does not tell apart from space).
             Error::ResourceExhausted(_) => StatusCode::INSUFFICIENT_STORAGE,
-            Error::DataLoss(_) | Error::Internal(_) | Error::Io { .. } => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            // A failing disk is worth a retry; only a bug is a 500.
+            Error::Io { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         HttpError::new(status, error.to_string())
     }

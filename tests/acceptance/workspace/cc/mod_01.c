@@ -1,0 +1,11 @@
+/* Module 01: a small deterministic mixing function. */
+#include "mod.h"
+
+unsigned long mod_01(unsigned long x) {
+    unsigned long h = x ^ 1UL;
+    for (int r = 0; r < 4; r++) {
+        h = h * 6364136223846793005UL + 1442695040888963407UL;
+        h ^= h >> 14;
+    }
+    return h;
+}

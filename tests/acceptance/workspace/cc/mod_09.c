@@ -1,0 +1,11 @@
+/* Module 09: a small deterministic mixing function. */
+#include "mod.h"
+
+unsigned long mod_09(unsigned long x) {
+    unsigned long h = x ^ 9UL;
+    for (int r = 0; r < 12; r++) {
+        h = h * 6364136223846793005UL + 1442695040888963407UL;
+        h ^= h >> 15;
+    }
+    return h;
+}

@@ -1,0 +1,3 @@
+#!/bin/sh
+# Upper-cases stdin (a tool run through sh_binary).
+tr 'a-f' 'A-F'
