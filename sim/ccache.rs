@@ -94,9 +94,15 @@ async fn exchange(
     Some((status, body))
 }
 
-/// Checks a `GET /ac/` answer for a ccache key against what clients stored there. `must_hit`
-/// when a value was acknowledged before the request was sent.
-pub fn check_get(oracle: &Oracle, key: &[u8; 32], status: StatusCode, body: &[u8], must_hit: bool) {
+/// Checks a `GET /ac/` answer for a ccache key against what clients stored there. `promise`
+/// is [`Oracle::opaque_promise`] taken before the request was sent.
+pub fn check_get(
+    oracle: &Oracle,
+    key: &[u8; 32],
+    status: StatusCode,
+    body: &[u8],
+    promise: Option<u64>,
+) {
     let shown = hex::encode(&key[..8]);
     oracle.event(format!("ccache get {shown} {}", status.as_u16()));
     match status {
@@ -108,7 +114,7 @@ pub fn check_get(oracle: &Oracle, key: &[u8; 32], status: StatusCode, body: &[u8
             ),
         ),
         StatusCode::OK => {}
-        StatusCode::NOT_FOUND if must_hit => oracle.fail(
+        StatusCode::NOT_FOUND if oracle.miss_breaks(key, promise) => oracle.fail(
             "acknowledged-action-lost",
             format!("acknowledged ccache entry {shown} not found"),
         ),
@@ -158,15 +164,16 @@ async fn compile(
     result: &[u8; 32],
 ) -> bool {
     for key in [manifest, result] {
-        let acked_before = oracle.is_opaque_acked(key);
+        let promise = oracle.opaque_promise(key);
         let Some((status, body)) = send(sender, Method::GET, &path(key), Bytes::new()).await else {
             return false;
         };
-        check_get(oracle, key, status, &body, acked_before);
+        check_get(oracle, key, status, &body, promise);
     }
     for key in [result, manifest] {
         let value = entry(&mut thread_rng());
         oracle.opaque_attempted(key, value.clone());
+        let epoch = oracle.evictions(key);
         let Some((status, body)) = send(sender, Method::PUT, &path(key), value).await else {
             return false;
         };
@@ -176,7 +183,7 @@ async fn compile(
             status.as_u16()
         ));
         match status {
-            StatusCode::OK => oracle.opaque_acked(key),
+            StatusCode::OK => oracle.opaque_acked(key, epoch),
             s if s.is_server_error()
                 && s != StatusCode::SERVICE_UNAVAILABLE
                 && s != StatusCode::INSUFFICIENT_STORAGE =>

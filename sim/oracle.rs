@@ -18,7 +18,7 @@
 //! - `server-panic`: the server never panics.
 //! - `liveness`: a seed finishes within its virtual time limit (a hang fails it).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use bytes::Bytes;
@@ -54,11 +54,16 @@ impl Pool {
 
 #[derive(Default)]
 struct State {
-    acked_blobs: BTreeSet<Digest>,
-    /// Every value any client tried to store per (instance, action), and whether one was acked.
-    actions: BTreeMap<(String, Digest), (Vec<Bytes>, bool)>,
+    /// Acknowledged blobs, each with its epoch: the blob's eviction count when the acknowledged
+    /// request started. An eviction since then excuses its absence.
+    acked_blobs: BTreeMap<Digest, u64>,
+    /// Evictions the server reported, per key (blob digests; action and ccache keys by hash).
+    evictions: BTreeMap<[u8; 32], u64>,
+    /// Every value any client tried to store per (instance, action), and the epoch of the last
+    /// acknowledged one.
+    actions: BTreeMap<(String, Digest), (Vec<Bytes>, Option<u64>)>,
     /// The same for opaque values stored over HTTP by ccache-like clients, by key.
-    opaque: BTreeMap<[u8; 32], (Vec<Bytes>, bool)>,
+    opaque: BTreeMap<[u8; 32], (Vec<Bytes>, Option<u64>)>,
     abandoned_uploads: usize,
     failures: Vec<Failure>,
     trace: Sha256,
@@ -97,19 +102,77 @@ impl Oracle {
         });
     }
 
-    /// A blob upload was acknowledged.
-    pub fn blob_acked(&self, digest: Digest) {
-        self.with(|s| s.acked_blobs.insert(digest));
+    /// The server evicted the record with this key (a blob's hash, or an action-cache key):
+    /// what was promised about it no longer holds.
+    pub fn evicted(&self, key: &[u8; 32]) {
+        self.event(format!("evicted {}", hex::encode(&key[..8])));
+        self.with(|s| *s.evictions.entry(*key).or_default() += 1);
     }
 
-    /// Whether the blob was acknowledged.
-    pub fn is_acked(&self, digest: &Digest) -> bool {
-        self.with(|s| s.acked_blobs.contains(digest))
+    /// Evictions of `key` so far: taken before a request, compared after it, it tells whether a
+    /// miss may be explained by an eviction in between.
+    pub fn evictions(&self, key: &[u8; 32]) -> u64 {
+        self.with(|s| s.evictions.get(key).copied().unwrap_or(0))
     }
 
-    /// Acknowledged blobs, in digest order.
+    /// Evictions of anything so far.
+    pub fn total_evictions(&self) -> u64 {
+        self.with(|s| s.evictions.values().sum())
+    }
+
+    /// What the server has promised about a blob: the epoch of its acknowledgement, if any.
+    /// Take it before a request; see [`Oracle::miss_breaks`].
+    pub fn promise(&self, digest: &Digest) -> Option<u64> {
+        self.with(|s| s.acked_blobs.get(digest).copied())
+    }
+
+    /// The same for a ccache key.
+    pub fn opaque_promise(&self, key: &[u8; 32]) -> Option<u64> {
+        self.with(|s| s.opaque.get(key).and_then(|(_, epoch)| *epoch))
+    }
+
+    /// Whether a miss of `key` now breaks `promise`: it was acknowledged and nothing evicted it
+    /// since the acknowledged request began (a logged eviction is the only excuse).
+    pub fn miss_breaks(&self, key: &[u8; 32], promise: Option<u64>) -> bool {
+        promise.is_some_and(|epoch| self.evictions(key) == epoch)
+    }
+
+    /// Whether any blob named by any value stored for the action was ever evicted (its GetActionResult
+    /// may then rightly miss).
+    pub fn action_outputs_evicted(&self, instance: &str, action: &Digest) -> bool {
+        self.with(|s| {
+            let Some((values, _)) = s.actions.get(&(instance.to_owned(), *action)) else {
+                return false;
+            };
+            values.iter().any(|v| {
+                let result = <hoard::proto::reapi::ActionResult as prost::Message>::decode(&v[..]);
+                result.is_ok_and(|r| {
+                    r.output_files
+                        .iter()
+                        .filter_map(|f| f.digest.as_ref())
+                        .chain(r.stdout_digest.as_ref())
+                        .filter_map(|d| hoard::engine::parse_hash(&d.hash).ok())
+                        .any(|h| s.evictions.contains_key(&h))
+                })
+            })
+        })
+    }
+
+    /// A blob upload was acknowledged; `epoch` is [`Oracle::evictions`] of its hash taken when
+    /// the request started.
+    pub fn blob_acked(&self, digest: Digest, epoch: u64) {
+        self.with(|s| s.acked_blobs.insert(digest, epoch));
+    }
+
+    /// Blobs acknowledged and not evicted since, in digest order.
     pub fn acked_blobs(&self) -> Vec<Digest> {
-        self.with(|s| s.acked_blobs.iter().copied().collect())
+        self.with(|s| {
+            s.acked_blobs
+                .iter()
+                .filter(|(d, epoch)| s.evictions.get(&d.hash).copied().unwrap_or(0) == **epoch)
+                .map(|(d, _)| *d)
+                .collect()
+        })
     }
 
     /// A client is about to store `value` for an action.
@@ -123,11 +186,11 @@ impl Oracle {
         });
     }
 
-    /// An action-cache update was acknowledged.
-    pub fn action_acked(&self, instance: &str, action: Digest) {
+    /// An action-cache update was acknowledged (`epoch` as for [`Oracle::blob_acked`]).
+    pub fn action_acked(&self, instance: &str, action: Digest, epoch: u64) {
         self.with(|s| {
             if let Some(entry) = s.actions.get_mut(&(instance.to_owned(), action)) {
-                entry.1 = true;
+                entry.1 = Some(epoch);
             }
         });
     }
@@ -141,12 +204,14 @@ impl Oracle {
         })
     }
 
-    /// Acknowledged action keys.
+    /// Action keys acknowledged and not evicted since.
     pub fn acked_actions(&self) -> Vec<(String, Digest)> {
         self.with(|s| {
             s.actions
                 .iter()
-                .filter(|(_, (_, acked))| *acked)
+                .filter(|((_, action), (_, epoch))| {
+                    *epoch == Some(s.evictions.get(&action.hash).copied().unwrap_or(0))
+                })
                 .map(|(k, _)| k.clone())
                 .collect()
         })
@@ -162,18 +227,13 @@ impl Oracle {
         self.with(|s| s.opaque.entry(*key).or_default().0.push(value));
     }
 
-    /// An opaque value was acknowledged.
-    pub fn opaque_acked(&self, key: &[u8; 32]) {
+    /// An opaque value was acknowledged (`epoch` as for [`Oracle::blob_acked`]).
+    pub fn opaque_acked(&self, key: &[u8; 32], epoch: u64) {
         self.with(|s| {
             if let Some(entry) = s.opaque.get_mut(key) {
-                entry.1 = true;
+                entry.1 = Some(epoch);
             }
         });
-    }
-
-    /// Whether some value stored under `key` was acknowledged.
-    pub fn is_opaque_acked(&self, key: &[u8; 32]) -> bool {
-        self.with(|s| s.opaque.get(key).is_some_and(|(_, acked)| *acked))
     }
 
     /// Whether `value` is one some client tried to store under `key`.
@@ -185,12 +245,12 @@ impl Oracle {
         })
     }
 
-    /// Keys with an acknowledged opaque value.
+    /// Keys with an acknowledged opaque value not evicted since.
     pub fn acked_opaque_keys(&self) -> Vec<[u8; 32]> {
         self.with(|s| {
             s.opaque
                 .iter()
-                .filter(|(_, (_, acked))| *acked)
+                .filter(|(k, (_, epoch))| *epoch == Some(s.evictions.get(*k).copied().unwrap_or(0)))
                 .map(|(k, _)| *k)
                 .collect()
         })

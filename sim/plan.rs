@@ -31,6 +31,8 @@ pub struct Plan {
     pub memory_stage_limit: u64,
     /// Server: segment roll size.
     pub segment_size: u64,
+    /// Server: the cache's size budget (eviction), if any.
+    pub max_size: Option<u64>,
     /// Server crashes (kill + disk crash + restart) during the run.
     pub crashes: usize,
     /// Filesystem faults.
@@ -53,6 +55,10 @@ impl Plan {
             break_prob: *pick(&mut rng, &[0.0, 0.05, 0.2]),
             memory_stage_limit: *pick(&mut rng, &[0, 1 << 10, 32 << 10, 1 << 20]),
             segment_size: *pick(&mut rng, &[64 << 10, 1 << 20, 64 << 20]),
+            max_size: *pick(
+                &mut rng,
+                &[None, None, Some(2 << 20), Some(8 << 20), Some(32 << 20)],
+            ),
             crashes: *pick(&mut rng, &[0, 1, 1, 2, 4]),
             faults: FaultConfig::swarm(),
         }
@@ -68,7 +74,7 @@ impl fmt::Display for Plan {
         write!(
             f,
             "clients={} ccache_clients={} rounds={} burst_max={} pool={} max_blob={} chunk={} \
-             break={} stage_limit={} segment_size={} crashes={} | faults: {}",
+             break={} stage_limit={} segment_size={} max_size={:?} crashes={} | faults: {}",
             self.clients,
             self.ccache_clients,
             self.rounds,
@@ -79,6 +85,7 @@ impl fmt::Display for Plan {
             self.break_prob,
             self.memory_stage_limit,
             self.segment_size,
+            self.max_size,
             self.crashes,
             self.faults
         )

@@ -125,6 +125,7 @@ impl Client {
     /// One ByteStream upload; once acknowledged, sometimes asks at once whether the blob is
     /// there (it must be: an acknowledgement means indexed).
     async fn upload(&self, channel: Channel, digest: Digest, content: Bytes) {
+        let epoch = self.oracle.evictions(&digest.hash);
         let committed = self.write_blob(&channel, digest, content).await;
         let Some(committed) = committed else { return };
         self.oracle
@@ -136,18 +137,24 @@ impl Client {
             );
             return;
         }
-        self.oracle.blob_acked(digest);
+        self.oracle.blob_acked(digest, epoch);
         if thread_rng().gen_bool(0.3) {
+            let promise = self.oracle.promise(&digest);
             let request = FindMissingBlobsRequest {
                 blob_digests: vec![wire_digest(&digest)],
                 ..Default::default()
             };
             let mut cas = ContentAddressableStorageClient::new(channel);
             match cas.find_missing_blobs(request).await {
-                Ok(r) if !r.get_ref().missing_blob_digests.is_empty() => self.oracle.fail(
-                    "find-missing-lies",
-                    format!("{digest} reported missing right after its write was acknowledged"),
-                ),
+                Ok(r)
+                    if !r.get_ref().missing_blob_digests.is_empty()
+                        && self.oracle.miss_breaks(&digest.hash, promise) =>
+                {
+                    self.oracle.fail(
+                        "find-missing-lies",
+                        format!("{digest} reported missing right after its write was acknowledged"),
+                    )
+                }
                 Ok(_) => {}
                 Err(status) => self.status("recheck", &digest, &status),
             }
@@ -296,6 +303,10 @@ impl Client {
             ..Default::default()
         };
         let mut client = ContentAddressableStorageClient::new(channel.clone());
+        let epochs: Vec<u64> = items
+            .iter()
+            .map(|(d, _)| self.oracle.evictions(&d.hash))
+            .collect();
         let response = match client.batch_update_blobs(request).await {
             Ok(r) => r.into_inner(),
             Err(status) => return self.status("batch-update", &Digest::EMPTY, &status),
@@ -311,7 +322,7 @@ impl Client {
                 .event(format!("{tag} batch item {i} {digest} code {code}"));
             let corrupt = Digest::of(data) != *digest;
             match (code, corrupt) {
-                (0, false) => self.oracle.blob_acked(*digest),
+                (0, false) => self.oracle.blob_acked(*digest, epochs[i]),
                 (0, true) => self.oracle.fail(
                     "bad-input-accepted",
                     format!("BatchUpdateBlobs stored corrupt bytes for {digest}"),
@@ -349,7 +360,7 @@ impl Client {
                 };
                 (offset, limit)
             };
-            let was_acked = self.oracle.is_acked(&digest);
+            let promise = self.oracle.promise(&digest);
             let request = ReadRequest {
                 resource_name: format!("blobs/{}/{}", digest.hex(), digest.size),
                 read_offset: offset as i64,
@@ -386,7 +397,9 @@ impl Client {
                 }
                 Err(status) => {
                     self.status("read", &digest, &status);
-                    if status.code() == Code::NotFound && was_acked {
+                    if status.code() == Code::NotFound
+                        && self.oracle.miss_breaks(&digest.hash, promise)
+                    {
                         self.oracle.fail(
                             "acknowledged-blob-lost",
                             format!("read of acknowledged {digest}: {}", status.message()),
@@ -408,6 +421,7 @@ impl Client {
         if digests.is_empty() {
             return;
         }
+        let promises: Vec<Option<u64>> = digests.iter().map(|d| self.oracle.promise(d)).collect();
         let request = BatchReadBlobsRequest {
             digests: digests.iter().map(wire_digest).collect(),
             ..Default::default()
@@ -434,10 +448,16 @@ impl Client {
                 .event(format!("{tag} batch-read {digest} code {code}"));
             match code {
                 0 => self.oracle.check_read(&self.pool, &digest, 0, &item.data),
-                5 => self.oracle.fail(
-                    "acknowledged-blob-lost",
-                    format!("BatchReadBlobs: acknowledged {digest} not found"),
-                ),
+                5 if digests
+                    .iter()
+                    .zip(&promises)
+                    .any(|(d, p)| *d == digest && self.oracle.miss_breaks(&d.hash, *p)) =>
+                {
+                    self.oracle.fail(
+                        "acknowledged-blob-lost",
+                        format!("BatchReadBlobs: acknowledged {digest} not found"),
+                    )
+                }
                 13 => self
                     .oracle
                     .fail("internal-on-request", format!("BatchReadBlobs {digest}")),
@@ -452,7 +472,7 @@ impl Client {
             .map(|_| self.pick_blob().0)
             .collect();
         digests.push(Digest::of(format!("never uploaded {tag}").as_bytes()));
-        let acked: Vec<bool> = digests.iter().map(|d| self.oracle.is_acked(d)).collect();
+        let promises: Vec<Option<u64>> = digests.iter().map(|d| self.oracle.promise(d)).collect();
         let request = FindMissingBlobsRequest {
             blob_digests: digests.iter().map(wire_digest).collect(),
             ..Default::default()
@@ -466,8 +486,10 @@ impl Client {
                     missing.len(),
                     digests.len()
                 ));
-                for (digest, was_acked) in digests.iter().zip(acked) {
-                    if was_acked && missing.contains(&wire_digest(digest)) {
+                for (digest, promise) in digests.iter().zip(promises) {
+                    if missing.contains(&wire_digest(digest))
+                        && self.oracle.miss_breaks(&digest.hash, promise)
+                    {
                         self.oracle.fail(
                             "find-missing-lies",
                             format!("acknowledged {digest} reported missing"),
@@ -520,11 +542,12 @@ impl Client {
             ..Default::default()
         };
         let mut client = ActionCacheClient::new(channel.clone());
+        let epoch = self.oracle.evictions(&action.hash);
         match client.update_action_result(request).await {
             Ok(_) => {
                 self.oracle
                     .event(format!("{tag} update-action {instance:?} {action} ok"));
-                self.oracle.action_acked(instance, action);
+                self.oracle.action_acked(instance, action, epoch);
             }
             Err(status) => self.status("update-action", &action, &status),
         }
@@ -596,6 +619,7 @@ pub async fn check_action(
     tag: &str,
 ) {
     let mut client = ActionCacheClient::new(channel.clone());
+    let evictions_before = oracle.total_evictions();
     let request = GetActionResultRequest {
         instance_name: instance.to_owned(),
         action_digest: Some(wire_digest(action)),
@@ -614,7 +638,10 @@ pub async fn check_action(
                     format!("GetActionResult: {}", status.message()),
                 );
             }
-            if must_hit && status.code() == Code::NotFound {
+            if must_hit
+                && status.code() == Code::NotFound
+                && !oracle.action_outputs_evicted(instance, action)
+            {
                 oracle.fail(
                     "acknowledged-action-lost",
                     format!("acknowledged action {action} in {instance:?} not found"),
@@ -642,6 +669,10 @@ pub async fn check_action(
         ..Default::default()
     };
     if let Ok(response) = cas.find_missing_blobs(request).await {
+        if oracle.total_evictions() != evictions_before {
+            // Something was evicted meanwhile: a missing output may be its victim.
+            return;
+        }
         for missing in response.into_inner().missing_blob_digests {
             oracle.fail(
                 "ac-hit-references-missing-blob",

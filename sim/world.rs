@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::join_all;
-use hoard::engine::{Digest, EngineConfig};
+use hoard::engine::{Digest, EngineConfig, EvictionObserver, RecordKey};
 use hoard::proto::bytestream::byte_stream_client::ByteStreamClient;
 use hoard::proto::bytestream::ReadRequest;
 use hoard::proto::reapi::action_cache_client::ActionCacheClient;
@@ -83,10 +83,20 @@ pub fn run_seed(seed: u64, planted: Option<&str>, verbose: bool) -> Outcome {
     })
 }
 
-fn engine_config(plan: &Plan, planted: Option<&str>) -> EngineConfig {
+fn engine_config(plan: &Plan, planted: Option<&str>, oracle: &Arc<Oracle>) -> EngineConfig {
     let mut config = EngineConfig::new(DATA_DIR);
     config.memory_stage_limit = plan.memory_stage_limit;
     config.segment_size = plan.segment_size;
+    config.max_size = plan.max_size;
+    // The server's eviction log, as the oracle needs it: the one excuse for a missing record.
+    let oracle = oracle.clone();
+    config.on_evict = Some(EvictionObserver(Arc::new(
+        move |key: &RecordKey| match key {
+            RecordKey::Blob(digest) => oracle.evicted(&digest.hash),
+            RecordKey::Action { action, .. } => oracle.evicted(action),
+            RecordKey::Seal => {}
+        },
+    )));
     #[cfg(feature = "planted-bugs")]
     {
         use hoard::engine::PlantedBug;
@@ -161,7 +171,7 @@ async fn simulate(planted: Option<String>, verbose: bool) -> Outcome {
     let oracle = Arc::new(Oracle::default());
     let pool = Arc::new(draw_pool(&plan));
     let config = ServeConfig {
-        engine: engine_config(&plan, planted.as_deref()),
+        engine: engine_config(&plan, planted.as_deref(), &oracle),
         grpc_addr: SocketAddr::new(IpAddr::V4(SERVER_IP), 9092),
         http_addr: Some(crate::ccache::SERVER_HTTP),
         grpc: GrpcConfig::default(),
@@ -363,7 +373,10 @@ async fn audit_opaque(channel: &Channel, oracle: &Oracle) {
     for key in keys {
         let path = format!("/{}/ac/{}", ccache::INSTANCE, hex::encode(key));
         match ccache::send(&mut sender, Method::GET, &path, Bytes::new()).await {
-            Some((status, body)) => ccache::check_get(oracle, &key, status, &body, true),
+            Some((status, body)) => {
+                let promise = oracle.opaque_promise(&key);
+                ccache::check_get(oracle, &key, status, &body, promise)
+            }
             None => oracle.fail(
                 "acknowledged-action-lost",
                 "HTTP connection lost during the audit",

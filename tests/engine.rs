@@ -296,23 +296,100 @@ async fn a_second_engine_on_the_same_dir_is_refused() {
 }
 
 #[tokio::test]
-async fn oversized_and_over_budget_uploads_are_refused_up_front() {
+async fn oversized_uploads_are_refused_up_front() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = config(dir.path());
-    config.max_blob_size = 1000;
-    config.max_size = Some(1500);
+    config.max_blob_size = 100_000;
+    config.max_size = Some(150_000);
     let engine = Engine::open(config, Arc::new(RealFs), Arc::new(TokioRuntime))
         .await
         .unwrap();
-    let big = blob(1, 1001);
+    // Over the blob limit.
+    let big = blob(1, 100_001);
     let err = engine.begin_upload(Digest::of(&big)).await.err().unwrap();
     assert!(matches!(err, Error::ResourceExhausted(_)), "{err}");
-    let first = blob(2, 1000);
-    engine.put_blob(Digest::of(&first), first).await.unwrap();
-    let second = blob(3, 600);
-    let err = engine
-        .put_blob(Digest::of(&second), second)
-        .await
-        .unwrap_err();
+    // Under it, but more than half the budget: eviction could never make room.
+    let half = blob(2, 80_000);
+    let err = engine.begin_upload(Digest::of(&half)).await.err().unwrap();
     assert!(matches!(err, Error::ResourceExhausted(_)), "{err}");
+    let fits = blob(3, 60_000);
+    engine.put_blob(Digest::of(&fits), fits).await.unwrap();
+}
+
+#[tokio::test]
+async fn eviction_keeps_the_disk_within_budget_and_spares_recently_used_blobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.max_size = Some(2 << 20);
+    config.segment_size = 256 << 10;
+    let engine = Engine::open(config, Arc::new(RealFs), Arc::new(TokioRuntime))
+        .await
+        .unwrap();
+    let hot = blob(1, 50_000);
+    engine
+        .put_blob(Digest::of(&hot), hot.clone())
+        .await
+        .unwrap();
+    let mut written = Vec::new();
+    for i in 0..200u64 {
+        let data = blob(100 + i, 30_000);
+        engine
+            .put_blob(Digest::of(&data), data.clone())
+            .await
+            .unwrap();
+        written.push(data);
+        // Bazel asks FindMissingBlobs about what it is going to reference: that keeps it.
+        assert!(engine.missing(&[Digest::of(&hot)]).is_empty(), "round {i}");
+        let stats = engine.stats();
+        assert!(
+            stats.disk_bytes <= (2 << 20) + (256 << 10),
+            "disk {} over budget plus one segment",
+            stats.disk_bytes
+        );
+    }
+    let stats = engine.stats();
+    assert!(stats.evictions > 0, "6 MB through a 2 MB cache evicts");
+    assert_eq!(read_all(&engine, &Digest::of(&hot)).await, hot);
+    // The newest blobs are all there; the oldest untouched ones went first.
+    for data in &written[190..] {
+        assert_eq!(read_all(&engine, &Digest::of(data)).await, *data);
+    }
+    assert!(!engine.contains(&Digest::of(&written[0])));
+    // What is left is consistent across a restart.
+    let present: Vec<Bytes> = written
+        .iter()
+        .filter(|d| engine.contains(&Digest::of(d)))
+        .cloned()
+        .collect();
+    drop(engine);
+    let engine = open(dir.path()).await;
+    for data in &present {
+        assert_eq!(read_all(&engine, &Digest::of(data)).await, *data);
+    }
+}
+
+#[tokio::test]
+async fn a_read_in_progress_survives_the_eviction_of_its_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.max_size = Some(1 << 20);
+    config.segment_size = 128 << 10;
+    let engine = Engine::open(config, Arc::new(RealFs), Arc::new(TokioRuntime))
+        .await
+        .unwrap();
+    let victim = blob(7, 100_000);
+    let digest = Digest::of(&victim);
+    engine.put_blob(digest, victim.clone()).await.unwrap();
+    let mut reader = engine.open_blob(&digest, 0).unwrap();
+    let first = reader.next_chunk(10_000).await.unwrap().unwrap();
+    for i in 0..60u64 {
+        let data = blob(1000 + i, 60_000);
+        engine.put_blob(Digest::of(&data), data).await.unwrap();
+    }
+    assert!(!engine.contains(&digest), "evicted meanwhile");
+    let mut read = first.to_vec();
+    while let Some(chunk) = reader.next_chunk(10_000).await.unwrap() {
+        read.extend_from_slice(&chunk);
+    }
+    assert_eq!(read, victim);
 }

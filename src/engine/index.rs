@@ -20,6 +20,8 @@ pub struct Entry {
     pub sha256: [u8; 32],
     /// Whether the stored bytes were hashed since they were written or recovered.
     pub verified: bool,
+    /// Used since eviction last passed over it: its second chance (see `Engine::evict_segment`).
+    pub referenced: bool,
 }
 
 /// Key → location maps for the CAS and the AC.
@@ -30,6 +32,8 @@ pub struct Index {
     sizes: HashMap<[u8; 32], u64>,
     actions: HashMap<(String, [u8; HASH_LEN]), (AcKind, Entry)>,
     blob_bytes: u64,
+    evictions: u64,
+    evicted_bytes: u64,
 }
 
 impl Index {
@@ -53,9 +57,11 @@ impl Index {
         }
     }
 
-    /// The entry of a blob.
-    pub fn blob(&self, digest: &Digest) -> Option<Entry> {
-        self.blobs.get(digest).copied()
+    /// The entry of a blob, marked as used (a hit in any form refreshes its place in the cache).
+    pub fn touch_blob(&mut self, digest: &Digest) -> Option<Entry> {
+        let entry = self.blobs.get_mut(digest)?;
+        entry.referenced = true;
+        Some(*entry)
     }
 
     /// The digest of the blob whose bytes hash to `hash`.
@@ -80,10 +86,61 @@ impl Index {
         }
     }
 
-    /// The entry of an action-cache key, and what it holds.
-    pub fn action(&self, instance: &str, action: &[u8; HASH_LEN]) -> Option<(AcKind, Entry)> {
+    /// The entry of an action-cache key, and what it holds, marked as used.
+    pub fn touch_action(
+        &mut self,
+        instance: &str,
+        action: &[u8; HASH_LEN],
+    ) -> Option<(AcKind, Entry)> {
         // Keyed by an owned String; a lookup allocates once, which is cheap next to the I/O.
-        self.actions.get(&(instance.to_owned(), *action)).copied()
+        let (kind, entry) = self.actions.get_mut(&(instance.to_owned(), *action))?;
+        entry.referenced = true;
+        Some((*kind, *entry))
+    }
+
+    fn entry_mut(&mut self, key: &RecordKey) -> Option<&mut Entry> {
+        match key {
+            RecordKey::Blob(digest) => self.blobs.get_mut(digest),
+            RecordKey::Action {
+                instance, action, ..
+            } => self
+                .actions
+                .get_mut(&(instance.clone(), *action))
+                .map(|(_, e)| e),
+            RecordKey::Seal => None,
+        }
+    }
+
+    /// The entry of `key` if it is the record at `location` (not overwritten or evicted since).
+    pub fn live_at(&mut self, key: &RecordKey, location: &Location) -> Option<Entry> {
+        self.entry_mut(key)
+            .filter(|e| e.location == *location)
+            .map(|e| *e)
+    }
+
+    /// Points `key` at its copy at `moved` if it still lives at `from`; the second chance is used.
+    pub fn move_if_at(&mut self, key: &RecordKey, from: &Location, moved: Location) {
+        if let Some(entry) = self.entry_mut(key).filter(|e| e.location == *from) {
+            entry.location = moved;
+            entry.referenced = false;
+        }
+    }
+
+    /// Evicts `key` if it still lives at `location`; returns whether it did.
+    pub fn evict_if_at(&mut self, key: &RecordKey, location: &Location) -> bool {
+        if self.live_at(key, location).is_none() {
+            return false;
+        }
+        match key {
+            RecordKey::Blob(digest) => self.remove_blob(digest),
+            RecordKey::Action {
+                instance, action, ..
+            } => self.remove_action(instance, action),
+            RecordKey::Seal => return false,
+        }
+        self.evictions += 1;
+        self.evicted_bytes += location.len;
+        true
     }
 
     /// Forgets an action result.
@@ -97,6 +154,9 @@ impl Index {
             blobs: self.blobs.len() as u64,
             blob_bytes: self.blob_bytes,
             actions: self.actions.len() as u64,
+            evictions: self.evictions,
+            evicted_bytes: self.evicted_bytes,
+            disk_bytes: 0,
         }
     }
 }

@@ -26,12 +26,11 @@ use sha2::{Digest as _, Sha256};
 
 pub use digest::{parse_hash, Digest, HASH_LEN};
 use index::{Entry, Index};
-pub use record::AcKind;
-use record::RecordKey;
-use segment::{Location, Payload, SegmentLog, IO_CHUNK};
+pub use record::{AcKind, RecordKey};
+use segment::{read_payload, Location, Payload, Pin, SegmentLog, IO_CHUNK};
 pub use upload::Upload;
 
-use crate::seam::{Fs, FsLock, Runtime};
+use crate::seam::{Fs, FsFile, FsLock, Runtime};
 
 /// What went wrong, classified the way clients need it (each front end maps these to its codes).
 #[derive(Debug, thiserror::Error)]
@@ -93,8 +92,11 @@ pub struct EngineConfig {
     pub dir: PathBuf,
     /// Largest blob accepted.
     pub max_blob_size: u64,
-    /// Byte budget for stored blobs. Until eviction exists, uploads past it are refused.
+    /// Byte budget for what the cache occupies on disk (every segment, headers and all); the
+    /// least recently used records are evicted to stay within it (see [`Engine`]).
     pub max_size: Option<u64>,
+    /// Told of every eviction (the simulator's oracle listens here).
+    pub on_evict: Option<EvictionObserver>,
     /// A segment is closed once it reaches about this many bytes.
     pub segment_size: u64,
     /// Uploads up to this size are staged in memory; larger ones in a temp file.
@@ -113,6 +115,7 @@ impl EngineConfig {
             dir: dir.into(),
             max_blob_size: 64 << 30,
             max_size: None,
+            on_evict: None,
             segment_size: 256 << 20,
             memory_stage_limit: 1 << 20,
             max_concurrent_uploads: 4096,
@@ -133,6 +136,16 @@ impl EngineConfig {
     }
 }
 
+/// A callback told of every record evicted.
+#[derive(Clone)]
+pub struct EvictionObserver(pub Arc<dyn Fn(&RecordKey) + Send + Sync>);
+
+impl std::fmt::Debug for EvictionObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EvictionObserver")
+    }
+}
+
 /// Counts of what the engine holds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -142,6 +155,12 @@ pub struct Stats {
     pub blob_bytes: u64,
     /// Action-cache entries.
     pub actions: u64,
+    /// Records evicted to keep within the size budget, since start.
+    pub evictions: u64,
+    /// Payload bytes of those records.
+    pub evicted_bytes: u64,
+    /// Bytes of every segment file: what the cache occupies on disk.
+    pub disk_bytes: u64,
 }
 
 /// The storage engine. Cheap to share behind an `Arc`.
@@ -153,12 +172,16 @@ pub struct Engine {
     segments: SegmentLog,
     index: Mutex<Index>,
     uploads: upload::Tracker,
+    /// One eviction pass at a time.
+    evicting: tokio::sync::Mutex<()>,
     /// Where dropped uploads send their temp files for removal.
     janitor: tokio::sync::mpsc::UnboundedSender<PathBuf>,
     _lock: Box<dyn FsLock>,
 }
 
 const TMP_DIR: &str = "tmp";
+/// The smallest segment a small budget may shrink segments to.
+const MIN_SEGMENT_SIZE: u64 = 64 << 10;
 const SEGMENT_DIR: &str = "segments";
 const LOCK_FILE: &str = "LOCK";
 
@@ -200,11 +223,17 @@ impl Engine {
         upload::sweep_temp_files(fs.as_ref(), &tmp_dir).await?;
 
         let mut index = Index::default();
-        let segments = SegmentLog::open(fs.clone(), segment_dir, config.segment_size, |r| {
+        // Eviction frees whole segments, so a budget needs several of them.
+        let segment_size = match config.max_size {
+            Some(budget) => config.segment_size.min((budget / 8).max(MIN_SEGMENT_SIZE)),
+            None => config.segment_size,
+        };
+        let segments = SegmentLog::open(fs.clone(), segment_dir, segment_size, |r| {
             let entry = Entry {
                 location: r.location,
                 sha256: r.payload_sha256,
                 verified: r.verified,
+                referenced: false,
             };
             index.insert(r.key, entry);
         })
@@ -229,6 +258,7 @@ impl Engine {
             index: Mutex::new(index),
             uploads,
             janitor,
+            evicting: tokio::sync::Mutex::new(()),
             _lock: lock,
         }))
     }
@@ -240,12 +270,22 @@ impl Engine {
 
     /// What the engine holds.
     pub fn stats(&self) -> Stats {
-        self.index.lock().expect("index").stats()
+        Stats {
+            disk_bytes: self.segments.disk_bytes(),
+            ..self.index.lock().expect("index").stats()
+        }
     }
 
-    /// Whether the CAS holds `digest` (the empty blob always).
+    /// Whether the CAS holds `digest` (the empty blob always). A hit counts as a use: a client
+    /// told "present" relies on the blob staying.
     pub fn contains(&self, digest: &Digest) -> bool {
-        digest.is_empty() || self.index.lock().expect("index").blob(digest).is_some()
+        digest.is_empty()
+            || self
+                .index
+                .lock()
+                .expect("index")
+                .touch_blob(digest)
+                .is_some()
     }
 
     /// The digest of the stored blob whose bytes hash to `hash` (the empty blob included).
@@ -256,12 +296,13 @@ impl Engine {
         self.index.lock().expect("index").blob_by_hash(hash)
     }
 
-    /// The subset of `digests` the CAS does not hold, in request order.
+    /// The subset of `digests` the CAS does not hold, in request order. The ones it holds count
+    /// as used (Bazel takes "present" to mean "will still be there").
     pub fn missing(&self, digests: &[Digest]) -> Vec<Digest> {
-        let index = self.index.lock().expect("index");
+        let mut index = self.index.lock().expect("index");
         digests
             .iter()
-            .filter(|d| !d.is_empty() && index.blob(d).is_none())
+            .filter(|d| !d.is_empty() && index.touch_blob(d).is_none())
             .copied()
             .collect()
     }
@@ -275,13 +316,11 @@ impl Engine {
                 self.config.max_blob_size
             )));
         }
-        if let Some(budget) = self.config.max_size {
-            let used = self.stats().blob_bytes;
-            if used.saturating_add(expected.size) > budget {
-                return Err(Error::ResourceExhausted(format!(
-                    "storing {expected} would exceed the cache size budget of {budget} bytes ({used} used)"
-                )));
-            }
+        if let Some(budget) = self.config.max_size.filter(|&b| expected.size > b / 2) {
+            // Evicting everything else still would not make room for it next to a segment.
+            return Err(Error::ResourceExhausted(format!(
+                "blob {expected} is larger than half the cache size budget of {budget} bytes"
+            )));
         }
         let permit = self.uploads.admit()?;
         if expected.size > self.config.memory_stage_limit {
@@ -335,11 +374,11 @@ impl Engine {
             }
         };
         let key = RecordKey::Blob(digest);
-        let location = self
+        let appended = self
             .segments
             .append(&key, &digest.hash, digest.size, payload)
             .await?;
-        self.make_durable_and_index(key, digest.hash, location)
+        self.make_durable_and_index(key, digest.hash, appended)
             .await
     }
 
@@ -348,12 +387,13 @@ impl Engine {
         self: &Arc<Self>,
         key: RecordKey,
         sha256: [u8; 32],
-        location: Location,
+        (location, pin): (Location, Pin),
     ) -> Result<(), Error> {
         let entry = Entry {
             location,
             sha256,
             verified: true,
+            referenced: false,
         };
         if self.config.planted(PlantedBug::IndexBeforeSync) {
             self.index.lock().expect("index").insert(key, entry);
@@ -368,11 +408,97 @@ impl Engine {
                     .sleep(std::time::Duration::from_millis(50))
                     .await;
                 engine.index.lock().expect("index").insert(key, entry);
+                drop(pin);
             }));
             return Ok(());
         }
         self.index.lock().expect("index").insert(key, entry);
+        drop(pin);
+        self.enforce_budget().await;
         Ok(())
+    }
+
+    /// Evicts until the disk holds no more than the budget (plus the segment being written).
+    /// Failures are logged, not returned: the record that triggered this is already durable.
+    async fn enforce_budget(self: &Arc<Self>) {
+        let Some(budget) = self.config.max_size else {
+            return;
+        };
+        if self.segments.disk_bytes() <= budget {
+            return;
+        }
+        let _pass = self.evicting.lock().await;
+        while self.segments.disk_bytes() > budget {
+            let Some(oldest) = self.segments.oldest_closed() else {
+                return;
+            };
+            if let Err(e) = self.evict_segment(oldest).await {
+                tracing::warn!(segment = oldest, error = %e, "eviction failed");
+                return;
+            }
+        }
+    }
+
+    /// Frees the oldest segment. Eviction approximates LRU with a second chance: a live record
+    /// used since eviction last passed (a read, a FindMissingBlobs or upload hit, an AC get) is
+    /// copied forward and loses its mark; the rest are forgotten. Copies are durable before the
+    /// old segment is deleted, and the index forgets a record before its bytes go, so a read
+    /// either finds a record whose segment handle it then holds, or misses.
+    async fn evict_segment(self: &Arc<Self>, segment: u32) -> Result<(), Error> {
+        let reader = self
+            .segments
+            .reader(segment)
+            .ok_or_else(|| Error::Internal(format!("segment {segment} is gone")))?;
+        let mut moved = Vec::new();
+        for record in self.segments.records(segment).await? {
+            let (key, from) = (record.key, record.location);
+            let live = self.index.lock().expect("index").live_at(&key, &from);
+            match live {
+                Some(entry) if entry.referenced => {
+                    let payload = Payload::Segment {
+                        reader: reader.as_ref(),
+                        offset: from.offset,
+                    };
+                    match self
+                        .segments
+                        .append(&key, &entry.sha256, from.len, payload)
+                        .await
+                    {
+                        Ok((to, pin)) => moved.push((key, from, to, pin)),
+                        Err(Error::DataLoss(why)) => {
+                            tracing::error!(%why, "dropping a corrupt record instead of keeping it");
+                            self.forget(&key, &from);
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                Some(_) => self.forget(&key, &from),
+                None => {}
+            }
+        }
+        for (_, _, to, _) in &moved {
+            self.segments.sync(to).await?;
+        }
+        {
+            let mut index = self.index.lock().expect("index");
+            for (key, from, to, _) in &moved {
+                index.move_if_at(key, from, *to);
+            }
+        }
+        let freed = self.segments.remove(segment).await?;
+        tracing::info!(segment, freed, kept = moved.len(), "evicted segment");
+        Ok(())
+    }
+
+    /// Evicts one record (if it still lives at `location`), and says so.
+    fn forget(&self, key: &RecordKey, location: &Location) {
+        if !self.index.lock().expect("index").evict_if_at(key, location) {
+            return;
+        }
+        tracing::debug!(?key, bytes = location.len, "evicted");
+        if let Some(observer) = &self.config.on_evict {
+            (observer.0)(key);
+        }
     }
 
     /// Reads `len` bytes of `digest` starting at `offset` (clamped to the blob's end).
@@ -393,14 +519,12 @@ impl Engine {
                 Err(Error::NotFound(format!("blob {digest} not found")))
             };
         }
-        let entry = self.blob_entry(digest)?;
+        let (entry, reader) = self.lookup_blob(digest)?;
         if !entry.verified {
-            self.verify_blob(digest, &entry).await?;
+            self.verify_blob(digest, &entry.location, reader.as_ref())
+                .await?;
         }
-        let bytes = self
-            .segments
-            .read(&entry.location, offset, len as usize)
-            .await?;
+        let bytes = read_payload(reader.as_ref(), &entry.location, offset, len as usize).await?;
         if offset == 0 && len == digest.size && Sha256::digest(&bytes)[..] != digest.hash {
             return Err(self.drop_corrupt(digest));
         }
@@ -414,38 +538,47 @@ impl Engine {
                 "offset {offset} is past the end of {digest}"
             )));
         }
-        let location = if digest.is_empty() {
+        let source = if digest.is_empty() {
             None
         } else {
-            Some(self.blob_entry(digest)?.location)
+            let (entry, reader) = self.lookup_blob(digest)?;
+            Some(Source {
+                location: entry.location,
+                reader,
+                // Reading from 0 verifies as it goes; a ranged read verifies the whole first.
+                unverified: !entry.verified && offset > 0,
+            })
         };
         Ok(BlobReader {
             engine: self,
             digest: *digest,
-            location,
+            source,
             position: offset,
             hasher: (offset == 0).then(Sha256::new),
         })
     }
 
-    fn blob_entry(&self, digest: &Digest) -> Result<Entry, Error> {
-        self.index
-            .lock()
-            .expect("index")
-            .blob(digest)
+    /// A blob's entry and its segment's read handle, taken together under the index lock so
+    /// eviction (which forgets entries before it deletes a segment) cannot slip in between.
+    fn lookup_blob(&self, digest: &Digest) -> Result<(Entry, Arc<dyn FsFile>), Error> {
+        let mut index = self.index.lock().expect("index");
+        index
+            .touch_blob(digest)
+            .and_then(|entry| Some((entry, self.segments.reader(entry.location.segment)?)))
             .ok_or_else(|| Error::NotFound(format!("blob {digest} not found")))
     }
 
-    async fn verify_blob(&self, digest: &Digest, entry: &Entry) -> Result<(), Error> {
+    async fn verify_blob(
+        &self,
+        digest: &Digest,
+        location: &Location,
+        reader: &dyn FsFile,
+    ) -> Result<(), Error> {
         let mut hasher = Sha256::new();
         let mut done = 0;
         while done < digest.size {
             let want = (digest.size - done).min(IO_CHUNK as u64);
-            hasher.update(
-                self.segments
-                    .read(&entry.location, done, want as usize)
-                    .await?,
-            );
+            hasher.update(read_payload(reader, location, done, want as usize).await?);
             done += want;
         }
         if hasher.finalize()[..] != digest.hash {
@@ -480,11 +613,11 @@ impl Engine {
             kind,
         };
         let sha: [u8; 32] = Sha256::digest(&value).into();
-        let location = self
+        let appended = self
             .segments
             .append(&key, &sha, value.len() as u64, Payload::Memory(&value))
             .await?;
-        self.make_durable_and_index(key, sha, location).await
+        self.make_durable_and_index(key, sha, appended).await
     }
 
     /// The stored action-cache value for `action` under `instance`, verified, if any.
@@ -493,13 +626,24 @@ impl Engine {
         instance: &str,
         action: &[u8; HASH_LEN],
     ) -> Result<Option<(AcKind, Bytes)>, Error> {
-        let Some((kind, entry)) = self.index.lock().expect("index").action(instance, action) else {
+        let found = {
+            let mut index = self.index.lock().expect("index");
+            index
+                .touch_action(instance, action)
+                .and_then(|(kind, entry)| {
+                    Some((kind, entry, self.segments.reader(entry.location.segment)?))
+                })
+        };
+        let Some((kind, entry, reader)) = found else {
             return Ok(None);
         };
-        let bytes = self
-            .segments
-            .read(&entry.location, 0, entry.location.len as usize)
-            .await?;
+        let bytes = read_payload(
+            reader.as_ref(),
+            &entry.location,
+            0,
+            entry.location.len as usize,
+        )
+        .await?;
         if <[u8; 32]>::from(Sha256::digest(&bytes)) != entry.sha256 {
             let shown = hex::encode(action);
             tracing::error!(instance, action = %shown, "stored action-cache value is corrupt; dropping it");
@@ -513,13 +657,22 @@ impl Engine {
     }
 }
 
-/// A streaming read of a blob in chunks. When it starts at offset 0 it hashes as it goes and
-/// fails the last chunk if the bytes do not match the digest, so a client that reads to the end
-/// never accepts corrupt data.
+/// Where a [`BlobReader`] reads from.
+struct Source {
+    location: Location,
+    reader: Arc<dyn FsFile>,
+    /// The stored bytes must be verified before the first chunk is returned.
+    unverified: bool,
+}
+
+/// A streaming read of a blob in chunks. It holds the segment's handle, so eviction cannot pull
+/// the bytes from under it. When it starts at offset 0 it hashes as it goes and fails the last
+/// chunk if the bytes do not match the digest, so a client that reads to the end never accepts
+/// corrupt data; a ranged read of a blob not verified since it was written verifies it first.
 pub struct BlobReader<'a> {
     engine: &'a Engine,
     digest: Digest,
-    location: Option<Location>,
+    source: Option<Source>,
     position: u64,
     hasher: Option<Sha256>,
 }
@@ -527,18 +680,27 @@ pub struct BlobReader<'a> {
 impl BlobReader<'_> {
     /// The next chunk of at most `max` bytes, or `None` at the end.
     pub async fn next_chunk(&mut self, max: usize) -> Result<Option<Bytes>, Error> {
-        let Some(location) = self.location else {
+        let Some(source) = &mut self.source else {
             return Ok(None);
         };
         if self.position >= self.digest.size {
             return Ok(None);
         }
+        if source.unverified {
+            let reader = source.reader.as_ref();
+            self.engine
+                .verify_blob(&self.digest, &source.location, reader)
+                .await?;
+            source.unverified = false;
+        }
         let want = (self.digest.size - self.position).min(max as u64) as usize;
-        let chunk = self
-            .engine
-            .segments
-            .read(&location, self.position, want)
-            .await?;
+        let chunk = read_payload(
+            source.reader.as_ref(),
+            &source.location,
+            self.position,
+            want,
+        )
+        .await?;
         self.position += want as u64;
         if let Some(hasher) = &mut self.hasher {
             hasher.update(&chunk);

@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -39,12 +40,45 @@ pub struct Location {
     pub len: u64,
 }
 
+/// Keeps a segment from eviction while a record appended to it is not yet indexed.
+pub struct Pin {
+    pins: Arc<Mutex<BTreeMap<u32, usize>>>,
+    segment: u32,
+}
+
+impl Pin {
+    fn new(pins: Arc<Mutex<BTreeMap<u32, usize>>>, segment: u32) -> Pin {
+        *pins.lock().expect("pins").entry(segment).or_default() += 1;
+        Pin { pins, segment }
+    }
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        let mut pins = self.pins.lock().expect("pins");
+        if let Some(count) = pins.get_mut(&self.segment) {
+            *count -= 1;
+            if *count == 0 {
+                pins.remove(&self.segment);
+            }
+        }
+    }
+}
+
 /// Where the payload of an append comes from.
 pub enum Payload<'a> {
     /// Bytes in memory, already hashed by the caller.
     Memory(&'a [u8]),
     /// A closed, synced staging file; re-hashed while copied and checked against the header.
     File(&'a Path),
+    /// A record's payload in another segment (eviction copying a live record forward);
+    /// re-hashed while copied.
+    Segment {
+        /// The source segment's read handle.
+        reader: &'a dyn FsFile,
+        /// Where the payload starts in it.
+        offset: u64,
+    },
 }
 
 /// A record recovered from disk.
@@ -70,12 +104,25 @@ struct Writer {
     poisoned: bool,
 }
 
+/// A segment file as the log knows it.
+struct Segment {
+    /// Shared by every read of the segment; an open handle keeps a removed file readable.
+    reader: Arc<dyn FsFile>,
+    /// Bytes in the file.
+    len: u64,
+}
+
 /// The set of segments: readers for all, a writer for the newest.
 pub struct SegmentLog {
     fs: Arc<dyn Fs>,
     dir: PathBuf,
     target_size: u64,
-    readers: Mutex<BTreeMap<u32, Arc<dyn FsFile>>>,
+    segments: Mutex<BTreeMap<u32, Segment>>,
+    /// The writer's segment (readable without waiting for the writer).
+    active: AtomicU32,
+    /// Appends per segment not yet indexed (or abandoned): such a segment must not be evicted,
+    /// or the index would be pointed at a deleted file.
+    pins: Arc<Mutex<BTreeMap<u32, usize>>>,
     /// Segments this process sealed: every byte in them is durable.
     sealed: Mutex<BTreeSet<u32>>,
     writer: tokio::sync::Mutex<Writer>,
@@ -108,33 +155,37 @@ impl SegmentLog {
             .await
             .map_err(io_error(format!("listing {}", dir.display())))?;
         let ids: Vec<u32> = names.iter().filter_map(|n| parse_segment_name(n)).collect();
-        let mut readers = BTreeMap::new();
+        let mut segments = BTreeMap::new();
         for &id in &ids {
             let path = dir.join(segment_name(id));
-            let (end, sealed) = recover_segment(fs.as_ref(), &path, id, &mut found).await?;
+            let (len, sealed) = recover_segment(fs.as_ref(), &path, id, &mut found).await?;
             let reader: Arc<dyn FsFile> = Arc::from(
                 fs.open_read(&path)
                     .await
                     .map_err(io_error(format!("opening {}", path.display())))?,
             );
-            readers.insert(id, reader);
-            tracing::debug!(segment = id, end, sealed, "recovered segment");
+            segments.insert(id, Segment { reader, len });
+            tracing::debug!(segment = id, len, sealed, "recovered segment");
         }
         // Always start a fresh segment: the last one may hold a torn or unsealed tail.
         let next = ids.last().map_or(1, |id| id + 1);
         let (writer, reader) = create_segment(fs.as_ref(), &dir, next).await?;
-        readers.insert(next, reader);
+        segments.insert(next, Segment { reader, len: 0 });
         Ok(SegmentLog {
             fs,
             dir,
             target_size,
-            readers: Mutex::new(readers),
+            segments: Mutex::new(segments),
+            active: AtomicU32::new(next),
+            pins: Arc::default(),
             sealed: Mutex::new(BTreeSet::new()),
             writer: tokio::sync::Mutex::new(writer),
         })
     }
 
     /// Appends one record (written and flushed, not yet durable: see [`SegmentLog::sync`]).
+    /// The segment cannot be evicted while the returned [`Pin`] lives: hold it until the record
+    /// is indexed.
     ///
     /// For [`Payload::File`] the bytes are hashed again while copied; a mismatch with
     /// `payload_sha256` fails the append (the staging file changed under us).
@@ -144,7 +195,7 @@ impl SegmentLog {
         payload_sha256: &[u8; 32],
         payload_len: u64,
         payload: Payload<'_>,
-    ) -> Result<Location, Error> {
+    ) -> Result<(Location, Pin), Error> {
         let header = record::encode_header(key, payload_len, payload_sha256);
         let mut writer = self.writer.lock().await;
         if writer.poisoned
@@ -167,11 +218,13 @@ impl SegmentLog {
             return Err(e);
         }
         writer.end = start + header.len() as u64 + payload_len;
-        Ok(Location {
+        self.note_len(writer.segment, writer.end);
+        let location = Location {
             segment: writer.segment,
             offset: start + header.len() as u64,
             len: payload_len,
-        })
+        };
+        Ok((location, Pin::new(self.pins.clone(), writer.segment)))
     }
 
     /// Returns once the record at `location` is durable. Concurrent callers share one `fsync`
@@ -232,7 +285,9 @@ impl SegmentLog {
             .await;
             match sealed {
                 Ok(()) => {
+                    writer.end += seal.len() as u64;
                     writer.synced = writer.end;
+                    self.note_len(old, writer.end);
                     self.sealed.lock().expect("sealed set").insert(old);
                 }
                 Err(e) => tracing::warn!(segment = old, error = %e, "sealing segment failed"),
@@ -243,26 +298,100 @@ impl SegmentLog {
         if let Err(e) = previous.file.close().await {
             tracing::warn!(segment = old, error = %e, "closing segment failed");
         }
-        self.readers
+        self.segments
             .lock()
-            .expect("readers")
-            .insert(old + 1, reader);
+            .expect("segments")
+            .insert(old + 1, Segment { reader, len: 0 });
+        self.active.store(old + 1, Ordering::Release);
         Ok(())
     }
 
-    /// Reads `len` bytes at `offset` of a record's payload.
-    pub async fn read(&self, location: &Location, offset: u64, len: usize) -> Result<Bytes, Error> {
-        let reader = self
-            .readers
-            .lock()
-            .expect("readers")
-            .get(&location.segment)
-            .cloned()
-            .ok_or_else(|| Error::DataLoss(format!("segment {} is gone", location.segment)))?;
-        read_exact_at(reader.as_ref(), location.offset + offset, len)
-            .await
-            .map_err(io_error(format!("reading segment {}", location.segment)))
+    fn note_len(&self, segment: u32, len: u64) {
+        if let Some(s) = self.segments.lock().expect("segments").get_mut(&segment) {
+            s.len = len;
+        }
     }
+
+    /// Bytes of every segment file together: what the cache occupies on disk.
+    pub fn disk_bytes(&self) -> u64 {
+        self.segments
+            .lock()
+            .expect("segments")
+            .values()
+            .map(|s| s.len)
+            .sum()
+    }
+
+    /// The oldest segment, unless it is the one being written or has records on their way
+    /// into the index.
+    pub fn oldest_closed(&self) -> Option<u32> {
+        let oldest = *self.segments.lock().expect("segments").keys().next()?;
+        let pinned = self.pins.lock().expect("pins").contains_key(&oldest);
+        (oldest != self.active.load(Ordering::Acquire) && !pinned).then_some(oldest)
+    }
+
+    /// The shared read handle of a segment, while the log has it.
+    pub fn reader(&self, segment: u32) -> Option<Arc<dyn FsFile>> {
+        self.segments
+            .lock()
+            .expect("segments")
+            .get(&segment)
+            .map(|s| s.reader.clone())
+    }
+
+    /// The complete records of a closed segment, in log order.
+    pub async fn records(&self, segment: u32) -> Result<Vec<Recovered>, Error> {
+        let (reader, len) = {
+            let segments = self.segments.lock().expect("segments");
+            let s = segments
+                .get(&segment)
+                .ok_or_else(|| Error::Internal(format!("segment {segment} is gone")))?;
+            (s.reader.clone(), s.len)
+        };
+        let scan = scan_headers(reader.as_ref(), len).await?;
+        Ok(scan
+            .records
+            .into_iter()
+            .map(|(header, payload_at)| Recovered {
+                location: Location {
+                    segment,
+                    offset: payload_at,
+                    len: header.payload_len,
+                },
+                payload_sha256: header.payload_sha256,
+                key: header.key,
+                verified: false,
+            })
+            .collect())
+    }
+
+    /// Deletes a closed segment. Reads already holding its handle finish; new ones miss.
+    pub async fn remove(&self, segment: u32) -> Result<u64, Error> {
+        let removed = self.segments.lock().expect("segments").remove(&segment);
+        let len = removed.map_or(0, |s| s.len);
+        let path = self.dir.join(segment_name(segment));
+        self.fs
+            .remove(&path)
+            .await
+            .map_err(io_error(format!("removing {}", path.display())))?;
+        self.fs
+            .sync_dir(&self.dir)
+            .await
+            .map_err(io_error(format!("syncing {}", self.dir.display())))?;
+        Ok(len)
+    }
+}
+
+/// Reads `len` bytes at `offset` of the payload at `location` through `reader`.
+pub async fn read_payload(
+    reader: &dyn FsFile,
+    location: &Location,
+    offset: u64,
+    len: usize,
+) -> Result<Bytes, Error> {
+    read_exact_at(reader, location.offset + offset, len)
+        .await
+        .map_err(io_error(format!("reading segment {}", location.segment)))
 }
 
 async fn write_record(
@@ -283,32 +412,26 @@ async fn write_record(
                 "opening staged upload {}",
                 path.display()
             )))?;
-            let mut hasher = Sha256::new();
-            let mut copied = 0u64;
-            while copied < payload_len {
-                let want = (payload_len - copied).min(IO_CHUNK as u64) as usize;
-                let chunk = staged
-                    .read_at(copied, want)
-                    .await
-                    .map_err(io_error(format!(
-                        "reading staged upload {}",
-                        path.display()
-                    )))?;
-                if chunk.is_empty() {
-                    return Err(Error::Internal(format!(
-                        "staged upload {} holds {copied} bytes, expected {payload_len}",
-                        path.display()
-                    )));
-                }
-                hasher.update(&chunk);
-                writer.file.write(&chunk).await.map_err(append_err())?;
-                copied += chunk.len() as u64;
-            }
-            if <[u8; 32]>::from(hasher.finalize()) != *payload_sha256 {
+            let source = format!("staged upload {}", path.display());
+            if !copy_verified(
+                writer,
+                staged.as_ref(),
+                0,
+                payload_len,
+                payload_sha256,
+                &source,
+            )
+            .await?
+            {
                 return Err(Error::Internal(format!(
-                    "staged upload {} changed after it was verified",
-                    path.display()
+                    "{source} changed after it was verified"
                 )));
+            }
+        }
+        Payload::Segment { reader, offset } => {
+            let source = format!("a record at {offset}");
+            if !copy_verified(writer, reader, offset, payload_len, payload_sha256, &source).await? {
+                return Err(Error::DataLoss(format!("{source} fails its checksum")));
             }
         }
     }
@@ -317,6 +440,40 @@ async fn write_record(
         .flush()
         .await
         .map_err(io_error(format!("flushing segment {segment}")))
+}
+
+/// Copies `len` bytes at `start` of `source` to the writer, hashing them; returns whether they
+/// hash to `sha256`.
+async fn copy_verified(
+    writer: &mut Writer,
+    source: &dyn FsFile,
+    start: u64,
+    len: u64,
+    sha256: &[u8; 32],
+    describe: &str,
+) -> Result<bool, Error> {
+    let mut hasher = Sha256::new();
+    let mut copied = 0u64;
+    while copied < len {
+        let want = (len - copied).min(IO_CHUNK as u64) as usize;
+        let chunk = source
+            .read_at(start + copied, want)
+            .await
+            .map_err(io_error(format!("reading {describe}")))?;
+        if chunk.is_empty() {
+            return Err(Error::Internal(format!(
+                "{describe} holds {copied} bytes, expected {len}"
+            )));
+        }
+        hasher.update(&chunk);
+        writer
+            .file
+            .write(&chunk)
+            .await
+            .map_err(io_error(format!("appending to segment {}", writer.segment)))?;
+        copied += chunk.len() as u64;
+    }
+    Ok(<[u8; 32]>::from(hasher.finalize()) == *sha256)
 }
 
 async fn create_segment(
@@ -347,6 +504,61 @@ async fn create_segment(
     Ok((writer, reader))
 }
 
+/// What a pass over a segment's headers found.
+struct Scan {
+    /// Complete-looking records (payload not yet verified) and where their payloads start.
+    records: Vec<(Header, u64)>,
+    /// Where the last complete record (or the seal) ends.
+    end: u64,
+    /// Whether a seal ended the segment.
+    sealed: bool,
+    /// Why the bytes after `end` are not records, if there are any.
+    torn: Option<String>,
+}
+
+/// Walks the record headers of the first `len` bytes of a segment, skipping payloads.
+async fn scan_headers(file: &dyn FsFile, len: u64) -> Result<Scan, Error> {
+    let mut scan = Scan {
+        records: Vec::new(),
+        end: 0,
+        sealed: false,
+        torn: None,
+    };
+    while scan.end < len {
+        let want = (len - scan.end).min(record::MAX_HEADER_LEN as u64) as usize;
+        let bytes = read_retrying(file, scan.end, want)
+            .await
+            .map_err(io_error("reading segment headers"))?;
+        let header: Header = match record::decode_header(&bytes) {
+            Ok(h) => h,
+            Err(Torn::Short) => {
+                scan.torn = Some("segment ends inside a header".into());
+                break;
+            }
+            Err(Torn::Corrupt(why)) => {
+                scan.torn = Some(why);
+                break;
+            }
+        };
+        let payload_at = scan.end + header.header_len as u64;
+        if payload_at + header.payload_len > len {
+            scan.torn = Some("segment ends inside a payload".into());
+            break;
+        }
+        if header.key == RecordKey::Seal {
+            scan.sealed = true;
+            scan.end = payload_at;
+            if scan.end < len {
+                scan.torn = Some("bytes after the seal".into());
+            }
+            break;
+        }
+        scan.end = payload_at + header.payload_len;
+        scan.records.push((header, payload_at));
+    }
+    Ok(scan)
+}
+
 /// Scans one segment, hands every complete record to `found`, and cuts a torn tail off.
 /// Returns the segment's valid length and whether it ended with a seal.
 async fn recover_segment(
@@ -358,43 +570,12 @@ async fn recover_segment(
     let context = || format!("recovering {}", path.display());
     let file = fs.open_append(path).await.map_err(io_error(context()))?;
     let len = file.len().await.map_err(io_error(context()))?;
-    let mut records = Vec::new();
-    let mut offset = 0u64;
-    let mut sealed = false;
-    let mut torn: Option<String> = None;
-    while offset < len {
-        let want = (len - offset).min(record::MAX_HEADER_LEN as u64) as usize;
-        let bytes = file
-            .read_at(offset, want)
-            .await
-            .map_err(io_error(context()))?;
-        let header: Header = match record::decode_header(&bytes) {
-            Ok(h) => h,
-            Err(Torn::Short) => {
-                torn = Some("segment ends inside a header".into());
-                break;
-            }
-            Err(Torn::Corrupt(why)) => {
-                torn = Some(why);
-                break;
-            }
-        };
-        let payload_at = offset + header.header_len as u64;
-        if payload_at + header.payload_len > len {
-            torn = Some("segment ends inside a payload".into());
-            break;
-        }
-        if header.key == RecordKey::Seal {
-            sealed = true;
-            offset = payload_at;
-            if offset < len {
-                torn = Some("bytes after the seal".into());
-            }
-            break;
-        }
-        records.push((header, payload_at));
-        offset = payload_at + records.last().map_or(0, |(h, _)| h.payload_len);
-    }
+    let Scan {
+        records,
+        end: offset,
+        sealed,
+        mut torn,
+    } = scan_headers(file.as_ref(), len).await?;
     // An unsealed segment may hold a torn tail that still parses: re-hash its payloads.
     let verify = !sealed;
     let mut valid_end = offset;
