@@ -4,7 +4,8 @@
 //! - `read-hashes-to-digest`: every byte a read returns is the blob's true content at that offset.
 //! - `acknowledged-blob-lost`: a blob whose upload was acknowledged (OK) is readable forever after,
 //!   across any number of crashes.
-//! - `find-missing-lies`: FindMissingBlobs never reports an acknowledged blob missing.
+//! - `find-missing-lies`: FindMissingBlobs never reports an acknowledged blob missing, and a blob
+//!   it once reported present stays readable (both unless a logged eviction took it since).
 //! - `acknowledged-action-lost`: an acknowledged action-cache update stays retrievable.
 //! - `ac-hit-references-missing-blob`: an action-cache hit never names a blob the CAS lacks.
 //! - `ac-returns-unknown-value`: an action-cache hit (gRPC, or an opaque value over HTTP) is a

@@ -29,6 +29,14 @@ pub const SERVER_GRPC: &str = "http://10.0.0.1:9092";
 /// Instance names clients use (AC entries are per instance).
 const INSTANCES: [&str; 3] = ["", "main", "ci/linux"];
 
+/// Share of uploads, ByteStream reads and batch calls that use zstd (`compressed-blobs/zstd`,
+/// compressed batch items, `acceptable_compressors`).
+const ZSTD_SHARE: f64 = 0.25;
+
+/// `Compressor.Value` numbers.
+const IDENTITY: i32 = 0;
+const ZSTD: i32 = 1;
+
 /// How many distinct action keys exist (small, so updates of one key race and overwrite).
 const ACTION_KEYS: u64 = 24;
 
@@ -63,6 +71,11 @@ pub async fn connect(attempts: usize) -> Option<Channel> {
         madsim::time::sleep(Duration::from_millis(200)).await;
     }
     None
+}
+
+/// `data` as one zstd frame (what a compressing client sends).
+fn zstd_frame(data: &[u8]) -> Bytes {
+    Bytes::from(zstd::bulk::compress(data, 1).expect("zstd compresses"))
 }
 
 /// The action-cache key `n`.
@@ -126,7 +139,11 @@ impl Client {
     /// there (it must be: an acknowledgement means indexed).
     async fn upload(&self, channel: Channel, digest: Digest, content: Bytes) {
         let epoch = self.oracle.evictions(&digest.hash);
-        let committed = self.write_blob(&channel, digest, content).await;
+        let committed = if thread_rng().gen_bool(ZSTD_SHARE) {
+            self.write_blob_zstd(&channel, digest, content).await
+        } else {
+            self.write_blob(&channel, digest, content).await
+        };
         let Some(committed) = committed else { return };
         self.oracle
             .event(format!("{} write {digest} ok {committed}", self.id));
@@ -238,6 +255,114 @@ impl Client {
         }
     }
 
+    /// A ByteStream write of the blob zstd-compressed, possibly broken midway and then resumed
+    /// with a fresh zstd stream from the uncompressed offset the server kept (REAPI: the first
+    /// `write_offset` is uncompressed, later ones add the compressed bytes sent). Returns the
+    /// blob's size once acknowledged, after checking the compressed `committed_size`: -1 for an
+    /// early completion, else the first offset plus the compressed bytes.
+    async fn write_blob_zstd(
+        &self,
+        channel: &Channel,
+        digest: Digest,
+        content: Bytes,
+    ) -> Option<i64> {
+        let compressed = zstd_frame(&content);
+        let (uuid, break_after, resume) = {
+            let mut rng = thread_rng();
+            let chunks = compressed.len().div_ceil(self.plan.chunk).max(1);
+            let breaks = chunks > 1 && rng.gen_bool(self.plan.break_prob);
+            (
+                rng.gen::<u64>(),
+                breaks.then(|| rng.gen_range(1..chunks)),
+                rng.gen_bool(0.7),
+            )
+        };
+        let resource = format!(
+            "uploads/{uuid:016x}/compressed-blobs/zstd/{}/{}",
+            digest.hex(),
+            digest.size
+        );
+        let zstd_chunks = |stream: &Bytes, start: u64, limit: Option<usize>| {
+            let mut requests = self.write_chunks(stream, &resource, 0, limit);
+            for request in &mut requests {
+                request.write_offset += start as i64;
+            }
+            requests
+        };
+        let mut client = ByteStreamClient::new(channel.clone());
+        let mut offset = 0u64;
+        if let Some(chunks) = break_after {
+            let sent = zstd_chunks(&compressed, 0, Some(chunks));
+            match client.write(futures::stream::iter(sent)).await {
+                Ok(response) => {
+                    let committed = response.into_inner().committed_size;
+                    if committed == -1 {
+                        return Some(digest.size as i64);
+                    }
+                    self.oracle.event(format!(
+                        "{} broken-zstd-write {digest} kept {committed}",
+                        self.id
+                    ));
+                }
+                Err(status) => self.status("broken-zstd-write", &digest, &status),
+            }
+            if !resume {
+                self.oracle.upload_abandoned();
+                return None;
+            }
+            let query = QueryWriteStatusRequest {
+                resource_name: resource.clone(),
+            };
+            match client.query_write_status(query).await {
+                Ok(status) => {
+                    let status = status.into_inner();
+                    if status.complete {
+                        return Some(status.committed_size);
+                    }
+                    // Uncompressed bytes kept: where the new zstd stream starts.
+                    offset = status.committed_size.max(0) as u64;
+                    if offset > content.len() as u64 {
+                        self.oracle.fail(
+                            "read-hashes-to-digest",
+                            format!(
+                                "QueryWriteStatus of zstd {digest} reports {offset} bytes committed"
+                            ),
+                        );
+                        return None;
+                    }
+                }
+                Err(status) => self.status("query-write-status", &digest, &status),
+            }
+        }
+        let rest = if offset == 0 {
+            compressed
+        } else {
+            zstd_frame(&content[offset as usize..])
+        };
+        let requests = zstd_chunks(&rest, offset, None);
+        match client.write(futures::stream::iter(requests)).await {
+            Ok(response) => {
+                let committed = response.into_inner().committed_size;
+                let end = (offset + rest.len() as u64) as i64;
+                if committed == -1 || committed == end {
+                    return Some(digest.size as i64);
+                }
+                self.oracle.fail(
+                    "read-hashes-to-digest",
+                    format!(
+                        "zstd write of {digest} from {offset} acknowledged with committed_size \
+                         {committed}, not -1 or {end}"
+                    ),
+                );
+                None
+            }
+            Err(status) => {
+                self.status("zstd-write", &digest, &status);
+                None
+            }
+        }
+    }
+
     /// The write requests for `content` from `offset`, all of them or only `limit` chunks.
     fn write_chunks(
         &self,
@@ -291,13 +416,14 @@ impl Client {
             };
             items.push((digest, data));
         }
+        let zstd = thread_rng().gen_bool(ZSTD_SHARE);
         let request = BatchUpdateBlobsRequest {
             requests: items
                 .iter()
                 .map(|(digest, data)| batch_update_blobs_request::Request {
                     digest: Some(wire_digest(digest)),
-                    data: data.clone(),
-                    ..Default::default()
+                    data: if zstd { zstd_frame(data) } else { data.clone() },
+                    compressor: if zstd { ZSTD } else { IDENTITY },
                 })
                 .collect(),
             ..Default::default()
@@ -361,6 +487,11 @@ impl Client {
                 (offset, limit)
             };
             let promise = self.oracle.promise(&digest);
+            if thread_rng().gen_bool(ZSTD_SHARE) {
+                self.read_zstd(&mut client, digest, offset, promise, tag)
+                    .await;
+                continue;
+            }
             let request = ReadRequest {
                 resource_name: format!("blobs/{}/{}", digest.hex(), digest.size),
                 read_offset: offset as i64,
@@ -411,6 +542,79 @@ impl Client {
         self.batch_read(channel, &acked, tag).await;
     }
 
+    /// A `compressed-blobs/zstd` read from the uncompressed `offset`, decompressed and checked
+    /// byte for byte; now and then with a `read_limit`, which the REAPI says must be refused.
+    async fn read_zstd(
+        &self,
+        client: &mut ByteStreamClient<Channel>,
+        digest: Digest,
+        offset: u64,
+        promise: Option<u64>,
+        tag: &str,
+    ) {
+        let limit = if thread_rng().gen_bool(0.1) { 1 } else { 0 };
+        let request = ReadRequest {
+            resource_name: format!("compressed-blobs/zstd/{}/{}", digest.hex(), digest.size),
+            read_offset: offset as i64,
+            read_limit: limit,
+        };
+        let result = async {
+            let mut stream = client.read(request).await?.into_inner();
+            let mut data = Vec::new();
+            while let Some(chunk) = stream.message().await? {
+                data.extend_from_slice(&chunk.data);
+            }
+            Ok::<_, Status>(data)
+        }
+        .await;
+        match result {
+            Ok(_) if limit != 0 => self.oracle.fail(
+                "bad-input-accepted",
+                format!("a compressed read of {digest} with read_limit {limit} was served"),
+            ),
+            Ok(compressed) => {
+                let Ok(data) = zstd::stream::decode_all(&compressed[..]) else {
+                    return self.oracle.fail(
+                        "read-hashes-to-digest",
+                        format!(
+                            "compressed read of {digest} at {offset} is not a valid zstd stream"
+                        ),
+                    );
+                };
+                self.oracle.event(format!(
+                    "{tag} zstd-read {digest} @{offset} got {} ({} compressed)",
+                    data.len(),
+                    compressed.len()
+                ));
+                if data.len() as u64 != digest.size - offset {
+                    self.oracle.fail(
+                        "read-hashes-to-digest",
+                        format!(
+                            "compressed read of {digest} at {offset} gave {} bytes",
+                            data.len()
+                        ),
+                    );
+                }
+                self.oracle.check_read(&self.pool, &digest, offset, &data);
+            }
+            Err(status) => {
+                self.status("zstd-read", &digest, &status);
+                if status.code() == Code::NotFound
+                    && limit == 0
+                    && self.oracle.miss_breaks(&digest.hash, promise)
+                {
+                    self.oracle.fail(
+                        "acknowledged-blob-lost",
+                        format!(
+                            "compressed read of acknowledged {digest}: {}",
+                            status.message()
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
     async fn batch_read(&self, channel: &Channel, acked: &[Digest], tag: &str) {
         let digests: Vec<Digest> = acked
             .iter()
@@ -422,8 +626,15 @@ impl Client {
             return;
         }
         let promises: Vec<Option<u64>> = digests.iter().map(|d| self.oracle.promise(d)).collect();
+        let acceptable_compressors = if thread_rng().gen_bool(ZSTD_SHARE) {
+            vec![ZSTD]
+        } else {
+            Vec::new()
+        };
+        let zstd_ok = !acceptable_compressors.is_empty();
         let request = BatchReadBlobsRequest {
             digests: digests.iter().map(wire_digest).collect(),
+            acceptable_compressors,
             ..Default::default()
         };
         let mut client = ContentAddressableStorageClient::new(channel.clone());
@@ -447,6 +658,22 @@ impl Client {
             self.oracle
                 .event(format!("{tag} batch-read {digest} code {code}"));
             match code {
+                0 if item.compressor == ZSTD && zstd_ok => {
+                    match zstd::stream::decode_all(&item.data[..]) {
+                        Ok(data) => self.oracle.check_read(&self.pool, &digest, 0, &data),
+                        Err(_) => self.oracle.fail(
+                            "read-hashes-to-digest",
+                            format!("BatchReadBlobs: {digest} is not a valid zstd frame"),
+                        ),
+                    }
+                }
+                0 if item.compressor != IDENTITY => self.oracle.fail(
+                    "read-hashes-to-digest",
+                    format!(
+                        "BatchReadBlobs: {digest} came with compressor {} it was not asked for",
+                        item.compressor
+                    ),
+                ),
                 0 => self.oracle.check_read(&self.pool, &digest, 0, &item.data),
                 5 if digests
                     .iter()
@@ -473,6 +700,10 @@ impl Client {
             .collect();
         digests.push(Digest::of(format!("never uploaded {tag}").as_bytes()));
         let promises: Vec<Option<u64>> = digests.iter().map(|d| self.oracle.promise(d)).collect();
+        let epochs: Vec<u64> = digests
+            .iter()
+            .map(|d| self.oracle.evictions(&d.hash))
+            .collect();
         let request = FindMissingBlobsRequest {
             blob_digests: digests.iter().map(wire_digest).collect(),
             ..Default::default()
@@ -486,10 +717,12 @@ impl Client {
                     missing.len(),
                     digests.len()
                 ));
-                for (digest, promise) in digests.iter().zip(promises) {
-                    if missing.contains(&wire_digest(digest))
-                        && self.oracle.miss_breaks(&digest.hash, promise)
-                    {
+                for ((digest, promise), epoch) in digests.iter().zip(promises).zip(epochs) {
+                    if !missing.contains(&wire_digest(digest)) {
+                        // "Present" is a promise Bazel builds on (it references the blob without
+                        // uploading it): from now on it holds like an acknowledged upload.
+                        self.oracle.blob_acked(*digest, epoch);
+                    } else if self.oracle.miss_breaks(&digest.hash, promise) {
                         self.oracle.fail(
                             "find-missing-lies",
                             format!("acknowledged {digest} reported missing"),
