@@ -19,6 +19,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "proto/build/bazel/remote/execution/v2/remote_execution.proto",
                 "proto/google/bytestream/bytestream.proto",
                 "proto/google/rpc/code.proto",
+                "proto/grpc/health/v1/health.proto",
             ],
             &[std::path::PathBuf::from("proto"), include],
         )?;

@@ -4,6 +4,7 @@
 #   sim/run.sh seeds N         N seeds of the standard swarm workload
 #   sim/run.sh determinism N   N seeds, each run twice; traces must be identical
 #   sim/run.sh planted [N]     each planted bug must be caught within N seeds (default 100)
+#   sim/run.sh tests           the tests that run only under madsim
 #   sim/run.sh all N           all three (what CI runs)
 # Extra arguments after N go to hoard-sim (e.g. --start 5000 --jobs 2).
 set -euo pipefail
@@ -26,6 +27,12 @@ run_determinism() {
   cargo build --release --bin hoard-sim
   local n=$(( count / 10 > 20 ? count / 10 : 20 ))
   sim run --seeds "$n" --start 1000000 --jobs "$jobs" --check-determinism "$@"
+}
+
+# Tests that only exist in the simulated world: the simulated disk's own tests, and the HTTP,
+# auth and metrics front ends on madsim sockets.
+run_sim_tests() {
+  cargo test --release --bin hoard-sim --test http_sim --test auth_sim --test observe_sim
 }
 
 run_planted() {
@@ -55,10 +62,12 @@ case "$mode" in
   seeds) run_seeds "$@" ;;
   determinism) run_determinism "$@" ;;
   planted) run_planted "$count" ;;
+  tests) run_sim_tests ;;
   all)
+    run_sim_tests
     run_seeds "$@"
     run_determinism "$@"
     run_planted 100
     ;;
-  *) echo "usage: sim/run.sh seeds|determinism|planted|all [N] [hoard-sim args]" >&2; exit 2 ;;
+  *) echo "usage: sim/run.sh seeds|determinism|planted|tests|all [N] [hoard-sim args]" >&2; exit 2 ;;
 esac

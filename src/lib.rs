@@ -5,9 +5,14 @@
 //! - [`engine`]: content-addressed storage, the action cache, segments and the index.
 //! - [`seam`]: the filesystem and runtime traits the engine is written against, and their real
 //!   implementations. The simulator (`sim/`) supplies a simulated world behind the same traits.
+//! - [`observe`]: metrics (`GET /metrics`), the access log, per-request instrumentation.
 
+pub mod auth;
+pub mod config;
 pub mod engine;
+pub mod observe;
 pub mod proto;
 pub mod seam;
 pub mod server;
+pub mod tls;
 pub mod wire;

@@ -1,67 +1,50 @@
-//! The `hoard` command: `hoard serve` runs the cache.
+//! The `hoard` command: `hoard serve` runs the cache. The options and where they come from
+//! (command line, `HOARD_*` environment, `--config` file) are in [`hoard::config`].
 
 #[cfg(not(madsim))]
 mod cli {
-    use std::net::SocketAddr;
-    use std::path::PathBuf;
     use std::sync::Arc;
 
-    use clap::{Parser, Subcommand};
-    use hoard::engine::EngineConfig;
+    use hoard::config::{self, Command, ParseError};
     use hoard::seam::real_fs::RealFs;
     use hoard::seam::TokioRuntime;
-    use hoard::server::{self, parse_size, ServeConfig};
-    use hoard::wire::grpc::GrpcConfig;
-    use hoard::wire::http::HttpConfig;
-
-    /// A remote build cache for Bazel (REAPI v2 gRPC and the HTTP cache protocol).
-    #[derive(Parser)]
-    #[command(version, about)]
-    struct Cli {
-        #[command(subcommand)]
-        command: Command,
-    }
-
-    #[derive(Subcommand)]
-    enum Command {
-        /// Run the cache server.
-        Serve(ServeArgs),
-    }
-
-    #[derive(clap::Args)]
-    struct ServeArgs {
-        /// Data directory (default: $XDG_CACHE_HOME/hoard or ~/.cache/hoard).
-        #[arg(long, env = "HOARD_DIR")]
-        dir: Option<PathBuf>,
-        /// gRPC listen address (Bazel: --remote_cache=grpc://ADDR).
-        #[arg(long, env = "HOARD_GRPC_ADDR", default_value = "127.0.0.1:9092")]
-        grpc_addr: SocketAddr,
-        /// HTTP listen address (Bazel: --remote_cache=http://ADDR).
-        #[arg(long, env = "HOARD_HTTP_ADDR", default_value = "127.0.0.1:8080")]
-        http_addr: SocketAddr,
-        /// Disable the HTTP listener.
-        #[arg(long, env = "HOARD_NO_HTTP")]
-        no_http: bool,
-        /// Byte budget for stored blobs, e.g. 50G (default: unbounded).
-        #[arg(long, env = "HOARD_MAX_SIZE", value_parser = parse_size)]
-        max_size: Option<u64>,
-        /// Refuse HTTP `/ac/` values that are not REAPI ActionResults (by default they are kept
-        /// as opaque values, which is what ccache stores).
-        #[arg(long, env = "HOARD_HTTP_AC_STRICT")]
-        http_ac_strict: bool,
-        /// Largest single blob accepted, e.g. 2G.
-        #[arg(long, env = "HOARD_MAX_BLOB_SIZE", value_parser = parse_size, default_value = "64G")]
-        max_blob_size: u64,
-    }
+    use hoard::server;
 
     pub fn main() -> std::process::ExitCode {
-        tracing_subscriber::fmt()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_env("HOARD_LOG")
-                    .unwrap_or_else(|_| "info".into()),
-            )
-            .init();
-        let Command::Serve(args) = Cli::parse().command;
+        let cli = match config::parse_from(std::env::args_os()) {
+            Ok(cli) => cli,
+            // `--help` and `--version` end up here too, and exit successfully.
+            Err(ParseError::Cli(e)) => e.exit(),
+            Err(e) => {
+                eprintln!("hoard: {e}");
+                return std::process::ExitCode::from(2);
+            }
+        };
+        let Command::Serve(args) = cli.command;
+        let filter = match tracing_subscriber::EnvFilter::try_new(&args.log) {
+            Ok(filter) => filter,
+            Err(e) => {
+                eprintln!("hoard: bad --log filter {:?}: {e}", args.log);
+                return std::process::ExitCode::from(2);
+            }
+        };
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+        let (config, warnings) = match args.resolve() {
+            Ok(resolved) => resolved,
+            Err(e) => {
+                eprintln!("hoard: {e}");
+                return std::process::ExitCode::from(2);
+            }
+        };
+        for warning in warnings {
+            tracing::warn!("{warning}");
+        }
+        tracing::info!(
+            auth = config.grpc.auth.is_enabled(),
+            tls = config.grpc.tls.is_some(),
+            dir = %config.engine.dir.display(),
+            "starting"
+        );
         let runtime = match tokio::runtime::Runtime::new() {
             Ok(rt) => rt,
             Err(e) => {
@@ -69,36 +52,19 @@ mod cli {
                 return std::process::ExitCode::FAILURE;
             }
         };
-        match runtime.block_on(serve(args)) {
+        let served = runtime.block_on(server::serve(
+            config,
+            Arc::new(RealFs),
+            Arc::new(TokioRuntime),
+            shutdown_signal(),
+        ));
+        match served {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("hoard: {e}");
                 std::process::ExitCode::FAILURE
             }
         }
-    }
-
-    async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        let mut engine = EngineConfig::new(args.dir.unwrap_or_else(server::default_data_dir));
-        engine.max_size = args.max_size;
-        engine.max_blob_size = args.max_blob_size;
-        let config = ServeConfig {
-            engine,
-            grpc_addr: args.grpc_addr,
-            http_addr: (!args.no_http).then_some(args.http_addr),
-            grpc: GrpcConfig::default(),
-            http: HttpConfig {
-                ac_strict: args.http_ac_strict,
-                ..HttpConfig::default()
-            },
-        };
-        server::serve(
-            config,
-            Arc::new(RealFs),
-            Arc::new(TokioRuntime),
-            shutdown_signal(),
-        )
-        .await
     }
 
     async fn shutdown_signal() {

@@ -27,5 +27,14 @@ pub mod google {
     }
 }
 
+/// `grpc.health.v1`
+pub mod grpc {
+    pub mod health {
+        pub mod v1 {
+            tonic::include_proto!("grpc.health.v1");
+        }
+    }
+}
+
 pub use build::bazel::remote::execution::v2 as reapi;
 pub use google::bytestream;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use futures::future::{FutureExt, Shared};
 
 use crate::engine::{Engine, EngineConfig};
+use crate::observe::Metrics;
 use crate::seam::{Fs, Runtime};
 use crate::wire::grpc::{self, GrpcConfig};
 use crate::wire::http::{self, HttpConfig};
@@ -36,17 +37,27 @@ pub async fn serve(
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let engine = Engine::open(config.engine.clone(), fs, runtime).await?;
     let shutdown: Shared<futures::future::BoxFuture<'static, ()>> = shutdown.boxed().shared();
+    // One registry for both front ends: `GET /metrics` on HTTP shows the gRPC traffic too.
+    let metrics = Arc::new(Metrics::new());
+    let grpc_config = GrpcConfig {
+        metrics: metrics.clone(),
+        ..config.grpc.clone()
+    };
+    let http_config = HttpConfig {
+        metrics,
+        ..config.http.clone()
+    };
     tracing::info!(addr = %config.grpc_addr, "serving gRPC");
     let grpc = grpc::serve(
         engine.clone(),
-        config.grpc.clone(),
+        grpc_config,
         config.grpc_addr,
         shutdown.clone(),
     );
     match config.http_addr {
         Some(addr) => {
             tracing::info!(%addr, "serving HTTP");
-            let http = http::serve(engine, config.http.clone(), addr, shutdown);
+            let http = http::serve(engine, http_config, addr, shutdown);
             futures::try_join!(grpc, http)?;
         }
         None => grpc.await?,

@@ -45,7 +45,7 @@ async fn capabilities_satisfy_bazel() {
         GrpcConfig::default().max_batch_total_size() as i64
     );
     assert_eq!(cache.symlink_absolute_path_strategy, 2); // ALLOWED
-    assert_eq!(cache.supported_compressors, vec![0]); // IDENTITY
+    assert_eq!(cache.supported_compressors, vec![1]); // ZSTD
     let (low, high) = (
         caps.low_api_version.unwrap(),
         caps.high_api_version.unwrap(),
@@ -655,10 +655,18 @@ async fn bad_reads_get_exact_codes() {
             Code::InvalidArgument,
         ),
         (format!("blobs/{h}/-12"), 0, 0, Code::InvalidArgument),
+        // Compressors we do not offer, and a read_limit on a compressed read (the REAPI says
+        // servers must refuse it).
+        (
+            format!("compressed-blobs/deflate/{h}/12"),
+            0,
+            0,
+            Code::InvalidArgument,
+        ),
         (
             format!("compressed-blobs/zstd/{h}/12"),
             0,
-            0,
+            1,
             Code::InvalidArgument,
         ),
         ("".into(), 0, 0, Code::InvalidArgument),

@@ -457,7 +457,7 @@ async fn unknown_paths_and_methods() {
         StatusCode::NOT_FOUND
     );
     assert_eq!(
-        server.send(Method::GET, "/metrics", "").await.status,
+        server.send(Method::GET, "/metrics/x", "").await.status,
         StatusCode::NOT_FOUND
     );
     let post = server.send(Method::POST, &cas_path(b"x"), "x").await;

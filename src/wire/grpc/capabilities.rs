@@ -23,7 +23,9 @@ impl CapabilitiesService {
             patch: 0,
             prerelease: String::new(),
         };
-        let identity_only = vec![compressor::Value::Identity as i32];
+        // IDENTITY is always supported and "need not be advertised" (REAPI); Bazel turns on
+        // `--remote_cache_compression` only when ZSTD is listed.
+        let zstd = vec![compressor::Value::Zstd as i32];
         let cache = CacheCapabilities {
             digest_functions: vec![digest_function::Value::Sha256 as i32],
             // Bazel refuses a cache it may not write results to.
@@ -33,8 +35,8 @@ impl CapabilitiesService {
             cache_priority_capabilities: None,
             max_batch_total_size_bytes: max_batch_total_size as i64,
             symlink_absolute_path_strategy: symlink_absolute_path_strategy::Value::Allowed as i32,
-            supported_compressors: identity_only.clone(),
-            supported_batch_update_compressors: identity_only,
+            supported_compressors: zstd.clone(),
+            supported_batch_update_compressors: zstd,
             max_cas_blob_size_bytes: max_blob_size.min(i64::MAX as u64) as i64,
         };
         CapabilitiesService {

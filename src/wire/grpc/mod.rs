@@ -10,7 +10,10 @@ mod action_cache;
 mod bytestream;
 mod capabilities;
 mod cas;
+mod compression;
 mod digests;
+mod gate;
+mod health;
 mod resource;
 mod status;
 mod stream;
@@ -30,11 +33,17 @@ use bytestream::ByteStreamService;
 use capabilities::CapabilitiesService;
 use cas::CasService;
 
+use crate::auth::Auth;
 use crate::engine::Engine;
+use crate::observe::grpc::Observed;
+use crate::observe::Metrics;
 use crate::proto::bytestream::byte_stream_server::ByteStreamServer;
+use crate::proto::grpc::health::v1::health_server::HealthServer;
 use crate::proto::reapi::action_cache_server::ActionCacheServer;
 use crate::proto::reapi::capabilities_server::CapabilitiesServer;
 use crate::proto::reapi::content_addressable_storage_server::ContentAddressableStorageServer;
+use crate::tls::TlsConfig;
+use gate::Gated;
 
 /// Settings of the gRPC front end.
 #[derive(Clone, Debug)]
@@ -48,6 +57,14 @@ pub struct GrpcConfig {
     pub resumable_upload_ttl: Duration,
     /// Most interrupted uploads kept for resumption (each holds an engine upload slot).
     pub max_resumable_uploads: usize,
+    /// Who may call (open by default); checked by every service method, see [`crate::auth`].
+    pub auth: Auth,
+    /// Serve over TLS (`grpcs://`); not available under madsim.
+    pub tls: Option<TlsConfig>,
+    /// Where every call is counted and timed (`server::serve` shares one with HTTP).
+    pub metrics: Arc<Metrics>,
+    /// Log one line per call (target `hoard::access`, INFO).
+    pub access_log: bool,
 }
 
 impl Default for GrpcConfig {
@@ -57,6 +74,10 @@ impl Default for GrpcConfig {
             max_inline_bytes: 1 << 20,
             resumable_upload_ttl: Duration::from_secs(600),
             max_resumable_uploads: 64,
+            auth: Auth::open(),
+            tls: None,
+            metrics: Arc::default(),
+            access_log: true,
         }
     }
 }
@@ -78,27 +99,71 @@ macro_rules! limited {
     };
 }
 
-/// The four REAPI services over `engine`, ready to serve.
-pub fn router(engine: Arc<Engine>, config: &GrpcConfig) -> Router {
+/// The four REAPI services over `engine`, each behind the authentication gate, ready to serve
+/// (over TLS if configured).
+pub fn router(
+    engine: Arc<Engine>,
+    config: &GrpcConfig,
+) -> Result<Router, Box<dyn std::error::Error + Send + Sync>> {
     let limit = config.max_message_size;
     let batch = config.max_batch_total_size();
     let parked =
         uploads::ParkedUploads::new(config.max_resumable_uploads, config.resumable_upload_ttl);
-    let capabilities = CapabilitiesService::new(batch, engine.config().max_blob_size);
-    let action_cache = ActionCacheService::new(engine.clone(), config.max_inline_bytes, limit);
-    let cas = CasService::new(engine.clone(), batch, limit);
-    let bytestream = ByteStreamService::new(engine, parked);
-    Server::builder()
+    // Every service behind the gate: each call's credentials are checked before it runs.
+    let gated = &config.auth;
+    let capabilities = Gated::new(
+        CapabilitiesService::new(batch, engine.config().max_blob_size),
+        gated.clone(),
+    );
+    let action_cache = Gated::new(
+        ActionCacheService::new(engine.clone(), config.max_inline_bytes, limit),
+        gated.clone(),
+    );
+    let cas = Gated::new(CasService::new(engine.clone(), batch, limit), gated.clone());
+    let bytestream = Gated::new(ByteStreamService::new(engine, parked), gated.clone());
+    // Every call counted, timed and logged; outside the gate, so refused calls count too.
+    fn observed<S>(service: S, config: &GrpcConfig) -> Observed<S> {
+        Observed::new(service, config.metrics.clone(), config.access_log)
+    }
+    let mut server = Server::builder();
+    if let Some(tls) = &config.tls {
+        #[cfg(not(madsim))]
+        {
+            server = server.tls_config(tls.grpc())?;
+        }
+        #[cfg(madsim)]
+        {
+            let _ = (tls, &mut server);
+            return Err("TLS is not available in the simulator".into());
+        }
+    }
+    Ok(server
         // Small replies must not wait for Nagle (clients send many tiny RPCs).
         .tcp_nodelay(true)
         // Wider HTTP/2 flow-control windows than the 64 KiB default, so one large upload or
         // download is not throttled by window updates.
         .initial_stream_window_size(Some(8 << 20))
         .initial_connection_window_size(Some(32 << 20))
-        .add_service(limited!(CapabilitiesServer::new(capabilities), limit))
-        .add_service(limited!(ActionCacheServer::new(action_cache), limit))
-        .add_service(limited!(ContentAddressableStorageServer::new(cas), limit))
-        .add_service(limited!(ByteStreamServer::new(bytestream), limit))
+        .add_service(limited!(
+            CapabilitiesServer::new(observed(capabilities, config)),
+            limit
+        ))
+        .add_service(limited!(
+            ActionCacheServer::new(observed(action_cache, config)),
+            limit
+        ))
+        .add_service(limited!(
+            ContentAddressableStorageServer::new(observed(cas, config)),
+            limit
+        ))
+        .add_service(limited!(
+            ByteStreamServer::new(observed(bytestream, config)),
+            limit
+        ))
+        .add_service(HealthServer::new(observed(
+            health::HealthService::new(),
+            config,
+        ))))
 }
 
 /// Serves gRPC on `addr` until `shutdown` completes.
@@ -108,8 +173,8 @@ pub async fn serve(
     addr: SocketAddr,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    tracing::info!(%addr, "serving gRPC");
-    router(engine, &config)
+    tracing::info!(%addr, tls = config.tls.is_some(), "serving gRPC");
+    router(engine, &config)?
         .serve_with_shutdown(addr, shutdown)
         .await?;
     Ok(())
@@ -125,7 +190,7 @@ pub async fn serve_listener(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    router(engine, &config)
+    router(engine, &config)?
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())

@@ -2,6 +2,9 @@
 //!
 //! - Read: `{instance}/blobs/{digest_function/}{hash}/{size}`
 //! - Write: `{instance}/uploads/{uuid}/blobs/{digest_function/}{hash}/{size}{/metadata...}`
+//! - Compressed forms: `compressed-blobs/{compressor}/` in place of `blobs/`, where the hash and
+//!   size are those of the UNCOMPRESSED blob; `zstd` is supported (`identity` is taken as a
+//!   plain blob), `deflate`, `brotli` and unknown names are INVALID_ARGUMENT.
 //!
 //! The instance name may be empty or span several segments; the REAPI forbids it to contain the
 //! reserved segments (`blobs`, `uploads`, `compressed-blobs`, ...), so the first reserved segment
@@ -10,6 +13,7 @@
 
 use tonic::Status;
 
+use super::compression::Compression;
 use crate::engine::Digest;
 
 /// What a Read resource name designates.
@@ -19,10 +23,14 @@ pub struct ReadResource {
     pub instance: String,
     /// The blob to read.
     pub digest: Digest,
+    /// How the bytes are to be sent.
+    pub compression: Compression,
 }
 
 /// What a Write resource name designates. Also the key of a resumable upload: a client resumes
-/// by sending the same instance, uuid and digest again (trailing metadata is ignored).
+/// by sending the same instance, uuid and digest again (trailing metadata is ignored). The
+/// compression is not part of the key: a parked upload holds uncompressed bytes, and a resumed
+/// Write starts at an uncompressed offset in either form (see `bytestream`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct WriteResource {
     /// Instance name.
@@ -40,18 +48,19 @@ pub fn parse_read(name: &str) -> Result<ReadResource, Status> {
         .iter()
         .position(|s| *s == "blobs" || *s == "compressed-blobs")
         .ok_or_else(|| malformed(name, "expected `{instance}/blobs/{hash}/{size}`"))?;
-    let (digest, rest) = blob_part(name, &segments[at..])?;
+    let (digest, compression, rest) = blob_part(name, &segments[at..])?;
     if !rest.is_empty() {
         return Err(malformed(name, "unexpected segments after the size"));
     }
     Ok(ReadResource {
         instance: segments[..at].join("/"),
         digest,
+        compression,
     })
 }
 
-/// Parses a Write resource name.
-pub fn parse_write(name: &str) -> Result<WriteResource, Status> {
+/// Parses a Write resource name: the upload's key and how its bytes arrive.
+pub fn parse_write(name: &str) -> Result<(WriteResource, Compression), Status> {
     let segments = segments(name)?;
     let at = segments
         .iter()
@@ -67,12 +76,13 @@ pub fn parse_write(name: &str) -> Result<WriteResource, Status> {
         .filter(|uuid| !uuid.is_empty())
         .ok_or_else(|| malformed(name, "missing upload id after `uploads`"))?;
     // Trailing segments are client metadata the REAPI lets servers ignore.
-    let (digest, _metadata) = blob_part(name, &segments[at + 2..])?;
-    Ok(WriteResource {
+    let (digest, compression, _metadata) = blob_part(name, &segments[at + 2..])?;
+    let resource = WriteResource {
         instance: segments[..at].join("/"),
         uuid: (*uuid).to_owned(),
         digest,
-    })
+    };
+    Ok((resource, compression))
 }
 
 /// Lowercase names of the REAPI digest functions, as they appear in resource names.
@@ -95,23 +105,29 @@ fn segments(name: &str) -> Result<Vec<&str>, Status> {
     Ok(name.strip_prefix('/').unwrap_or(name).split('/').collect())
 }
 
-/// Parses `blobs/{digest_function/}{hash}/{size}` at the start of `segments`, returning the digest
-/// and whatever follows it.
+/// Parses `blobs/{digest_function/}{hash}/{size}` or
+/// `compressed-blobs/{compressor}/{digest_function/}{hash}/{size}` at the start of `segments`,
+/// returning the digest, the compression and whatever follows the size.
 fn blob_part<'a, 'n>(
     name: &str,
     segments: &'a [&'n str],
-) -> Result<(Digest, &'a [&'n str]), Status> {
-    match segments.first() {
-        Some(&"blobs") => {}
-        Some(&"compressed-blobs") => {
-            return Err(Status::invalid_argument(format!(
-                "resource name {name:?}: compressed-blobs are not supported; this server \
-                 announces only the IDENTITY compressor"
-            )))
+) -> Result<(Digest, Compression, &'a [&'n str]), Status> {
+    let (compression, mut rest) = match segments {
+        ["blobs", rest @ ..] => (Compression::Identity, rest),
+        ["compressed-blobs", compressor, rest @ ..] => {
+            let compression = Compression::from_segment(compressor).map_err(|why| {
+                let shown: String = name.chars().take(200).collect();
+                Status::invalid_argument(format!("resource name {shown:?}: {why}"))
+            })?;
+            (compression, rest)
         }
-        _ => return Err(malformed(name, "expected `blobs` after the upload id")),
-    }
-    let mut rest = &segments[1..];
+        _ => {
+            return Err(malformed(
+                name,
+                "expected `blobs` or `compressed-blobs/{compressor}` before the digest",
+            ))
+        }
+    };
     // The optional digest function segment names a function other than SHA-256 (whose hashes
     // are told apart by length); "sha256" itself is accepted too.
     if let Some(function) = rest.first().filter(|s| DIGEST_FUNCTIONS.contains(*s)) {
@@ -130,7 +146,7 @@ fn blob_part<'a, 'n>(
         .map_err(|_| malformed(name, "the size is not a decimal integer"))?;
     let digest = Digest::parse(hash, size)
         .map_err(|e| Status::invalid_argument(format!("resource name {name:?}: {e}")))?;
-    Ok((digest, tail))
+    Ok((digest, compression, tail))
 }
 
 fn malformed(name: &str, why: &str) -> Status {
@@ -160,6 +176,7 @@ mod tests {
             let r = parse_read(&name).unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(r.instance, instance);
             assert_eq!(r.digest, Digest::of(b"hi"));
+            assert_eq!(r.compression, Compression::Identity);
         }
     }
 
@@ -172,10 +189,57 @@ mod tests {
             (format!("x/y/uploads/u-1/blobs/{h}/2/some/file.o"), "x/y"),
             (format!("x/uploads/u-1/blobs/sha256/{h}/2"), "x"),
         ] {
-            let w = parse_write(&name).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let (w, compression) = parse_write(&name).unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(w.instance, instance);
             assert_eq!(w.uuid, "u-1");
             assert_eq!(w.digest, Digest::of(b"hi"));
+            assert_eq!(compression, Compression::Identity);
+        }
+    }
+
+    #[test]
+    fn compressed_names_carry_the_uncompressed_digest() {
+        let h = hash();
+        for (name, instance, compression) in [
+            (
+                format!("compressed-blobs/zstd/{h}/2"),
+                "",
+                Compression::Zstd,
+            ),
+            (
+                format!("/compressed-blobs/zstd/{h}/2"),
+                "",
+                Compression::Zstd,
+            ),
+            (
+                format!("a/b/compressed-blobs/zstd/sha256/{h}/2"),
+                "a/b",
+                Compression::Zstd,
+            ),
+            (
+                format!("main/compressed-blobs/identity/{h}/2"),
+                "main",
+                Compression::Identity,
+            ),
+        ] {
+            let r = parse_read(&name).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(
+                (r.instance.as_str(), r.digest, r.compression),
+                (instance, Digest::of(b"hi"), compression)
+            );
+        }
+        for (name, instance) in [
+            (format!("uploads/u-1/compressed-blobs/zstd/{h}/2"), ""),
+            (
+                format!("x/uploads/u-1/compressed-blobs/zstd/{h}/2/meta/data"),
+                "x",
+            ),
+        ] {
+            let (w, compression) = parse_write(&name).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(w.instance, instance);
+            assert_eq!(w.uuid, "u-1");
+            assert_eq!(w.digest, Digest::of(b"hi"));
+            assert_eq!(compression, Compression::Zstd);
         }
     }
 
@@ -193,7 +257,14 @@ mod tests {
             format!("blobs/{}/2", &h[1..]),
             format!("blobs/{h}/2/extra"),
             format!("blobs/blake3/{h}/2"),
-            format!("compressed-blobs/zstd/{h}/2"),
+            format!("compressed-blobs/{h}/2"),
+            format!("compressed-blobs/deflate/{h}/2"),
+            format!("compressed-blobs/brotli/{h}/2"),
+            format!("compressed-blobs/lz4/{h}/2"),
+            format!("compressed-blobs/ZSTD/{h}/2"),
+            format!("compressed-blobs/zstd/{h}"),
+            format!("compressed-blobs/zstd/blake3/{h}/2"),
+            format!("compressed-blobs/zstd/{h}/2/extra"),
             format!("instance/{h}/2"),
             format!("blobs/{h}/99999999999999999999"),
         ];
@@ -207,7 +278,9 @@ mod tests {
             format!("uploads//blobs/{h}/2"),
             format!("uploads/u/{h}/2"),
             format!("uploads/u/blobs/{h}"),
-            format!("uploads/u/compressed-blobs/zstd/{h}/2"),
+            format!("uploads/u/compressed-blobs/deflate/{h}/2"),
+            format!("uploads/u/compressed-blobs/{h}/2"),
+            format!("uploads/u/compressed-blobs/zstd/{h}"),
             "uploads/u/blobs/../../etc/passwd".into(),
         ];
         for name in bad_writes {
@@ -225,6 +298,8 @@ mod tests {
             "blobs",
             "uploads",
             "compressed-blobs",
+            "zstd",
+            "deflate",
             "sha256",
             "blake3",
             "u",
@@ -249,8 +324,11 @@ mod tests {
     }
 
     #[test]
-    fn compressed_blobs_are_explained() {
-        let e = parse_read(&format!("compressed-blobs/zstd/{}/2", hash())).unwrap_err();
-        assert!(e.message().contains("IDENTITY"), "{e}");
+    fn unsupported_compressors_are_explained() {
+        for compressor in ["deflate", "brotli"] {
+            let e = parse_read(&format!("compressed-blobs/{compressor}/{}/2", hash())).unwrap_err();
+            assert!(e.message().contains("not supported"), "{e}");
+            assert!(e.message().contains("zstd"), "{e}");
+        }
     }
 }

@@ -1,11 +1,14 @@
-//! One accepted connection: HTTP/1.1 with keep-alive, until the client leaves or the server stops.
+//! One accepted connection: the TLS handshake if configured, then HTTP/1.1 with keep-alive, until
+//! the client leaves or the server stops.
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
@@ -13,14 +16,50 @@ use super::timer::RuntimeTimer;
 use super::{handler, quick_ack, HttpConfig};
 use crate::engine::Engine;
 
+/// What terminates TLS on a connection (nothing does under madsim: its sockets carry no TLS).
+#[cfg(not(madsim))]
+pub(super) type Tls = tokio_rustls::TlsAcceptor;
+/// What terminates TLS on a connection (nothing does under madsim: its sockets carry no TLS).
+#[cfg(madsim)]
+pub(super) type Tls = Infallible;
+
+/// Longest a client may take to complete the TLS handshake.
+#[cfg_attr(madsim, allow(dead_code))]
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves `stream`, over TLS if `tls` is given (see [`serve`]). A failed or stalled handshake
+/// just closes the connection.
+pub(super) async fn accept(
+    stream: TcpStream,
+    tls: Option<Tls>,
+    engine: Arc<Engine>,
+    config: Arc<HttpConfig>,
+    stopping: watch::Receiver<bool>,
+) {
+    let stream = quick_ack::wrap(stream);
+    let Some(tls) = tls else {
+        return serve(stream, engine, config, stopping).await;
+    };
+    #[cfg(not(madsim))]
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+        Ok(Ok(stream)) => serve(stream, engine, config, stopping).await,
+        Ok(Err(e)) => tracing::debug!(error = %e, "tls handshake failed"),
+        Err(_) => tracing::debug!("tls handshake timed out"),
+    }
+    #[cfg(madsim)]
+    match tls {}
+}
+
 /// Serves requests on `stream` until the client closes it, it idles past the configured
 /// timeout, or `stopping` turns true (then the request in flight finishes first).
-pub(super) async fn serve(
-    stream: TcpStream,
+async fn serve<S>(
+    stream: S,
     engine: Arc<Engine>,
     config: Arc<HttpConfig>,
     mut stopping: watch::Receiver<bool>,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let idle_timeout = config.idle_timeout;
     let service = service_fn(move |request| {
         let engine = engine.clone();
@@ -32,7 +71,7 @@ pub(super) async fn serve(
         // hyper starts this clock whenever it waits for a request, so it also bounds idle
         // keep-alive connections.
         .header_read_timeout(idle_timeout)
-        .serve_connection(TokioIo::new(quick_ack::wrap(stream)), service);
+        .serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
     let stop_requested = async move {
         // A dropped sender means the server is gone: stop too. The guard `wait_for` returns

@@ -8,23 +8,40 @@ use hyper::{Method, Request, Response};
 use super::body::Body;
 use super::response::HttpError;
 use super::route::{self, Route};
-use super::{ac, cas, status, HttpConfig};
+use super::{ac, cas, observe, status, HttpConfig};
 use crate::engine::Engine;
 
-/// Answers `request`. Every refusal is an error response with a message; only a failure in the
-/// middle of a streamed body aborts the connection instead.
+/// Answers `request`, counted, timed and logged (see [`observe`]).
 pub(super) async fn handle(
     engine: &Arc<Engine>,
     config: &HttpConfig,
     request: Request<Incoming>,
 ) -> Response<Body> {
+    let observation = observe::begin(config, &request);
+    let response = answer(engine, config, request).await;
+    observation.finish(config, &response);
+    response
+}
+
+/// Answers `request`. Every refusal is an error response with a message; only a failure in the
+/// middle of a streamed body aborts the connection instead.
+async fn answer(
+    engine: &Arc<Engine>,
+    config: &HttpConfig,
+    request: Request<Incoming>,
+) -> Response<Body> {
     let (parts, mut body) = request.into_parts();
+    // Credentials first: a refused request reads no body and stores nothing.
+    if let Some(refusal) = super::refuse_unauthorized(config, &parts) {
+        return refusal;
+    }
     let route = match route::parse(parts.uri.path()) {
         Ok(route) => route,
         Err(e) => return e.into_response(),
     };
     let result = match (route, &parts.method) {
-        (Route::Status, &Method::GET | &Method::HEAD) => Ok(status::get(engine)),
+        (Route::Status, &Method::GET | &Method::HEAD) => Ok(status::get(engine, config)),
+        (Route::Metrics, &Method::GET | &Method::HEAD) => Ok(status::metrics(engine, config)),
         (Route::Cas { hash }, &Method::GET) => cas::get(engine, &hash, false),
         (Route::Cas { hash }, &Method::HEAD) => cas::get(engine, &hash, true),
         (Route::Cas { hash }, &Method::PUT) => {
@@ -36,7 +53,9 @@ pub(super) async fn handle(
         (Route::Ac { instance, hash }, &Method::PUT) => {
             ac::put(engine, config, instance, hash, &mut body).await
         }
-        (Route::Status, method) => Err(HttpError::method_not_allowed(method, "GET, HEAD")),
+        (Route::Status | Route::Metrics, method) => {
+            Err(HttpError::method_not_allowed(method, "GET, HEAD"))
+        }
         (Route::Cas { .. } | Route::Ac { .. }, method) => {
             Err(HttpError::method_not_allowed(method, "GET, HEAD, PUT"))
         }

@@ -5,7 +5,13 @@
 //! - `GET`/`HEAD`/`PUT /ac/{sha256}`: action-cache entries (encoded `ActionResult`s), per instance.
 //! - Either may carry an instance prefix, `/{instance...}/ac/{sha256}`: the path before the last
 //!   `ac`/`cas` segment. It names the action-cache namespace; the CAS is shared.
-//! - `GET /status`: counters as JSON.
+//! - `GET /status`: counters as JSON; `GET /metrics`: Prometheus metrics (see [`crate::observe`]).
+//!
+//! With authentication configured (see [`crate::auth`]), every request needs an `Authorization`
+//! header (`Basic` or `Bearer`); `GET`/`HEAD` may go without one under
+//! `--allow-unauthenticated-reads`. A refusal is `401 Unauthorized` with
+//! `WWW-Authenticate: Basic realm="hoard"`, sent before any of the body is read. With TLS
+//! configured the listener speaks HTTPS only (not under madsim).
 //!
 //! Served with hyper's HTTP/1.1 connection driver directly (no hyper-util executor or timer), so
 //! the same code runs on real tokio and under madsim.
@@ -15,6 +21,7 @@ mod body;
 mod cas;
 mod connection;
 mod handler;
+mod observe;
 mod quick_ack;
 mod response;
 mod route;
@@ -26,10 +33,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::{Method, Response, StatusCode};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
+use crate::auth::{Access, Auth};
 use crate::engine::Engine;
+use crate::observe::Metrics;
+use crate::tls::TlsConfig;
+use body::Body;
 
 /// Settings of the HTTP front end.
 #[derive(Clone, Debug)]
@@ -45,6 +58,15 @@ pub struct HttpConfig {
     /// Refuse `/ac/` values that are not `ActionResult`s (bazel-remote's behaviour) instead of
     /// storing them as opaque values for clients such as ccache.
     pub ac_strict: bool,
+    /// Who may read and write (open by default); see [`crate::auth`].
+    pub auth: Auth,
+    /// Serve HTTPS instead of HTTP; not available under madsim.
+    pub tls: Option<TlsConfig>,
+    /// Where every request is counted and timed, and what `GET /metrics` shows
+    /// (`server::serve` shares one with gRPC).
+    pub metrics: Arc<Metrics>,
+    /// Log one line per request (target `hoard::access`, INFO).
+    pub access_log: bool,
 }
 
 impl Default for HttpConfig {
@@ -56,6 +78,10 @@ impl Default for HttpConfig {
             idle_timeout: Duration::from_secs(300),
             drain_timeout: Duration::from_secs(10),
             ac_strict: false,
+            auth: Auth::open(),
+            tls: None,
+            metrics: Arc::default(),
+            access_log: true,
         }
     }
 }
@@ -70,8 +96,15 @@ pub async fn serve(
     addr: SocketAddr,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    if cfg!(madsim) && config.tls.is_some() {
+        return Err("TLS is not available in the simulator".into());
+    }
     let listener = TcpListener::bind(addr).await?;
-    tracing::info!(addr = %listener.local_addr()?, "http cache listening");
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        tls = config.tls.is_some(),
+        "http cache listening"
+    );
     serve_listener(engine, config, listener, shutdown).await;
     Ok(())
 }
@@ -84,6 +117,16 @@ pub async fn serve_listener(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
+    let tls = match &config.tls {
+        None => None,
+        #[cfg(not(madsim))]
+        Some(tls) => Some(tls.http_acceptor()),
+        #[cfg(madsim)]
+        Some(_) => {
+            tracing::error!("TLS is not available in the simulator; not serving HTTP");
+            return;
+        }
+    };
     let config = Arc::new(config);
     let (stop, stopping) = watch::channel(false);
     // Every connection task holds a sender; `recv` yields `None` once all of them are gone.
@@ -109,7 +152,13 @@ pub async fn serve_listener(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "setting TCP_NODELAY failed");
         }
-        let task = connection::serve(stream, engine.clone(), config.clone(), stopping.clone());
+        let task = connection::accept(
+            stream,
+            tls.clone(),
+            engine.clone(),
+            config.clone(),
+            stopping.clone(),
+        );
         let open = open_connection.clone();
         tokio::spawn(async move {
             task.await;
@@ -126,4 +175,36 @@ pub async fn serve_listener(
             "http connections still busy after shutdown; leaving them"
         );
     }
+}
+
+/// The refusal of a request whose credentials `config.auth` does not accept for what it does
+/// (`GET`/`HEAD` read, everything else writes), or `None` to go ahead.
+fn refuse_unauthorized(
+    config: &HttpConfig,
+    request: &hyper::http::request::Parts,
+) -> Option<Response<Body>> {
+    if !config.auth.is_enabled() {
+        return None;
+    }
+    let access = match request.method {
+        Method::GET | Method::HEAD => Access::Read,
+        _ => Access::Write,
+    };
+    let header = request
+        .headers
+        .get(AUTHORIZATION)
+        .map(HeaderValue::as_bytes);
+    let denied = config.auth.check(header, access).err()?;
+    let mut response = Response::new(Body::full(format!("{denied}\n")));
+    *response.status_mut() = StatusCode::UNAUTHORIZED;
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(
+        WWW_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"hoard\""),
+    );
+    Some(response)
 }

@@ -1,10 +1,10 @@
 //! Request paths: which resource a path names, parsed strictly.
 //!
-//! Accepted forms are `/status`, `/{instance...}/ac/{sha256}` and `/{instance...}/cas/{sha256}`,
-//! where the instance (possibly empty) is every segment before the last `ac`/`cas` segment. The
-//! engine never turns keys into file names, but a path that looks like an attempt to (a `.` or
-//! `..` segment, an empty segment, any percent-encoding) is refused anyway, so no later change
-//! can make one reach the disk.
+//! Accepted forms are `/status`, `/metrics`, `/{instance...}/ac/{sha256}` and
+//! `/{instance...}/cas/{sha256}`, where the instance (possibly empty) is every segment before the
+//! last `ac`/`cas` segment. The engine never turns keys into file names, but a path that looks
+//! like an attempt to (a `.` or `..` segment, an empty segment, any percent-encoding) is refused
+//! anyway, so no later change can make one reach the disk.
 
 use hyper::StatusCode;
 
@@ -16,6 +16,8 @@ use crate::engine::{parse_hash, HASH_LEN};
 pub(super) enum Route<'a> {
     /// The server's counters.
     Status,
+    /// The Prometheus metrics.
+    Metrics,
     /// A CAS blob by hash. The CAS is shared by every instance, so a prefix is accepted and
     /// ignored.
     Cas {
@@ -37,6 +39,9 @@ pub(super) enum Route<'a> {
 pub(super) fn parse(path: &str) -> Result<Route<'_>, HttpError> {
     if path == "/status" {
         return Ok(Route::Status);
+    }
+    if path == "/metrics" {
+        return Ok(Route::Metrics);
     }
     if path.contains('%') {
         return Err(bad_path(path, "percent-encoding is not accepted"));
@@ -121,6 +126,7 @@ mod tests {
             }
         );
         assert_eq!(parse("/status").unwrap(), Route::Status);
+        assert_eq!(parse("/metrics").unwrap(), Route::Metrics);
     }
 
     #[test]

@@ -1,27 +1,60 @@
-//! `GET /status`: what the server holds, as JSON.
+//! `GET /status`: what the server holds, as JSON; `GET /metrics`: everything, for Prometheus.
 
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::Response;
 
 use super::body::Body;
 use super::response::ok;
+use super::HttpConfig;
 use crate::engine::Engine;
+use crate::observe::{Protocol, METRICS_CONTENT_TYPE};
 
-/// The engine's counters and limits.
-pub(super) fn get(engine: &Engine) -> Response<Body> {
+/// The engine's counters and limits, the uptime, and the requests served so far.
+///
+/// ```json
+/// {"version":"0.1.0","blobs":3,"blob_bytes":1024,"actions":1,"max_blob_size":68719476736,
+///  "max_size":null,"uptime_seconds":12.5,"disk_bytes":2048,"evictions":0,"evicted_bytes":0,
+///  "requests":{"grpc":10,"http":4}}
+/// ```
+pub(super) fn get(engine: &Engine, config: &HttpConfig) -> Response<Body> {
     let stats = engine.stats();
-    // Every value is a number or the crate version, so no JSON escaping is needed.
+    let metrics = &config.metrics;
+    let max_size = engine
+        .config()
+        .max_size
+        .map_or_else(|| "null".to_owned(), |size| size.to_string());
+    // Every value is a number, null or the crate version, so no JSON escaping is needed.
     let json = format!(
-        "{{\"version\":\"{}\",\"blobs\":{},\"blob_bytes\":{},\"actions\":{},\"max_blob_size\":{}}}\n",
+        "{{\"version\":\"{}\",\"blobs\":{},\"blob_bytes\":{},\"actions\":{},\
+         \"max_blob_size\":{},\"max_size\":{},\"uptime_seconds\":{:.3},\"disk_bytes\":{},\
+         \"evictions\":{},\"evicted_bytes\":{},\"requests\":{{\"grpc\":{},\"http\":{}}}}}\n",
         env!("CARGO_PKG_VERSION"),
         stats.blobs,
         stats.blob_bytes,
         stats.actions,
         engine.config().max_blob_size,
+        max_size,
+        metrics.uptime().as_secs_f64(),
+        stats.disk_bytes,
+        stats.evictions,
+        stats.evicted_bytes,
+        metrics.served(Protocol::Grpc),
+        metrics.served(Protocol::Http),
     );
-    let mut response = ok(Body::full(json));
+    with_type(ok(Body::full(json)), "application/json")
+}
+
+/// Every metric in the Prometheus text format (version 0.0.4).
+pub(super) fn metrics(engine: &Engine, config: &HttpConfig) -> Response<Body> {
+    with_type(
+        ok(Body::full(config.metrics.render(engine))),
+        METRICS_CONTENT_TYPE,
+    )
+}
+
+fn with_type(mut response: Response<Body>, content_type: &'static str) -> Response<Body> {
     response
         .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }
