@@ -217,33 +217,13 @@ impl Client {
                 }
                 Err(status) => self.status("broken-write", &digest, &status),
             }
-            if !resume {
-                self.oracle.upload_abandoned();
-                return None;
-            }
-            let query = QueryWriteStatusRequest {
-                resource_name: resource.clone(),
+            offset = match self
+                .resume_point(&mut client, &resource, digest, resume)
+                .await
+            {
+                Ok(offset) => offset,
+                Err(done) => return done,
             };
-            match client.query_write_status(query).await {
-                Ok(status) => {
-                    let status = status.into_inner();
-                    if status.complete {
-                        return Some(status.committed_size);
-                    }
-                    offset = status.committed_size.max(0) as u64;
-                    if offset > content.len() as u64 {
-                        self.oracle.fail(
-                            "read-hashes-to-digest",
-                            format!(
-                                "QueryWriteStatus of {digest} reports {offset} bytes committed"
-                            ),
-                        );
-                        return None;
-                    }
-                }
-                // The partial upload is gone (a crash, say): start over.
-                Err(status) => self.status("query-write-status", &digest, &status),
-            }
         }
         let requests = self.write_chunks(&content, &resource, offset, None);
         match client.write(futures::stream::iter(requests)).await {
@@ -306,33 +286,14 @@ impl Client {
                 }
                 Err(status) => self.status("broken-zstd-write", &digest, &status),
             }
-            if !resume {
-                self.oracle.upload_abandoned();
-                return None;
-            }
-            let query = QueryWriteStatusRequest {
-                resource_name: resource.clone(),
+            // Uncompressed bytes kept: where the new zstd stream starts.
+            offset = match self
+                .resume_point(&mut client, &resource, digest, resume)
+                .await
+            {
+                Ok(offset) => offset,
+                Err(done) => return done,
             };
-            match client.query_write_status(query).await {
-                Ok(status) => {
-                    let status = status.into_inner();
-                    if status.complete {
-                        return Some(status.committed_size);
-                    }
-                    // Uncompressed bytes kept: where the new zstd stream starts.
-                    offset = status.committed_size.max(0) as u64;
-                    if offset > content.len() as u64 {
-                        self.oracle.fail(
-                            "read-hashes-to-digest",
-                            format!(
-                                "QueryWriteStatus of zstd {digest} reports {offset} bytes committed"
-                            ),
-                        );
-                        return None;
-                    }
-                }
-                Err(status) => self.status("query-write-status", &digest, &status),
-            }
         }
         let rest = if offset == 0 {
             compressed
@@ -359,6 +320,47 @@ impl Client {
             Err(status) => {
                 self.status("zstd-write", &digest, &status);
                 None
+            }
+        }
+    }
+
+    /// After a broken write: where to resume, from QueryWriteStatus (0 when the server lost the
+    /// partial upload). `Err` ends the upload: `Some(committed)` when the blob is complete after
+    /// all, `None` when it is abandoned (`resume` false) or the server's answer is impossible.
+    async fn resume_point(
+        &self,
+        client: &mut ByteStreamClient<Channel>,
+        resource: &str,
+        digest: Digest,
+        resume: bool,
+    ) -> Result<u64, Option<i64>> {
+        if !resume {
+            self.oracle.upload_abandoned();
+            return Err(None);
+        }
+        let query = QueryWriteStatusRequest {
+            resource_name: resource.to_owned(),
+        };
+        match client.query_write_status(query).await {
+            Ok(status) => {
+                let status = status.into_inner();
+                if status.complete {
+                    return Err(Some(status.committed_size));
+                }
+                let offset = status.committed_size.max(0) as u64;
+                if offset > digest.size {
+                    self.oracle.fail(
+                        "read-hashes-to-digest",
+                        format!("QueryWriteStatus of {digest} reports {offset} bytes committed"),
+                    );
+                    return Err(None);
+                }
+                Ok(offset)
+            }
+            // The partial upload is gone (a crash, say): start over.
+            Err(status) => {
+                self.status("query-write-status", &digest, &status);
+                Ok(0)
             }
         }
     }
