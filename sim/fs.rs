@@ -342,6 +342,16 @@ impl SimFs {
         }
     }
 
+    /// Frees every byte the disk holds, once a seed is over. The madsim runtime may keep tasks
+    /// (and so clones of this disk) alive after its run; without this a long run of seeds
+    /// would keep every seed's disk in memory.
+    pub fn release(&self) {
+        let mut world = self.world();
+        world.inodes.clear();
+        world.handles.clear();
+        world.events.clear();
+    }
+
     fn world(&self) -> MutexGuard<'_, World> {
         self.world.lock().unwrap()
     }

@@ -56,6 +56,18 @@ mod cli {
             #[arg(long)]
             stop_at_first: bool,
         },
+        /// Run seeds one after another in this process (what `run` starts its children with).
+        #[command(hide = true)]
+        Batch {
+            #[arg(long)]
+            seeds: u64,
+            #[arg(long)]
+            start: u64,
+            #[arg(long)]
+            check_determinism: bool,
+            #[arg(long)]
+            planted: Option<String>,
+        },
         /// Run one seed verbosely and print its trace hash.
         Replay {
             /// The seed.
@@ -84,6 +96,20 @@ mod cli {
                 planted,
                 stop_at_first,
             ),
+            Command::Batch {
+                seeds,
+                start,
+                check_determinism,
+                planted,
+            } => {
+                for seed in start..start + seeds {
+                    let failures = run_checked(seed, planted.as_deref(), check_determinism);
+                    if !failures.is_empty() {
+                        println!("{FAILED_SEED} {seed} {}", failures.join(","));
+                    }
+                }
+                std::process::ExitCode::SUCCESS
+            }
             Command::Replay { seed, planted } => {
                 tracing_subscriber::fmt()
                     .with_env_filter(
@@ -101,6 +127,103 @@ mod cli {
                 }
             }
         }
+    }
+
+    /// Seeds a child process runs: the madsim runtime does not free everything a seed leaves
+    /// behind, so seeds run in short-lived child processes to keep memory flat over long runs.
+    const BATCH: u64 = 50;
+
+    /// How a child reports a failing seed (after printing its outcome).
+    const FAILED_SEED: &str = "FAILED-SEED";
+
+    /// Runs a seed (twice, comparing traces, with `check_determinism`), prints its outcome if it
+    /// failed, and returns the names of the invariants it broke.
+    fn run_checked(seed: u64, planted: Option<&str>, check_determinism: bool) -> Vec<String> {
+        let mut outcome = world::run_seed(seed, planted, false);
+        if check_determinism {
+            let again = world::run_seed(seed, planted, false);
+            if again.trace_hash != outcome.trace_hash {
+                outcome.failures.push(world::Failure {
+                    invariant: "determinism",
+                    detail: format!(
+                        "two runs of the seed gave traces {} and {}",
+                        outcome.trace_hash, again.trace_hash
+                    ),
+                });
+            }
+        }
+        if !outcome.failures.is_empty() {
+            print_outcome(seed, planted, &outcome);
+        }
+        outcome
+            .failures
+            .iter()
+            .map(|f| f.invariant.to_owned())
+            .collect()
+    }
+
+    /// Runs `count` seeds from `first` in a child process; passes its report through and
+    /// returns the failing seeds with the invariants each broke.
+    fn run_batch(
+        first: u64,
+        count: u64,
+        check_determinism: bool,
+        planted: Option<&str>,
+    ) -> Vec<(u64, Vec<String>)> {
+        let mut command = std::process::Command::new(
+            std::env::current_exe().expect("the simulator knows its own path"),
+        );
+        command.args([
+            "batch",
+            "--start",
+            &first.to_string(),
+            "--seeds",
+            &count.to_string(),
+        ]);
+        if check_determinism {
+            command.arg("--check-determinism");
+        }
+        if let Some(bug) = planted {
+            command.args(["--planted", bug]);
+        }
+        let output = match command.stderr(std::process::Stdio::null()).output() {
+            Ok(output) => output,
+            Err(e) => {
+                println!(
+                    "seeds {first}..{}: cannot start a child: {e}",
+                    first + count
+                );
+                return (first..first + count)
+                    .map(|seed| (seed, vec!["simulator-crash".to_owned()]))
+                    .collect();
+            }
+        };
+        let mut failed = Vec::new();
+        for line in String::from_utf8_lossy(&output.stdout).lines() {
+            match line.strip_prefix(FAILED_SEED) {
+                Some(rest) => {
+                    let mut parts = rest.split_whitespace();
+                    let seed = parts.next().and_then(|s| s.parse().ok()).unwrap_or(first);
+                    let names = parts
+                        .next()
+                        .unwrap_or_default()
+                        .split(',')
+                        .map(str::to_owned);
+                    failed.push((seed, names.collect()));
+                }
+                None => println!("{line}"),
+            }
+        }
+        if !output.status.success() {
+            // A crash outside the per-seed panic guard (out of memory, say): blame the batch.
+            println!(
+                "seeds {first}..{}: the child process failed ({})",
+                first + count,
+                output.status
+            );
+            failed.push((first, vec!["simulator-crash".to_owned()]));
+        }
+        failed
     }
 
     fn replay_command(seed: u64, planted: Option<&str>) -> String {
@@ -150,7 +273,7 @@ mod cli {
         let began = Instant::now();
         let next = Arc::new(AtomicU64::new(start));
         let end = start + seeds;
-        let failed = Arc::new(Mutex::new(Vec::<(u64, Outcome)>::new()));
+        let failed = Arc::new(Mutex::new(Vec::<(u64, Vec<String>)>::new()));
         let done = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let workers: Vec<_> = (0..jobs.max(1))
@@ -163,27 +286,15 @@ mod cli {
                     planted.clone(),
                 );
                 std::thread::spawn(move || loop {
-                    let seed = next.fetch_add(1, Ordering::Relaxed);
-                    if seed >= end || stop.load(Ordering::Relaxed) {
+                    let first = next.fetch_add(BATCH, Ordering::Relaxed);
+                    if first >= end || stop.load(Ordering::Relaxed) {
                         return;
                     }
-                    let mut outcome = world::run_seed(seed, planted.as_deref(), false);
-                    if check_determinism {
-                        let again = world::run_seed(seed, planted.as_deref(), false);
-                        if again.trace_hash != outcome.trace_hash {
-                            outcome.failures.push(world::Failure {
-                                invariant: "determinism",
-                                detail: format!(
-                                    "two runs of the seed gave traces {} and {}",
-                                    outcome.trace_hash, again.trace_hash
-                                ),
-                            });
-                        }
-                    }
-                    done.fetch_add(1, Ordering::Relaxed);
-                    if !outcome.failures.is_empty() {
-                        print_outcome(seed, planted.as_deref(), &outcome);
-                        failed.lock().expect("failures").push((seed, outcome));
+                    let count = BATCH.min(end - first);
+                    let batch = run_batch(first, count, check_determinism, planted.as_deref());
+                    done.fetch_add(count as usize, Ordering::Relaxed);
+                    if !batch.is_empty() {
+                        failed.lock().expect("failures").extend(batch);
                         if stop_at_first {
                             stop.store(true, Ordering::Relaxed);
                         }
@@ -223,7 +334,7 @@ mod cli {
             Some(seed) => {
                 let invariants: std::collections::BTreeSet<&str> = failed
                     .iter()
-                    .flat_map(|(_, o)| o.failures.iter().map(|f| f.invariant))
+                    .flat_map(|(_, names)| names.iter().map(String::as_str))
                     .collect();
                 println!(
                     "first failing seed: {seed}; invariants violated: {}",

@@ -233,12 +233,14 @@ async fn simulate(planted: Option<String>, verbose: bool) -> Outcome {
         oracle.event(event);
     }
     let (trace_hash, events) = oracle.trace();
+    let fs_stats = fs.stats().to_string();
+    fs.release();
     Outcome {
         config: plan.to_string(),
         trace_hash,
         events,
         failures: oracle.failures(),
-        fs_stats: fs.stats().to_string(),
+        fs_stats,
     }
 }
 
