@@ -169,33 +169,18 @@ async fn a_restart_recovers_every_acknowledged_blob_and_action() {
                 .await
                 .unwrap();
         }
-        engine
-            .put_action(
-                "",
-                action.hash,
-                AcKind::ActionResult,
-                Bytes::from_static(b"first"),
-            )
-            .await
-            .unwrap();
-        engine
-            .put_action(
-                "",
-                action.hash,
-                AcKind::Opaque,
-                Bytes::from_static(b"second"),
-            )
-            .await
-            .unwrap();
-        engine
-            .put_action(
-                "other",
-                action.hash,
-                AcKind::ActionResult,
-                Bytes::from_static(b"third"),
-            )
-            .await
-            .unwrap();
+        let puts = [
+            ("", AcKind::ActionResult, "first"),
+            ("", AcKind::Opaque, "second"),
+            ("other", AcKind::ActionResult, "third"),
+        ];
+        for (instance, kind, value) in puts {
+            let value = Bytes::from_static(value.as_bytes());
+            engine
+                .put_action(instance, action.hash, kind, value)
+                .await
+                .unwrap();
+        }
     }
     let engine = open(dir.path()).await;
     for data in &blobs {
