@@ -202,20 +202,14 @@ impl Client {
         let mut offset = 0u64;
         if let Some(chunks) = break_after {
             let sent = self.write_chunks(&content, &resource, 0, Some(chunks));
-            match client.write(futures::stream::iter(sent)).await {
-                Ok(response) => {
-                    let committed = response.into_inner().committed_size;
-                    // The whole size means the blob already existed and the server completed the
-                    // write early; less reports the partial upload it keeps for a resume.
-                    if committed == digest.size as i64 {
-                        return Some(committed);
-                    }
-                    self.oracle.event(format!(
-                        "{} broken-write {digest} kept {committed}",
-                        self.id
-                    ));
-                }
-                Err(status) => self.status("broken-write", &digest, &status),
+            // The whole size means the blob already existed and the server completed the write
+            // early; less reports the partial upload it keeps for a resume.
+            let early = digest.size as i64;
+            if let Some(done) = self
+                .broken_write(&mut client, sent, digest, early, "")
+                .await
+            {
+                return Some(done);
             }
             offset = match self
                 .resume_point(&mut client, &resource, digest, resume)
@@ -273,18 +267,13 @@ impl Client {
         let mut offset = 0u64;
         if let Some(chunks) = break_after {
             let sent = zstd_chunks(&compressed, 0, Some(chunks));
-            match client.write(futures::stream::iter(sent)).await {
-                Ok(response) => {
-                    let committed = response.into_inner().committed_size;
-                    if committed == -1 {
-                        return Some(digest.size as i64);
-                    }
-                    self.oracle.event(format!(
-                        "{} broken-zstd-write {digest} kept {committed}",
-                        self.id
-                    ));
-                }
-                Err(status) => self.status("broken-zstd-write", &digest, &status),
+            // A compressed write completed early (the blob existed) answers -1.
+            if self
+                .broken_write(&mut client, sent, digest, -1, "zstd-")
+                .await
+                .is_some()
+            {
+                return Some(digest.size as i64);
             }
             // Uncompressed bytes kept: where the new zstd stream starts.
             offset = match self
@@ -322,6 +311,33 @@ impl Client {
                 None
             }
         }
+    }
+
+    /// Sends the first chunks of a write and stops without `finish_write`, as a broken client
+    /// does. Returns the committed size when the server answered `early` (it completed the
+    /// write at once because the blob already existed); `None` when it kept a partial upload.
+    async fn broken_write(
+        &self,
+        client: &mut ByteStreamClient<Channel>,
+        sent: Vec<WriteRequest>,
+        digest: Digest,
+        early: i64,
+        label: &str,
+    ) -> Option<i64> {
+        match client.write(futures::stream::iter(sent)).await {
+            Ok(response) => {
+                let committed = response.into_inner().committed_size;
+                if committed == early {
+                    return Some(committed);
+                }
+                self.oracle.event(format!(
+                    "{} broken-{label}write {digest} kept {committed}",
+                    self.id
+                ));
+            }
+            Err(status) => self.status(&format!("broken-{label}write"), &digest, &status),
+        }
+        None
     }
 
     /// After a broken write: where to resume, from QueryWriteStatus (0 when the server lost the
