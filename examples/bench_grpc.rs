@@ -52,7 +52,7 @@ mod bench {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         tokio::spawn(grpc::serve_listener(
-            engine.clone(),
+            hoard::store::stack::over_engine(engine.clone(), &Default::default()),
             GrpcConfig::default(),
             listener,
             std::future::pending(),

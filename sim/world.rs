@@ -171,6 +171,7 @@ async fn simulate(planted: Option<String>, verbose: bool) -> Outcome {
     let oracle = Arc::new(Oracle::default());
     let pool = Arc::new(draw_pool(&plan));
     let config = ServeConfig {
+        stack: Default::default(),
         engine: engine_config(&plan, planted.as_deref(), &oracle),
         grpc_addr: SocketAddr::new(IpAddr::V4(SERVER_IP), 9092),
         http_addr: Some(crate::ccache::SERVER_HTTP),

@@ -348,6 +348,7 @@ impl ServeArgs {
         http.access_log = self.access_log;
         let config = ServeConfig {
             engine,
+            stack: Default::default(),
             grpc_addr: self.grpc_addr,
             http_addr: (!self.no_http).then_some(self.http_addr),
             grpc,

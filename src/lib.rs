@@ -2,6 +2,8 @@
 //!
 //! Where a byte goes, by folder:
 //! - [`wire`]: the front ends (gRPC REAPI services, the HTTP cache protocol).
+//! - [`store`]: the [`store::Store`] interface both front ends go through, its layers (action
+//!   result validation and completeness, metrics) and implementations (the engine, memory).
 //! - [`engine`]: content-addressed storage, the action cache, segments and the index.
 //! - [`seam`]: the filesystem and runtime traits the engine is written against, and their real
 //!   implementations. The simulator (`sim/`) supplies a simulated world behind the same traits.
@@ -14,5 +16,6 @@ pub mod observe;
 pub mod proto;
 pub mod seam;
 pub mod server;
+pub mod store;
 pub mod tls;
 pub mod wire;

@@ -1,4 +1,5 @@
-//! `hoard serve`: opens the engine and runs the gRPC and HTTP front ends until shutdown.
+//! `hoard serve`: opens the engine, assembles the store stack over it, and runs the gRPC and
+//! HTTP front ends on that one stack until shutdown.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -10,6 +11,7 @@ use futures::future::{FutureExt, Shared};
 use crate::engine::{Engine, EngineConfig};
 use crate::observe::Metrics;
 use crate::seam::{Fs, Runtime};
+use crate::store::stack::{self, StackConfig};
 use crate::wire::grpc::{self, GrpcConfig};
 use crate::wire::http::{self, HttpConfig};
 
@@ -18,6 +20,8 @@ use crate::wire::http::{self, HttpConfig};
 pub struct ServeConfig {
     /// Engine settings (data dir, limits).
     pub engine: EngineConfig,
+    /// Settings of the store's layers.
+    pub stack: StackConfig,
     /// gRPC listen address.
     pub grpc_addr: SocketAddr,
     /// HTTP listen address (`None` disables HTTP).
@@ -36,6 +40,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let engine = Engine::open(config.engine.clone(), fs, runtime).await?;
+    // One cache for both front ends: every rule of the cache applies to gRPC and HTTP alike.
+    let cache = stack::over_engine(engine, &config.stack);
     let shutdown: Shared<futures::future::BoxFuture<'static, ()>> = shutdown.boxed().shared();
     // One registry for both front ends: `GET /metrics` on HTTP shows the gRPC traffic too.
     let metrics = Arc::new(Metrics::new());
@@ -49,7 +55,7 @@ pub async fn serve(
     };
     tracing::info!(addr = %config.grpc_addr, "serving gRPC");
     let grpc = grpc::serve(
-        engine.clone(),
+        cache.clone(),
         grpc_config,
         config.grpc_addr,
         shutdown.clone(),
@@ -57,7 +63,7 @@ pub async fn serve(
     match config.http_addr {
         Some(addr) => {
             tracing::info!(%addr, "serving HTTP");
-            let http = http::serve(engine, http_config, addr, shutdown);
+            let http = http::serve(cache, http_config, addr, shutdown);
             futures::try_join!(grpc, http)?;
         }
         None => grpc.await?,

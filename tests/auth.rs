@@ -366,7 +366,7 @@ async fn http_server(auth: Auth, tls: Option<TlsConfig>) -> HttpServer {
         ..HttpConfig::default()
     };
     tokio::spawn(http::serve_listener(
-        engine.clone(),
+        hoard::store::stack::over_engine(engine.clone(), &Default::default()),
         config,
         listener,
         async {
@@ -712,7 +712,7 @@ async fn grpc_tls_server(
         tls: Some(tls),
         ..GrpcConfig::default()
     };
-    let served = engine.clone();
+    let served = hoard::store::stack::over_engine(engine.clone(), &Default::default());
     tokio::spawn(async move {
         grpc::serve_listener(served, config, listener, async {
             let _ = stopped.await;

@@ -102,14 +102,19 @@ async fn refused_calls_store_nothing_in_the_simulator() {
         };
         let listener = TcpListener::bind(HTTP).await.unwrap();
         tokio::spawn(serve_listener(
-            engine.clone(),
+            hoard::store::stack::over_engine(engine.clone(), &Default::default()),
             http_config,
             listener,
             std::future::pending(),
         ));
-        grpc::serve(engine, grpc_config, GRPC, std::future::pending())
-            .await
-            .unwrap();
+        grpc::serve(
+            hoard::store::stack::over_engine(engine, &Default::default()),
+            grpc_config,
+            GRPC,
+            std::future::pending(),
+        )
+        .await
+        .unwrap();
     });
     let client = handle
         .create_node()

@@ -83,17 +83,17 @@ async fn wrong_hash_short_and_long_uploads_are_rejected_and_store_nothing() {
             size: digest.size,
         };
         let err = engine.put_blob(wrong, data.clone()).await.unwrap_err();
-        assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+        assert!(matches!(err, Error::HashMismatch { .. }), "{err}");
 
         let mut short = engine.begin_upload(digest).await.unwrap();
         short.write(&data[..len - 1]).await.unwrap();
         let err = short.commit().await.unwrap_err();
-        assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+        assert!(matches!(err, Error::SizeMismatch { .. }), "{err}");
 
         let mut long = engine.begin_upload(digest).await.unwrap();
         long.write(&data).await.unwrap();
         let err = long.write(b"x").await.unwrap_err();
-        assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+        assert!(matches!(err, Error::SizeMismatch { .. }), "{err}");
         drop(long);
 
         assert!(!engine.contains(&digest));
@@ -292,11 +292,17 @@ async fn oversized_uploads_are_refused_up_front() {
     // Over the blob limit.
     let big = blob(1, 100_001);
     let err = engine.begin_upload(Digest::of(&big)).await.err().unwrap();
-    assert!(matches!(err, Error::ResourceExhausted(_)), "{err}");
+    assert!(
+        matches!(err, Error::TooLarge { limit: 100_000, .. }),
+        "{err}"
+    );
     // Under it, but more than half the budget: eviction could never make room.
     let half = blob(2, 80_000);
     let err = engine.begin_upload(Digest::of(&half)).await.err().unwrap();
-    assert!(matches!(err, Error::ResourceExhausted(_)), "{err}");
+    assert!(
+        matches!(err, Error::TooLarge { limit: 75_000, .. }),
+        "{err}"
+    );
     let fits = blob(3, 60_000);
     engine.put_blob(Digest::of(&fits), fits).await.unwrap();
 }

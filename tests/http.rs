@@ -72,9 +72,14 @@ impl Server {
             ..HttpConfig::default()
         };
         configure_http(&mut http);
-        let task = tokio::spawn(serve_listener(engine.clone(), http, listener, async {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(serve_listener(
+            hoard::store::stack::over_engine(engine.clone(), &Default::default()),
+            http,
+            listener,
+            async {
+                let _ = stopped.await;
+            },
+        ));
         Server {
             addr,
             engine,
@@ -182,13 +187,17 @@ fn pattern(len: usize) -> Bytes {
         .into()
 }
 
+/// The one output file [`action_result`] names.
+const OUTPUT: &[u8] = b"object";
+
+/// An encoded ActionResult naming one output file, [`OUTPUT`].
 fn action_result() -> Bytes {
     let result = reapi::ActionResult {
         output_files: vec![reapi::OutputFile {
             path: "bazel-out/k8-fastbuild/bin/hello.o".into(),
             digest: Some(reapi::Digest {
-                hash: sha256_hex(b"object"),
-                size_bytes: 6,
+                hash: sha256_hex(OUTPUT),
+                size_bytes: OUTPUT.len() as i64,
             }),
             is_executable: false,
             ..Default::default()
@@ -482,6 +491,11 @@ async fn ac_put_then_get_is_byte_exact() {
         server.send(Method::PUT, &path, value.clone()).await.status,
         StatusCode::OK
     );
+    // Its output is not uploaded yet: the entry is incomplete, and a GET is a miss.
+    let incomplete = server.send(Method::GET, &path, "").await;
+    assert_eq!(incomplete.status, StatusCode::NOT_FOUND);
+    let output = server.send(Method::PUT, &cas_path(OUTPUT), OUTPUT).await;
+    assert_eq!(output.status, StatusCode::OK);
     let get = server.send(Method::GET, &path, "").await;
     assert_eq!(get.status, StatusCode::OK);
     assert_eq!(get.body, value);
@@ -545,6 +559,8 @@ async fn instances_separate_the_action_cache_but_share_the_cas() {
     let server = Server::start().await;
     let key = sha256_hex(b"action");
     let value = action_result();
+    let output = server.send(Method::PUT, &cas_path(OUTPUT), OUTPUT).await;
+    assert_eq!(output.status, StatusCode::OK);
     let put = server
         .send(Method::PUT, &format!("/main/linux/ac/{key}"), value.clone())
         .await;
@@ -618,6 +634,18 @@ async fn one_connection_serves_many_requests() {
         (Method::HEAD, path.clone(), Bytes::new(), StatusCode::OK),
         (Method::GET, path.clone(), Bytes::new(), StatusCode::OK),
         (Method::PUT, action.clone(), action_result(), StatusCode::OK),
+        (
+            Method::GET,
+            action.clone(),
+            Bytes::new(),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            Method::PUT,
+            cas_path(OUTPUT),
+            Bytes::from_static(OUTPUT),
+            StatusCode::OK,
+        ),
         (Method::GET, action, Bytes::new(), StatusCode::OK),
         (
             Method::GET,

@@ -70,7 +70,13 @@ async fn round_trip_keep_alive_and_idle_timeout() {
             idle_timeout: IDLE_TIMEOUT,
             ..HttpConfig::default()
         };
-        serve_listener(engine, config, listener, std::future::pending()).await;
+        serve_listener(
+            hoard::store::stack::over_engine(engine, &Default::default()),
+            config,
+            listener,
+            std::future::pending(),
+        )
+        .await;
     });
     let client = handle
         .create_node()

@@ -74,8 +74,10 @@ impl Servers {
         let http_addr = http_listener.local_addr().unwrap();
         let (stop_grpc, grpc_stopped) = oneshot::channel::<()>();
         let (stop_http, http_stopped) = oneshot::channel::<()>();
+        // What `server::serve` does: one store stack for both front ends.
+        let cache = hoard::store::stack::over_engine(engine.clone(), &Default::default());
         tokio::spawn(grpc::serve_listener(
-            engine.clone(),
+            cache.clone(),
             grpc_config,
             grpc_listener,
             async {
@@ -83,7 +85,7 @@ impl Servers {
             },
         ));
         tokio::spawn(http::serve_listener(
-            engine.clone(),
+            cache,
             http_config,
             http_listener,
             async {
@@ -368,18 +370,21 @@ async fn metrics_count_the_traffic_of_both_front_ends() {
         r#"hoard_ac_lookups_total{protocol="http",result="hit"}"#,
         1.0,
     );
-    // CAS lookups, per blob.
-    let cas = |protocol: &str, method: &str, result: &str| {
+    // CAS lookups, per blob and store operation: FindMissingBlobs asks, ByteStream checks
+    // (`contains`) before it reads or uploads, HTTP resolves a hash, reads open the blob.
+    let cas = |protocol: &str, operation: &str, result: &str| {
         format!(
-            r#"hoard_cas_lookups_total{{protocol="{protocol}",method="{method}",result="{result}"}}"#
+            r#"hoard_cas_lookups_total{{protocol="{protocol}",operation="{operation}",result="{result}"}}"#
         )
     };
-    expect(&cas("grpc", "FindMissingBlobs", "hit"), 1.0);
-    expect(&cas("grpc", "FindMissingBlobs", "miss"), 2.0);
-    expect(&cas("grpc", "Read", "hit"), 1.0);
-    expect(&cas("grpc", "Read", "miss"), 1.0);
-    expect(&cas("http", "GET", "hit"), 1.0);
-    expect(&cas("http", "GET", "miss"), 1.0);
+    expect(&cas("grpc", "find_missing", "hit"), 1.0);
+    expect(&cas("grpc", "find_missing", "miss"), 2.0);
+    expect(&cas("grpc", "contains", "hit"), 1.0);
+    expect(&cas("grpc", "contains", "miss"), 2.0);
+    expect(&cas("grpc", "read", "hit"), 1.0);
+    expect(&cas("http", "resolve", "hit"), 1.0);
+    expect(&cas("http", "resolve", "miss"), 1.0);
+    expect(&cas("http", "read", "hit"), 1.0);
     // Upload failures by reason.
     let failures = |protocol: &str, reason: &str| {
         format!(r#"hoard_upload_failures_total{{protocol="{protocol}",reason="{reason}"}}"#)

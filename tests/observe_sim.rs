@@ -63,6 +63,7 @@ async fn grpc_calls_are_counted_in_the_simulated_world() {
     server.spawn(async {
         let fs = Arc::new(fs::SimFs::new(fs::FaultConfig::none()));
         let config = ServeConfig {
+            stack: Default::default(),
             engine: EngineConfig::new("/data"),
             grpc_addr: GRPC,
             http_addr: Some(HTTP),

@@ -31,47 +31,7 @@ use segment::{read_payload, Location, Payload, Pin, SegmentLog, IO_CHUNK};
 pub use upload::Upload;
 
 use crate::seam::{Fs, FsFile, FsLock, Runtime};
-
-/// What went wrong, classified the way clients need it (each front end maps these to its codes).
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The request itself is wrong: malformed digest, hash or size mismatch, bad offsets.
-    #[error("{0}")]
-    InvalidArgument(String),
-    /// The blob or entry does not exist.
-    #[error("{0}")]
-    NotFound(String),
-    /// Out of space, over a size limit, or too much concurrent work.
-    #[error("{0}")]
-    ResourceExhausted(String),
-    /// Stored bytes failed verification; the entry has been dropped.
-    #[error("{0}")]
-    DataLoss(String),
-    /// A bug or an impossible state.
-    #[error("{0}")]
-    Internal(String),
-    /// The disk failed.
-    #[error("{context}: {source}")]
-    Io {
-        /// What the engine was doing.
-        context: String,
-        /// The underlying error.
-        source: io::Error,
-    },
-}
-
-impl Error {
-    /// Wraps an I/O error; a full disk becomes [`Error::ResourceExhausted`].
-    pub fn io(context: impl Into<String>, source: io::Error) -> Error {
-        let context = context.into();
-        if source.kind() == io::ErrorKind::StorageFull
-            || source.raw_os_error() == Some(libc::ENOSPC)
-        {
-            return Error::ResourceExhausted(format!("{context}: disk full ({source})"));
-        }
-        Error::Io { context, source }
-    }
-}
+pub use crate::store::Error;
 
 /// Bugs the simulator must catch, planted on purpose. Only a build with the `planted-bugs`
 /// feature can select one (see [`EngineConfig`]); elsewhere they are inert names.
@@ -204,7 +164,7 @@ impl Engine {
         }
         let lock = fs.lock(&dir.join(LOCK_FILE)).await.map_err(|e| {
             if e.kind() == io::ErrorKind::WouldBlock {
-                Error::ResourceExhausted(format!(
+                Error::Busy(format!(
                     "data directory {} is in use by another hoard process",
                     dir.display()
                 ))
@@ -311,16 +271,19 @@ impl Engine {
     /// blob limit or the free space, or when too many uploads are in progress.
     pub async fn begin_upload(self: &Arc<Self>, expected: Digest) -> Result<Upload, Error> {
         if expected.size > self.config.max_blob_size {
-            return Err(Error::ResourceExhausted(format!(
-                "blob {expected} is larger than the limit of {} bytes",
-                self.config.max_blob_size
-            )));
+            return Err(Error::TooLarge {
+                what: "blob",
+                size: expected.size,
+                limit: self.config.max_blob_size,
+            });
         }
         if let Some(budget) = self.config.max_size.filter(|&b| expected.size > b / 2) {
             // Evicting everything else still would not make room for it next to a segment.
-            return Err(Error::ResourceExhausted(format!(
-                "blob {expected} is larger than half the cache size budget of {budget} bytes"
-            )));
+            return Err(Error::TooLarge {
+                what: "blob (half the cache size budget at most)",
+                size: expected.size,
+                limit: budget / 2,
+            });
         }
         let permit = self.uploads.admit()?;
         if expected.size > self.config.memory_stage_limit {
@@ -331,7 +294,7 @@ impl Engine {
                 .map_err(|e| Error::io("checking free space", e))?;
             // The bytes are written twice (temp file, then segment) before the temp is removed.
             if expected.size.saturating_mul(2) > free {
-                return Err(Error::ResourceExhausted(format!(
+                return Err(Error::NoSpace(format!(
                     "blob {expected} needs {} bytes, {free} are free",
                     expected.size.saturating_mul(2)
                 )));
@@ -532,7 +495,7 @@ impl Engine {
     }
 
     /// Opens a streaming read of `digest`; see [`BlobReader`].
-    pub fn open_blob(&self, digest: &Digest, offset: u64) -> Result<BlobReader<'_>, Error> {
+    pub fn open_blob(self: &Arc<Self>, digest: &Digest, offset: u64) -> Result<BlobReader, Error> {
         if offset > digest.size {
             return Err(Error::InvalidArgument(format!(
                 "offset {offset} is past the end of {digest}"
@@ -550,7 +513,7 @@ impl Engine {
             })
         };
         Ok(BlobReader {
-            engine: self,
+            engine: self.clone(),
             digest: *digest,
             source,
             position: offset,
@@ -669,15 +632,15 @@ struct Source {
 /// the bytes from under it. When it starts at offset 0 it hashes as it goes and fails the last
 /// chunk if the bytes do not match the digest, so a client that reads to the end never accepts
 /// corrupt data; a ranged read of a blob not verified since it was written verifies it first.
-pub struct BlobReader<'a> {
-    engine: &'a Engine,
+pub struct BlobReader {
+    engine: Arc<Engine>,
     digest: Digest,
     source: Option<Source>,
     position: u64,
     hasher: Option<Sha256>,
 }
 
-impl BlobReader<'_> {
+impl BlobReader {
     /// The next chunk of at most `max` bytes, or `None` at the end.
     pub async fn next_chunk(&mut self, max: usize) -> Result<Option<Bytes>, Error> {
         let Some(source) = &mut self.source else {

@@ -87,10 +87,10 @@ impl Upload {
     pub async fn write(&mut self, data: &[u8]) -> Result<(), Error> {
         let after = self.received + data.len() as u64;
         if after > self.expected.size {
-            return Err(Error::InvalidArgument(format!(
-                "upload of {} sent {after} bytes, more than its declared size",
-                self.expected
-            )));
+            return Err(Error::SizeMismatch {
+                expected: self.expected,
+                received: after,
+            });
         }
         match &mut self.stage {
             Stage::Memory(buffer) => buffer.extend_from_slice(data),
@@ -110,18 +110,17 @@ impl Upload {
     pub async fn commit(mut self) -> Result<(), Error> {
         let expected = self.expected;
         if self.received != expected.size {
-            return Err(Error::InvalidArgument(format!(
-                "upload of {expected} ended after {} bytes, fewer than its declared size",
-                self.received
-            )));
+            return Err(Error::SizeMismatch {
+                expected,
+                received: self.received,
+            });
         }
         let hash: [u8; 32] = std::mem::take(&mut self.hasher).finalize().into();
         if hash != expected.hash {
-            return Err(Error::InvalidArgument(format!(
-                "uploaded bytes hash to {}, not to the declared {}",
-                hex::encode(hash),
-                expected.hex()
-            )));
+            return Err(Error::HashMismatch {
+                expected,
+                actual: hash,
+            });
         }
         let engine = self.engine.clone();
         match &mut self.stage {
@@ -244,7 +243,7 @@ impl Tracker {
     pub(super) fn admit(&self) -> Result<Permit, Error> {
         let mut state = self.state.lock().expect("tracker");
         if state.uploads >= self.max_uploads {
-            return Err(Error::ResourceExhausted(format!(
+            return Err(Error::Busy(format!(
                 "{} uploads are already in progress; retry later",
                 state.uploads
             )));

@@ -5,8 +5,10 @@
 //! HTTP listener renders it in the Prometheus text format.
 //!
 //! Every request is recorded by ordinary code that runs in both worlds: madsim-tonic ignores
-//! tower layers and interceptors, so the gRPC services are wrapped at the service-impl level by
-//! [`grpc::Observed`], and the HTTP handler opens a [`Call`] around each request. A finished
+//! tower layers and interceptors, so the gRPC services are wrapped at the service-impl level
+//! (`wire::grpc::guarded`), and the HTTP handler opens a [`Call`] around each request. What the
+//! cache answered (hits, misses, upload failures by typed reason) is counted by the store's
+//! [`crate::store::Metered`] layer, for both front ends alike. A finished
 //! [`Call`] updates the request counters, the latency histogram and the byte counters, and writes
 //! one access-log line (target [`ACCESS_LOG_TARGET`], level INFO) unless the front end's
 //! `access_log` flag is off.
@@ -17,8 +19,6 @@
 //! scrape time from the engine `hoard_cas_blobs`, `hoard_cas_stored_bytes`, `hoard_ac_entries`,
 //! `hoard_disk_bytes`, `hoard_evictions_total`, `hoard_evicted_bytes_total`,
 //! `hoard_uptime_seconds`, plus `hoard_build_info`.
-
-pub mod grpc;
 
 use std::borrow::Cow;
 use std::fmt;
@@ -35,7 +35,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::engine::{Engine, Stats};
+use crate::engine::Stats;
 
 /// The `tracing` target of access-log lines (filter with `HOARD_LOG=hoard::access=off`).
 pub const ACCESS_LOG_TARGET: &str = "hoard::access";
@@ -69,68 +69,6 @@ impl Protocol {
     }
 }
 
-/// Why a blob upload failed (the `reason` label of `hoard_upload_failures_total`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum UploadFailure {
-    /// The bytes did not hash to the declared digest.
-    HashMismatch,
-    /// More or fewer bytes arrived than the digest declared.
-    SizeMismatch,
-    /// Out of space, over a size limit, or too many uploads at once.
-    ResourceExhausted,
-    /// The disk failed.
-    Io,
-    /// Anything else: a malformed request, a stream the client broke off.
-    Other,
-}
-
-/// The class of error an upload failed with, as the front end saw it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FailureClass {
-    /// gRPC INVALID_ARGUMENT, HTTP 400.
-    InvalidArgument,
-    /// gRPC RESOURCE_EXHAUSTED, HTTP 507 and 413.
-    ResourceExhausted,
-    /// gRPC UNAVAILABLE, HTTP 503: what the engine's I/O errors become.
-    Unavailable,
-    /// Anything else.
-    Other,
-}
-
-impl UploadFailure {
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            UploadFailure::HashMismatch => "hash_mismatch",
-            UploadFailure::SizeMismatch => "size_mismatch",
-            UploadFailure::ResourceExhausted => "resource_exhausted",
-            UploadFailure::Io => "io",
-            UploadFailure::Other => "other",
-        }
-    }
-
-    /// Classifies a failed upload from its error class and message. The engine reports both
-    /// mismatches as invalid arguments, told apart only by their messages ("uploaded bytes hash
-    /// to ..., not to the declared ...", "... more/fewer than its declared size", and the zstd
-    /// path's "... more than the declared N bytes"); `tests/observe.rs` pins that wording.
-    pub fn classify(class: FailureClass, message: &str) -> UploadFailure {
-        match class {
-            FailureClass::ResourceExhausted => UploadFailure::ResourceExhausted,
-            FailureClass::Unavailable => UploadFailure::Io,
-            FailureClass::InvalidArgument if message.contains("hash to") => {
-                UploadFailure::HashMismatch
-            }
-            FailureClass::InvalidArgument
-                if message.contains("than its declared")
-                    || message.contains("than the declared") =>
-            {
-                UploadFailure::SizeMismatch
-            }
-            FailureClass::InvalidArgument | FailureClass::Other => UploadFailure::Other,
-        }
-    }
-}
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     protocol: &'static str,
@@ -155,7 +93,7 @@ struct AcLookupLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CasLookupLabels {
     protocol: &'static str,
-    method: &'static str,
+    operation: &'static str,
     result: &'static str,
 }
 
@@ -249,8 +187,8 @@ impl Collector for EngineCollector {
 /// | `hoard_received_bytes_total` | counter | `protocol`, `service`, `method` |
 /// | `hoard_sent_bytes_total` | counter | `protocol`, `service`, `method` |
 /// | `hoard_ac_lookups_total` | counter | `protocol`, `result` = `hit`/`miss` |
-/// | `hoard_cas_lookups_total` | counter | `protocol`, `method`, `result` = `hit`/`miss` (one per blob) |
-/// | `hoard_upload_failures_total` | counter | `protocol`, `reason` |
+/// | `hoard_cas_lookups_total` | counter | `protocol`, `operation` = `find_missing`/`contains`/`read`/`resolve`, `result` = `hit`/`miss` (one per blob) |
+/// | `hoard_upload_failures_total` | counter | `protocol`, `reason` (the store error's variant, e.g. `hash_mismatch`) |
 /// | `hoard_cas_blobs`, `hoard_cas_stored_bytes`, `hoard_ac_entries`, `hoard_disk_bytes` | gauge | |
 /// | `hoard_evictions_total`, `hoard_evicted_bytes_total` | counter | |
 /// | `hoard_uptime_seconds` | gauge | |
@@ -323,13 +261,13 @@ impl Metrics {
         let ac_lookups = Family::<AcLookupLabels, Counter>::default();
         registry.register(
             "ac_lookups",
-            "Action-cache reads: GetActionResult and HTTP GET/HEAD /ac, by hit or miss",
+            "Action-cache reads (GetActionResult, HTTP GET/HEAD /ac), by hit or miss; an incomplete result is a miss",
             ac_lookups.clone(),
         );
         let cas_lookups = Family::<CasLookupLabels, Counter>::default();
         registry.register(
             "cas_lookups",
-            "CAS blobs looked up, by method and hit (present/found) or miss (missing/not found)",
+            "CAS blobs looked up, by store operation and hit (present) or miss (absent)",
             cas_lookups.clone(),
         );
         let upload_failures = Family::<UploadFailureLabels, Counter>::default();
@@ -372,10 +310,10 @@ impl Metrics {
         self.served[protocol.index()].load(Ordering::Relaxed)
     }
 
-    /// Every metric in the Prometheus text format, engine gauges read from `engine` now.
-    pub fn render(&self, engine: &Engine) -> String {
+    /// Every metric in the Prometheus text format, the store's gauges showing `stats`.
+    pub fn render(&self, stats: Stats) -> String {
         *self.snapshot.lock().expect("snapshot") = EngineSnapshot {
-            stats: engine.stats(),
+            stats,
             uptime: self.uptime(),
         };
         let mut out = String::new();
@@ -395,12 +333,12 @@ impl Metrics {
             .inc();
     }
 
-    /// CAS lookups of one request: `hits` blobs present, `misses` absent.
-    pub fn cas_lookups(&self, protocol: Protocol, method: &'static str, hits: u64, misses: u64) {
+    /// Blobs one store `operation` looked up: `hits` present, `misses` absent.
+    pub fn cas_lookups(&self, protocol: Protocol, operation: &'static str, hits: u64, misses: u64) {
         for (result, count) in [("hit", hits), ("miss", misses)] {
             let labels = CasLookupLabels {
                 protocol: protocol.as_str(),
-                method,
+                operation,
                 result,
             };
             // Touch both series even at 0, so a dashboard's ratio has both sides from the start.
@@ -408,12 +346,12 @@ impl Metrics {
         }
     }
 
-    /// One failed blob upload.
-    pub fn upload_failed(&self, protocol: Protocol, reason: UploadFailure) {
+    /// One failed blob upload; `reason` is the store error's [`crate::store::Error::kind_name`].
+    pub fn upload_failed(&self, protocol: Protocol, reason: &'static str) {
         self.upload_failures
             .get_or_create(&UploadFailureLabels {
                 protocol: protocol.as_str(),
-                reason: reason.as_str(),
+                reason,
             })
             .inc();
     }
@@ -629,43 +567,6 @@ mod tests {
     const HASH: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
     #[test]
-    fn upload_failures_are_classified() {
-        use FailureClass::*;
-        let hash = "uploaded bytes hash to 00, not to the declared 11";
-        let short = "upload of x/3 ended after 2 bytes, fewer than its declared size";
-        let long = "upload of x/3 sent 4 bytes, more than its declared size";
-        assert_eq!(
-            UploadFailure::classify(InvalidArgument, hash),
-            UploadFailure::HashMismatch
-        );
-        assert_eq!(
-            UploadFailure::classify(InvalidArgument, short),
-            UploadFailure::SizeMismatch
-        );
-        assert_eq!(
-            UploadFailure::classify(InvalidArgument, long),
-            UploadFailure::SizeMismatch
-        );
-        let zstd = "the zstd stream decompresses to more than the declared 3 bytes";
-        assert_eq!(
-            UploadFailure::classify(InvalidArgument, zstd),
-            UploadFailure::SizeMismatch
-        );
-        assert_eq!(
-            UploadFailure::classify(InvalidArgument, "bad resource name"),
-            UploadFailure::Other
-        );
-        assert_eq!(
-            UploadFailure::classify(ResourceExhausted, "disk full"),
-            UploadFailure::ResourceExhausted
-        );
-        assert_eq!(
-            UploadFailure::classify(Unavailable, "writing: EIO"),
-            UploadFailure::Io
-        );
-    }
-
-    #[test]
     fn resource_names_yield_their_blob() {
         let upload = format!("inst/uploads/1234-uuid/blobs/{HASH}/42");
         assert_eq!(blob_in_resource(&upload), Some((format!("{HASH}/42"), 42)));
@@ -695,8 +596,8 @@ mod tests {
             "Write",
         ));
         metrics.ac_lookup(Protocol::Grpc, false);
-        metrics.cas_lookups(Protocol::Grpc, "FindMissingBlobs", 3, 1);
-        metrics.upload_failed(Protocol::Http, UploadFailure::HashMismatch);
+        metrics.cas_lookups(Protocol::Grpc, "find_missing", 3, 1);
+        metrics.upload_failed(Protocol::Http, "hash_mismatch");
         assert_eq!(metrics.served(Protocol::Http), 1);
         assert_eq!(metrics.served(Protocol::Grpc), 1);
         let mut text = String::new();
@@ -705,7 +606,7 @@ mod tests {
             "hoard_requests_total{protocol=\"http\",service=\"cas\",method=\"PUT\",status=\"200\"} 1",
             "hoard_received_bytes_total{protocol=\"http\",service=\"cas\",method=\"PUT\"} 10",
             "hoard_ac_lookups_total{protocol=\"grpc\",result=\"miss\"} 1",
-            "hoard_cas_lookups_total{protocol=\"grpc\",method=\"FindMissingBlobs\",result=\"hit\"} 3",
+            "hoard_cas_lookups_total{protocol=\"grpc\",operation=\"find_missing\",result=\"hit\"} 3",
             "hoard_upload_failures_total{protocol=\"http\",reason=\"hash_mismatch\"} 1",
             "hoard_request_duration_seconds_count{protocol=\"http\",service=\"cas\",method=\"PUT\"} 1",
             "hoard_requests_total{protocol=\"grpc\",service=\"ByteStream\",method=\"Write\",status=\"CANCELLED\"} 1",

@@ -47,7 +47,7 @@ impl Fixture {
             .expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let (stop, stopped) = oneshot::channel::<()>();
-        let served = engine.clone();
+        let served = hoard::store::stack::over_engine(engine.clone(), &Default::default());
         tokio::spawn(async move {
             let shutdown = async {
                 let _ = stopped.await;

@@ -1,8 +1,10 @@
 //! The ActionCache service.
 //!
-//! A hit is only served when every blob the result references is still in the CAS (including the
-//! files inside output directory trees): Bazel fails the build on a hit whose outputs it cannot
-//! download, whereas a miss just reruns the action.
+//! The cache's rules live in the store's layers, shared with HTTP: a hit is only served when
+//! every blob it references is still in the CAS ([`crate::store::CompletenessChecking`]), and a
+//! malformed or path-escaping result is refused ([`crate::store::ActionResultValidation`]).
+//! What is gRPC's own is here: only `ActionResult`s are served (a ccache value stored over HTTP
+//! is a miss), and inlining of outputs into the reply.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -11,15 +13,16 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 use super::digests;
-use crate::engine::{AcKind, Digest, Engine};
+use crate::engine::AcKind;
 use crate::proto::reapi::{
-    action_cache_server::ActionCache, ActionResult, GetActionResultRequest, Tree,
+    action_cache_server::ActionCache, ActionResult, GetActionResultRequest,
     UpdateActionResultRequest,
 };
+use crate::store::{Accept, ActionKey, ActionValue, Store};
 
-/// Serves GetActionResult and UpdateActionResult from the engine's per-instance action cache.
+/// Serves GetActionResult and UpdateActionResult from the store's per-instance action cache.
 pub struct ActionCacheService {
-    engine: Arc<Engine>,
+    store: Arc<dyn Store>,
     /// Budget of bytes inlined into one GetActionResult reply.
     max_inline_bytes: usize,
     /// The reply, inlined bytes included, must fit in one gRPC message.
@@ -30,45 +33,13 @@ pub struct ActionCacheService {
 const FIELD_OVERHEAD: usize = 16;
 
 impl ActionCacheService {
-    /// A service over `engine` that inlines at most `max_inline_bytes` per reply.
-    pub fn new(engine: Arc<Engine>, max_inline_bytes: usize, max_message_size: usize) -> Self {
+    /// A service over `store` that inlines at most `max_inline_bytes` per reply.
+    pub fn new(store: Arc<dyn Store>, max_inline_bytes: usize, max_message_size: usize) -> Self {
         ActionCacheService {
-            engine,
+            store,
             max_inline_bytes,
             max_message_size,
         }
-    }
-
-    /// NOT_FOUND unless every blob `result` references is in the CAS.
-    async fn check_outputs_present(
-        &self,
-        action: &Digest,
-        result: &ActionResult,
-    ) -> Result<(), Status> {
-        let gone = |what: String| {
-            tracing::debug!(%action, %what, "action result is incomplete; reporting a miss");
-            Status::not_found(format!("action result for {action} is incomplete: {what}"))
-        };
-        let referenced = referenced_digests(result).map_err(|e| gone(e.message().to_owned()))?;
-        if let Some(missing) = self.engine.missing(&referenced).first() {
-            return Err(gone(format!("blob {missing} is missing")));
-        }
-        for directory in &result.output_directories {
-            let tree = digests::required(directory.tree_digest.as_ref(), "tree_digest")
-                .map_err(|e| gone(e.message().to_owned()))?;
-            let bytes = self
-                .engine
-                .read_blob(&tree, 0, tree.size)
-                .await
-                .map_err(|e| gone(format!("tree {tree}: {e}")))?;
-            let tree_files = Tree::decode(bytes)
-                .map_err(|e| gone(format!("tree {tree} does not decode: {e}")))
-                .and_then(|t| tree_file_digests(&t).map_err(|e| gone(e.message().to_owned())))?;
-            if let Some(missing) = self.engine.missing(&tree_files).first() {
-                return Err(gone(format!("file {missing} of tree {tree} is missing")));
-            }
-        }
-        Ok(())
     }
 
     /// Inlines what the client asked for, within the byte budget, and strips inline bytes it did
@@ -129,82 +100,10 @@ impl ActionCacheService {
         if cost > *budget {
             return Ok(());
         }
-        *out = self
-            .engine
-            .read_blob(&digest, 0, digest.size)
-            .await?
-            .to_vec();
+        *out = self.store.read_blob(&digest).await?.to_vec();
         *budget -= cost;
         Ok(())
     }
-}
-
-/// Every CAS digest `result` refers to directly. Fails on a malformed or missing required one.
-fn referenced_digests(result: &ActionResult) -> Result<Vec<Digest>, Status> {
-    let mut out = Vec::new();
-    for file in &result.output_files {
-        out.push(digests::required(
-            file.digest.as_ref(),
-            "output file digest",
-        )?);
-    }
-    for directory in &result.output_directories {
-        out.push(digests::required(
-            directory.tree_digest.as_ref(),
-            "tree_digest",
-        )?);
-    }
-    let optional = result
-        .output_directories
-        .iter()
-        .map(|d| (&d.root_directory_digest, "root_directory_digest"))
-        .chain([
-            (&result.stdout_digest, "stdout_digest"),
-            (&result.stderr_digest, "stderr_digest"),
-        ]);
-    for (digest, what) in optional {
-        if let Some(digest) = digest {
-            out.push(digests::parse(digest, what)?);
-        }
-    }
-    Ok(out)
-}
-
-/// The digests of all files in a `Tree`.
-fn tree_file_digests(tree: &Tree) -> Result<Vec<Digest>, Status> {
-    tree.root
-        .iter()
-        .chain(&tree.children)
-        .flat_map(|directory| &directory.files)
-        .map(|file| digests::required(file.digest.as_ref(), "tree file digest"))
-        .collect()
-}
-
-/// INVALID_ARGUMENT unless `result` is well formed: every digest parses, required ones exist,
-/// every output has a path.
-// The deprecated pre-2.1 symlink fields are what Bazel 4 still sends, so they are checked too.
-#[allow(deprecated)]
-fn validate(result: &ActionResult) -> Result<(), Status> {
-    referenced_digests(result)?;
-    let paths = result
-        .output_files
-        .iter()
-        .map(|f| &f.path)
-        .chain(result.output_directories.iter().map(|d| &d.path))
-        .chain(
-            result
-                .output_symlinks
-                .iter()
-                .chain(&result.output_file_symlinks)
-                .chain(&result.output_directory_symlinks)
-                .map(|s| &s.path),
-        );
-    for path in paths {
-        if path.is_empty() {
-            return Err(Status::invalid_argument("an output has an empty path"));
-        }
-    }
-    Ok(())
 }
 
 #[tonic::async_trait]
@@ -218,25 +117,24 @@ impl ActionCache for ActionCacheService {
         let action = digests::required(request.action_digest.as_ref(), "action_digest")?;
         let instance = &request.instance_name;
         tracing::debug!(%instance, %action, "GetActionResult");
-        let Some((AcKind::ActionResult, bytes)) =
-            self.engine.get_action(instance, &action.hash).await?
-        else {
-            // Absent, or an opaque value some HTTP client (ccache) stored under this key.
+        let key = ActionKey::new(instance.as_str(), action.hash);
+        let found = self.store.get_action(&key, Accept::ActionResults).await?;
+        // Absent, incomplete, or an opaque value some HTTP client (ccache) stored under this key.
+        let Some(value) = found else {
             return Err(Status::not_found(format!("no action result for {action}")));
         };
-        // A value that is not an ActionResult is a miss, not a server error: the client just
-        // reruns the action and overwrites it.
-        let mut result = ActionResult::decode(bytes).map_err(|e| {
-            tracing::warn!(%instance, %action, error = %e, "stored action result does not decode");
-            Status::not_found(format!("stored action result for {action} does not decode"))
+        // The completeness layer decoded it already; a value that does not decode is a miss.
+        let mut result = ActionResult::decode(value.bytes).map_err(|e| {
+            Status::not_found(format!(
+                "stored action result for {action} does not decode: {e}"
+            ))
         })?;
-        self.check_outputs_present(&action, &result).await?;
         self.apply_inlining(&mut result, &request).await?;
         Ok(Response::new(result))
     }
 
-    /// Stores the result as given. Referenced blobs need not exist yet: completeness is checked
-    /// on every read, which is the check that cannot go stale.
+    /// Stores the result as given (the store refuses a malformed one). Referenced blobs need not
+    /// exist yet: completeness is checked on every read, which is the check that cannot go stale.
     async fn update_action_result(
         &self,
         request: Request<UpdateActionResultRequest>,
@@ -249,14 +147,12 @@ impl ActionCache for ActionCacheService {
         let result = request
             .action_result
             .ok_or_else(|| Status::invalid_argument("action_result is missing"))?;
-        validate(&result)?;
-        self.engine
-            .put_action(
-                instance,
-                action.hash,
-                AcKind::ActionResult,
-                result.encode_to_vec().into(),
-            )
+        let value = ActionValue {
+            kind: AcKind::ActionResult,
+            bytes: result.encode_to_vec().into(),
+        };
+        self.store
+            .put_action(&ActionKey::new(instance.as_str(), action.hash), value)
             .await?;
         Ok(Response::new(result))
     }

@@ -1,7 +1,7 @@
 //! The ByteStream service: how Bazel moves every blob, large or small.
 //!
 //! Write invariants: `write_offset` must continue exactly where the received bytes end; the
-//! response reports success only after [`Upload::commit`] returned `Ok` (the blob is durable and
+//! response reports success only after [`BlobUpload::commit`] returned `Ok` (the blob is durable and
 //! indexed); a stream that stops before `finish_write` leaves its bytes parked for resumption
 //! (see [`ParkedUploads`]).
 //!
@@ -35,27 +35,27 @@ use super::compression::{Compression, Deflater, Inflater};
 use super::resource::{self, WriteResource};
 use super::stream::{self, ResponseStream, Sink};
 use super::uploads::ParkedUploads;
-use crate::engine::{Digest, Engine, Upload};
 use crate::proto::bytestream::{
     byte_stream_server::ByteStream, QueryWriteStatusRequest, QueryWriteStatusResponse, ReadRequest,
     ReadResponse, WriteRequest, WriteResponse,
 };
+use crate::store::{BlobUpload, Digest, Store};
 
 /// Bytes per ReadResponse (also the most compressed bytes in one).
 const READ_CHUNK: u64 = 1 << 20;
 /// ReadResponses read ahead of a slow client.
 const READ_AHEAD: usize = 2;
 
-/// Serves ByteStream over the engine's CAS.
+/// Serves ByteStream over the store's CAS.
 pub struct ByteStreamService {
-    engine: Arc<Engine>,
+    store: Arc<dyn Store>,
     parked: ParkedUploads,
 }
 
 impl ByteStreamService {
-    /// A ByteStream over `engine`, parking interrupted uploads in `parked`.
-    pub fn new(engine: Arc<Engine>, parked: ParkedUploads) -> Self {
-        ByteStreamService { engine, parked }
+    /// A ByteStream over `store`, parking interrupted uploads in `parked`.
+    pub fn new(store: Arc<dyn Store>, parked: ParkedUploads) -> Self {
+        ByteStreamService { store, parked }
     }
 
     /// Where a Write whose first message is `first` continues: a parked upload when the client
@@ -65,14 +65,14 @@ impl ByteStreamService {
         &self,
         resource: &WriteResource,
         first: &WriteRequest,
-    ) -> Result<Upload, Status> {
+    ) -> Result<Box<dyn BlobUpload>, Status> {
         let parked = self.parked.take(resource);
         match parked {
             Some(upload) if first.write_offset != 0 => Ok(upload),
             _ => {
                 // Drop before beginning so the parked upload's engine slot is free again.
                 drop(parked);
-                Ok(self.engine.begin_upload(resource.digest).await?)
+                Ok(self.store.begin_upload(resource.digest).await?)
             }
         }
     }
@@ -100,7 +100,7 @@ struct Received {
 /// Feeds the messages of one Write into `upload`, through `inflater` for a compressed stream,
 /// checking the protocol, until the stream ends.
 async fn receive(
-    upload: &mut Upload,
+    upload: &mut dyn BlobUpload,
     mut inflater: Option<&mut Inflater>,
     name: &str,
     first: WriteRequest,
@@ -166,14 +166,14 @@ fn committed(size: i64) -> Response<WriteResponse> {
 
 /// Streams `digest` from `offset` to `end` uncompressed.
 async fn send_plain(
-    engine: &Engine,
+    store: &dyn Store,
     digest: Digest,
     offset: u64,
     end: u64,
     sink: Sink<ReadResponse>,
 ) -> Result<(), Status> {
     // From offset 0 the reader hashes as it goes and fails the last chunk on corruption.
-    let mut reader = engine.open_blob(&digest, offset)?;
+    let mut reader = store.open_blob(&digest, offset).await?;
     let mut position = offset;
     while position < end {
         let Some(data) = reader
@@ -192,12 +192,12 @@ async fn send_plain(
 /// A corrupt blob fails its last chunk before the frame is ended, so a client never receives a
 /// complete frame of bad bytes.
 async fn send_zstd(
-    engine: &Engine,
+    store: &dyn Store,
     digest: Digest,
     offset: u64,
     sink: Sink<ReadResponse>,
 ) -> Result<(), Status> {
-    let mut reader = engine.open_blob(&digest, offset)?;
+    let mut reader = store.open_blob(&digest, offset).await?;
     let mut deflater = Deflater::new(digest.size - offset)?;
     let mut pending = Vec::new();
     let mut position = offset;
@@ -273,10 +273,10 @@ impl ByteStream for ByteStreamService {
                 "read_offset {offset} is past the end of {digest}"
             )));
         }
-        if !self.engine.contains(&digest) {
+        if !self.store.contains_and_touch(&digest).await? {
             return Err(Status::not_found(format!("blob {digest} not found")));
         }
-        let engine = self.engine.clone();
+        let store = self.store.clone();
         let stream = match compression {
             Compression::Identity => {
                 let end = match limit {
@@ -284,11 +284,11 @@ impl ByteStream for ByteStreamService {
                     limit => digest.size.min(offset.saturating_add(limit)),
                 };
                 stream::spawn(READ_AHEAD, move |sink| async move {
-                    send_plain(&engine, digest, offset, end, sink).await
+                    send_plain(store.as_ref(), digest, offset, end, sink).await
                 })
             }
             Compression::Zstd => stream::spawn(READ_AHEAD, move |sink| async move {
-                send_zstd(&engine, digest, offset, sink).await
+                send_zstd(store.as_ref(), digest, offset, sink).await
             }),
         };
         Ok(Response::new(stream))
@@ -314,7 +314,7 @@ impl ByteStream for ByteStreamService {
         let compressed = compression != Compression::Identity;
         tracing::debug!(instance = %resource.instance, uuid = %resource.uuid, %digest, ?compression, offset = first.write_offset, "ByteStream.Write");
         crate::observe::note_blob(&digest);
-        if self.engine.contains(&digest) {
+        if self.store.contains_and_touch(&digest).await? {
             // Nothing to store: answer at once without reading the rest (the REAPI allows it,
             // and asks for -1 as the committed size of a compressed upload).
             drop(self.parked.take(&resource));
@@ -323,9 +323,16 @@ impl ByteStream for ByteStreamService {
         let mut upload = self.start_upload(&resource, &first).await?;
         let mut inflater = match compression {
             Compression::Identity => None,
-            Compression::Zstd => Some(Inflater::new(&upload)?),
+            Compression::Zstd => Some(Inflater::new(upload.as_ref())?),
         };
-        let received = receive(&mut upload, inflater.as_mut(), &name, first, &mut stream).await?;
+        let received = receive(
+            upload.as_mut(),
+            inflater.as_mut(),
+            &name,
+            first,
+            &mut stream,
+        )
+        .await?;
         if received.finished {
             if let Some(inflater) = &inflater {
                 inflater.finish()?;
@@ -359,7 +366,7 @@ impl ByteStream for ByteStreamService {
     ) -> Result<Response<QueryWriteStatusResponse>, Status> {
         let (resource, _compression) = resource::parse_write(&request.get_ref().resource_name)?;
         tracing::debug!(uuid = %resource.uuid, digest = %resource.digest, "ByteStream.QueryWriteStatus");
-        let (committed_size, complete) = if self.engine.contains(&resource.digest) {
+        let (committed_size, complete) = if self.store.contains_and_touch(&resource.digest).await? {
             // Another upload stored it; the client will not resume, so free the parked bytes.
             drop(self.parked.take(&resource));
             (resource.digest.size, true)

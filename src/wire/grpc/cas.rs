@@ -17,21 +17,21 @@ use super::compression::{self, Compression};
 use super::status::rpc_status;
 use super::stream::ResponseStream;
 use super::{digests, tree};
-use crate::engine::Engine;
 use crate::proto::reapi::{
     batch_read_blobs_response, batch_update_blobs_request, batch_update_blobs_response,
     content_addressable_storage_server::ContentAddressableStorage, BatchReadBlobsRequest,
     BatchReadBlobsResponse, BatchUpdateBlobsRequest, BatchUpdateBlobsResponse,
     FindMissingBlobsRequest, FindMissingBlobsResponse, GetTreeRequest, GetTreeResponse,
 };
+use crate::store::Store;
 
 /// Items of one batch call processed at once: enough to overlap commits (each waits for a
 /// segment sync), few enough that one big batch cannot monopolise the engine.
 const BATCH_CONCURRENCY: usize = 16;
 
-/// Serves the CAS from the engine (shared by all instance names).
+/// Serves the CAS from the store (shared by all instance names).
 pub struct CasService {
-    engine: Arc<Engine>,
+    store: Arc<dyn Store>,
     /// Largest sum of blob sizes in one batch call (announced in the capabilities).
     max_batch_total_size: u64,
     /// Largest gRPC message (bounds BatchReadBlobs and GetTree replies).
@@ -39,10 +39,10 @@ pub struct CasService {
 }
 
 impl CasService {
-    /// A CAS over `engine` with the given limits.
-    pub fn new(engine: Arc<Engine>, max_batch_total_size: u64, max_message_size: usize) -> Self {
+    /// A CAS over `store` with the given limits.
+    pub fn new(store: Arc<dyn Store>, max_batch_total_size: u64, max_message_size: usize) -> Self {
         CasService {
-            engine,
+            store,
             max_batch_total_size,
             max_message_size,
         }
@@ -69,10 +69,10 @@ impl CasService {
             let digest = digests::required(item.digest.as_ref(), "digest")?;
             // The engine verifies size and hash before anything is stored.
             match Compression::from_proto(item.compressor)? {
-                Compression::Identity => Ok(self.engine.put_blob(digest, item.data).await?),
+                Compression::Identity => Ok(self.store.put_blob(digest, item.data).await?),
                 Compression::Zstd => {
-                    let mut upload = self.engine.begin_upload(digest).await?;
-                    compression::inflate_into(&item.data, &mut upload).await?;
+                    let mut upload = self.store.begin_upload(digest).await?;
+                    compression::inflate_into(&item.data, upload.as_mut()).await?;
                     Ok(upload.commit().await?)
                 }
             }
@@ -92,7 +92,7 @@ impl CasService {
     ) -> batch_read_blobs_response::Response {
         let result = async {
             let digest = digests::parse(&requested, "digest")?;
-            let data = self.engine.read_blob(&digest, 0, digest.size).await?;
+            let data = self.store.read_blob(&digest).await?;
             if zstd_ok && !data.is_empty() {
                 let compressed = compression::compress(&data)?;
                 if compressed.len() < data.len() {
@@ -129,7 +129,7 @@ impl ContentAddressableStorage for CasService {
             .iter()
             .map(|d| digests::parse(d, "blob digest"))
             .collect::<Result<Vec<_>, _>>()?;
-        let missing = self.engine.missing(&wanted);
+        let missing = self.store.find_missing_and_touch(&wanted).await?;
         Ok(Response::new(FindMissingBlobsResponse {
             missing_blob_digests: missing.iter().map(digests::to_proto).collect(),
         }))
@@ -206,11 +206,11 @@ impl ContentAddressableStorage for CasService {
             &request.page_token,
             self.max_message_size,
         )?;
-        if !self.engine.contains(&root) {
+        if !self.store.contains_and_touch(&root).await? {
             return Err(Status::not_found(format!(
                 "root directory {root} not found"
             )));
         }
-        Ok(Response::new(walk.spawn(self.engine.clone())))
+        Ok(Response::new(walk.spawn(self.store.clone())))
     }
 }

@@ -21,8 +21,8 @@ use std::io;
 use tonic::Status;
 use zstd::stream::raw::{CParameter, DParameter, Decoder, Encoder, InBuffer, Operation, OutBuffer};
 
-use crate::engine::Upload;
 use crate::proto::reapi::compressor;
+use crate::store::BlobUpload;
 
 /// Compression level of what this server sends. Level 1 is zstd's fastest standard level: a
 /// cache serves many reads and should spend little CPU on each (the REAPI lets a server pick
@@ -160,7 +160,7 @@ pub struct Inflater {
 impl Inflater {
     /// An inflater for the rest of `upload` (its output buffer is no larger than one byte past
     /// what the upload can still take, so small uploads cost little memory).
-    pub fn new(upload: &Upload) -> Result<Inflater, Status> {
+    pub fn new(upload: &dyn BlobUpload) -> Result<Inflater, Status> {
         let remaining = upload.expected().size - upload.received();
         let setup = || -> io::Result<Decoder<'static>> {
             let mut decoder = Decoder::new()?;
@@ -181,7 +181,7 @@ impl Inflater {
 
     /// Decompresses `input` and appends the output to `upload`. Output past the declared size
     /// and malformed input are INVALID_ARGUMENT (the upload is then unusable: drop it).
-    pub async fn feed(&mut self, input: &[u8], upload: &mut Upload) -> Result<(), Status> {
+    pub async fn feed(&mut self, input: &[u8], upload: &mut dyn BlobUpload) -> Result<(), Status> {
         let mut input = InBuffer::around(input);
         loop {
             let before = input.pos();
@@ -236,7 +236,7 @@ fn corrupt(error: &io::Error) -> Status {
 }
 
 /// Decompresses a whole zstd `data` into `upload` (a BatchUpdateBlobs item).
-pub async fn inflate_into(data: &[u8], upload: &mut Upload) -> Result<(), Status> {
+pub async fn inflate_into(data: &[u8], upload: &mut dyn BlobUpload) -> Result<(), Status> {
     let mut inflater = Inflater::new(upload)?;
     inflater.feed(data, upload).await?;
     inflater.finish()

@@ -4,17 +4,16 @@ use tonic::Status;
 
 use crate::engine::Digest;
 use crate::proto::reapi;
+use crate::store::action_result;
 
 /// Parses a digest the request must carry; `what` names the field in error messages.
 pub fn required(digest: Option<&reapi::Digest>, what: &str) -> Result<Digest, Status> {
-    let digest = digest.ok_or_else(|| Status::invalid_argument(format!("{what} is missing")))?;
-    parse(digest, what)
+    Ok(action_result::required_digest(digest, what)?)
 }
 
 /// Parses a digest: 64 lowercase hex characters and a size that is not negative.
 pub fn parse(digest: &reapi::Digest, what: &str) -> Result<Digest, Status> {
-    Digest::parse(&digest.hash, digest.size_bytes)
-        .map_err(|e| Status::invalid_argument(format!("{what}: {e}")))
+    Ok(action_result::parse_digest(digest, what)?)
 }
 
 /// The REAPI form of `digest`.

@@ -1,6 +1,6 @@
 //! The REAPI v2 gRPC front end: Capabilities, ActionCache, ContentAddressableStorage, ByteStream.
 //!
-//! One module per job: `resource` parses ByteStream resource names, `status` maps engine
+//! One module per job: `resource` parses ByteStream resource names, `status` maps store
 //! errors to gRPC codes, `digests` converts digests, `stream` turns a producer task into a
 //! response stream, `uploads` keeps interrupted uploads for resumption, and one module per
 //! service. Instance names are accepted everywhere: the action cache is per instance, the CAS is
@@ -12,7 +12,7 @@ mod capabilities;
 mod cas;
 mod compression;
 mod digests;
-mod gate;
+mod guarded;
 mod health;
 mod resource;
 mod status;
@@ -34,16 +34,15 @@ use capabilities::CapabilitiesService;
 use cas::CasService;
 
 use crate::auth::Auth;
-use crate::engine::Engine;
-use crate::observe::grpc::Observed;
-use crate::observe::Metrics;
+use crate::observe::{Metrics, Protocol};
 use crate::proto::bytestream::byte_stream_server::ByteStreamServer;
 use crate::proto::grpc::health::v1::health_server::HealthServer;
 use crate::proto::reapi::action_cache_server::ActionCacheServer;
 use crate::proto::reapi::capabilities_server::CapabilitiesServer;
 use crate::proto::reapi::content_addressable_storage_server::ContentAddressableStorageServer;
+use crate::store::{stack, Store};
 use crate::tls::TlsConfig;
-use gate::Gated;
+use guarded::Guarded;
 
 /// Settings of the gRPC front end.
 #[derive(Clone, Debug)]
@@ -99,32 +98,26 @@ macro_rules! limited {
     };
 }
 
-/// The four REAPI services over `engine`, each behind the authentication gate, ready to serve
+/// The four REAPI services over `cache`, each checked and recorded by [`Guarded`], ready to serve
 /// (over TLS if configured).
 pub fn router(
-    engine: Arc<Engine>,
+    cache: Arc<dyn Store>,
     config: &GrpcConfig,
 ) -> Result<Router, Box<dyn std::error::Error + Send + Sync>> {
+    let store = stack::for_front_end(&cache, &config.metrics, Protocol::Grpc);
     let limit = config.max_message_size;
     let batch = config.max_batch_total_size();
     let parked =
         uploads::ParkedUploads::new(config.max_resumable_uploads, config.resumable_upload_ttl);
-    // Every service behind the gate: each call's credentials are checked before it runs.
-    let gated = &config.auth;
-    let capabilities = Gated::new(
-        CapabilitiesService::new(batch, engine.config().max_blob_size),
-        gated.clone(),
-    );
-    let action_cache = Gated::new(
-        ActionCacheService::new(engine.clone(), config.max_inline_bytes, limit),
-        gated.clone(),
-    );
-    let cas = Gated::new(CasService::new(engine.clone(), batch, limit), gated.clone());
-    let bytestream = Gated::new(ByteStreamService::new(engine, parked), gated.clone());
-    // Every call counted, timed and logged; outside the gate, so refused calls count too.
-    fn observed<S>(service: S, config: &GrpcConfig) -> Observed<S> {
-        Observed::new(service, config.metrics.clone(), config.access_log)
+    // Every service checked and recorded; refused calls are recorded too.
+    fn guard<S>(service: S, config: &GrpcConfig) -> Guarded<S> {
+        let metrics = config.metrics.clone();
+        Guarded::new(service, config.auth.clone(), metrics, config.access_log)
     }
+    let capabilities = CapabilitiesService::new(batch, store.limits().max_blob_size);
+    let action_cache = ActionCacheService::new(store.clone(), config.max_inline_bytes, limit);
+    let cas = CasService::new(store.clone(), batch, limit);
+    let bytestream = ByteStreamService::new(store, parked);
     let mut server = Server::builder();
     if let Some(tls) = &config.tls {
         #[cfg(not(madsim))]
@@ -145,22 +138,22 @@ pub fn router(
         .initial_stream_window_size(Some(8 << 20))
         .initial_connection_window_size(Some(32 << 20))
         .add_service(limited!(
-            CapabilitiesServer::new(observed(capabilities, config)),
+            CapabilitiesServer::new(guard(capabilities, config)),
             limit
         ))
         .add_service(limited!(
-            ActionCacheServer::new(observed(action_cache, config)),
+            ActionCacheServer::new(guard(action_cache, config)),
             limit
         ))
         .add_service(limited!(
-            ContentAddressableStorageServer::new(observed(cas, config)),
+            ContentAddressableStorageServer::new(guard(cas, config)),
             limit
         ))
         .add_service(limited!(
-            ByteStreamServer::new(observed(bytestream, config)),
+            ByteStreamServer::new(guard(bytestream, config)),
             limit
         ))
-        .add_service(HealthServer::new(observed(
+        .add_service(HealthServer::new(guard(
             health::HealthService::new(),
             config,
         ))))
@@ -168,13 +161,13 @@ pub fn router(
 
 /// Serves gRPC on `addr` until `shutdown` completes.
 pub async fn serve(
-    engine: Arc<Engine>,
+    cache: Arc<dyn Store>,
     config: GrpcConfig,
     addr: SocketAddr,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     tracing::info!(%addr, tls = config.tls.is_some(), "serving gRPC");
-    router(engine, &config)?
+    router(cache, &config)?
         .serve_with_shutdown(addr, shutdown)
         .await?;
     Ok(())
@@ -184,13 +177,13 @@ pub async fn serve(
 /// learn the port before serving).
 #[cfg(not(madsim))]
 pub async fn serve_listener(
-    engine: Arc<Engine>,
+    cache: Arc<dyn Store>,
     config: GrpcConfig,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    router(engine, &config)?
+    router(cache, &config)?
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())

@@ -1,12 +1,6 @@
-//! How engine errors become gRPC statuses, and statuses become per-blob `google.rpc.Status`.
-//!
-//! Choices worth knowing:
-//! - `DataLoss` (stored bytes failed verification) is reported as NOT_FOUND: the engine has
-//!   already dropped the blob, so from the client's side it is simply absent, and NOT_FOUND is
-//!   what makes Bazel re-upload it (FindMissingBlobs now lists it too).
-//! - `Io` is UNAVAILABLE: the request was fine and a retry may succeed; a full disk was already
-//!   classified as `ResourceExhausted` by the engine.
-//! - `Internal` is the only source of INTERNAL, and it is logged as a bug.
+//! How store errors become gRPC statuses (the mapping itself is [`Error::grpc_code`]), and
+//! statuses become per-blob `google.rpc.Status`. `Internal` is the only source of INTERNAL, and
+//! it is logged as a bug; disk errors are logged as warnings.
 
 use tonic::Status;
 
@@ -16,19 +10,12 @@ use crate::proto::google::rpc;
 impl From<Error> for Status {
     fn from(error: Error) -> Status {
         let message = error.to_string();
-        match error {
-            Error::InvalidArgument(_) => Status::invalid_argument(message),
-            Error::NotFound(_) | Error::DataLoss(_) => Status::not_found(message),
-            Error::ResourceExhausted(_) => Status::resource_exhausted(message),
-            Error::Internal(_) => {
-                tracing::error!(%message, "internal error");
-                Status::internal(message)
-            }
-            Error::Io { .. } => {
-                tracing::warn!(%message, "i/o error");
-                Status::unavailable(message)
-            }
+        match &error {
+            Error::Internal(_) => tracing::error!(%message, "internal error"),
+            Error::Io { .. } => tracing::warn!(%message, "i/o error"),
+            _ => {}
         }
+        Status::new(error.grpc_code(), message)
     }
 }
 
@@ -50,16 +37,14 @@ mod tests {
     use tonic::Code;
 
     #[test]
-    fn engine_errors_map_to_codes() {
+    fn store_errors_map_to_codes() {
         let io = || std::io::Error::other("disk on fire");
         let cases = [
             (Error::InvalidArgument("x".into()), Code::InvalidArgument),
             (Error::NotFound("x".into()), Code::NotFound),
             (Error::DataLoss("x".into()), Code::NotFound),
-            (
-                Error::ResourceExhausted("x".into()),
-                Code::ResourceExhausted,
-            ),
+            (Error::NoSpace("x".into()), Code::ResourceExhausted),
+            (Error::Busy("x".into()), Code::ResourceExhausted),
             (Error::Internal("x".into()), Code::Internal),
             (Error::io("reading", io()), Code::Unavailable),
         ];

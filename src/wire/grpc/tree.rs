@@ -14,8 +14,8 @@ use tonic::Status;
 
 use super::digests;
 use super::stream::{self, ResponseStream, Sink};
-use crate::engine::{Digest, Engine, Error};
 use crate::proto::reapi::{Directory, GetTreeResponse};
+use crate::store::{Digest, Error, Store};
 
 /// Directories per page when the client does not ask for fewer.
 const MAX_PAGE_SIZE: usize = 10_000;
@@ -64,18 +64,20 @@ impl Walk {
     }
 
     /// Runs the walk as a task feeding the returned stream.
-    pub fn spawn(self, engine: Arc<Engine>) -> ResponseStream<GetTreeResponse> {
-        stream::spawn(2, move |sink| async move { self.run(&engine, sink).await })
+    pub fn spawn(self, store: Arc<dyn Store>) -> ResponseStream<GetTreeResponse> {
+        stream::spawn(2, move |sink| async move {
+            self.run(store.as_ref(), sink).await
+        })
     }
 
-    async fn run(self, engine: &Engine, sink: Sink<GetTreeResponse>) -> Result<(), Status> {
+    async fn run(self, store: &dyn Store, sink: Sink<GetTreeResponse>) -> Result<(), Status> {
         let mut queue = VecDeque::from([self.root]);
         let mut seen = HashSet::from([self.root]);
         let mut position = 0u64;
         let mut page = Vec::new();
         let mut page_bytes = 0;
         while let Some(digest) = queue.pop_front() {
-            let Some(directory) = self.load(engine, &digest).await? else {
+            let Some(directory) = self.load(store, &digest).await? else {
                 continue;
             };
             let children = directory.directories.iter().filter_map(|node| {
@@ -119,9 +121,9 @@ impl Walk {
     }
 
     /// The directory `digest`, or `None` for a subdirectory that is missing or not a Directory.
-    async fn load(&self, engine: &Engine, digest: &Digest) -> Result<Option<Directory>, Status> {
+    async fn load(&self, store: &dyn Store, digest: &Digest) -> Result<Option<Directory>, Status> {
         let is_root = *digest == self.root;
-        let bytes = match engine.read_blob(digest, 0, digest.size).await {
+        let bytes = match store.read_blob(digest).await {
             Ok(bytes) => bytes,
             Err(Error::NotFound(_) | Error::DataLoss(_)) if !is_root => return Ok(None),
             Err(e) => return Err(e.into()),

@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::resource::WriteResource;
-use crate::engine::Upload;
+use crate::store::BlobUpload;
 
 /// The table of parked uploads.
 pub struct ParkedUploads {
@@ -24,7 +24,7 @@ pub struct ParkedUploads {
 }
 
 struct Parked {
-    upload: Upload,
+    upload: Box<dyn BlobUpload>,
     since: Instant,
 }
 
@@ -39,7 +39,7 @@ impl ParkedUploads {
     }
 
     /// Keeps `upload` for a later resume of `resource` (replacing any older one).
-    pub fn park(&self, resource: WriteResource, upload: Upload) {
+    pub fn park(&self, resource: WriteResource, upload: Box<dyn BlobUpload>) {
         if self.capacity == 0 {
             return;
         }
@@ -59,7 +59,7 @@ impl ParkedUploads {
     }
 
     /// Takes the parked upload of `resource` out of the table, to continue it.
-    pub fn take(&self, resource: &WriteResource) -> Option<Upload> {
+    pub fn take(&self, resource: &WriteResource) -> Option<Box<dyn BlobUpload>> {
         self.live_entries()
             .remove(resource)
             .map(|parked| parked.upload)
@@ -83,12 +83,8 @@ impl ParkedUploads {
 
 #[cfg(all(test, not(madsim)))]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
-    use crate::engine::{Digest, Engine, EngineConfig};
-    use crate::seam::real_fs::RealFs;
-    use crate::seam::TokioRuntime;
+    use crate::store::{Digest, MemoryStore, Store};
 
     fn key(uuid: &str) -> WriteResource {
         WriteResource {
@@ -98,26 +94,18 @@ mod tests {
         }
     }
 
-    async fn engine(dir: &tempfile::TempDir) -> Arc<Engine> {
-        let config = EngineConfig::new(dir.path());
-        Engine::open(config, Arc::new(RealFs), Arc::new(TokioRuntime))
-            .await
-            .unwrap()
-    }
-
-    async fn partial(engine: &Arc<Engine>, resource: &WriteResource) -> Upload {
-        let mut upload = engine.begin_upload(resource.digest).await.unwrap();
+    async fn partial(store: &MemoryStore, resource: &WriteResource) -> Box<dyn BlobUpload> {
+        let mut upload = store.begin_upload(resource.digest).await.unwrap();
         upload.write(&resource.uuid.as_bytes()[..1]).await.unwrap();
         upload
     }
 
     #[tokio::test]
     async fn full_table_drops_the_oldest() {
-        let dir = tempfile::tempdir().unwrap();
-        let engine = engine(&dir).await;
+        let store = MemoryStore::new(1 << 20, 1 << 20);
         let table = ParkedUploads::new(2, Duration::from_secs(600));
         for uuid in ["first", "second", "third"] {
-            table.park(key(uuid), partial(&engine, &key(uuid)).await);
+            table.park(key(uuid), partial(&store, &key(uuid)).await);
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         assert_eq!(table.received(&key("first")), None);
@@ -128,10 +116,9 @@ mod tests {
 
     #[tokio::test]
     async fn idle_uploads_expire() {
-        let dir = tempfile::tempdir().unwrap();
-        let engine = engine(&dir).await;
+        let store = MemoryStore::new(1 << 20, 1 << 20);
         let table = ParkedUploads::new(8, Duration::from_millis(20));
-        table.park(key("idle"), partial(&engine, &key("idle")).await);
+        table.park(key("idle"), partial(&store, &key("idle")).await);
         assert_eq!(table.received(&key("idle")), Some(1));
         tokio::time::sleep(Duration::from_millis(40)).await;
         assert_eq!(table.received(&key("idle")), None);

@@ -4,9 +4,9 @@
 //! non-REAPI clients) store values of their own. A body that decodes as an `ActionResult` is
 //! stored as one (and served over gRPC too); any other body is stored as an opaque value that only
 //! HTTP serves back, byte for byte, unless [`HttpConfig::ac_strict`] asks for bazel-remote's
-//! behaviour of refusing it. Keys are action hashes, shared with gRPC's action cache.
-
-use std::sync::Arc;
+//! behaviour of refusing it. Keys are action hashes, shared with gRPC's action cache, and the
+//! cache's rules (validation on the way in, completeness on the way out) are the store's layers,
+//! the same for both front ends.
 
 use hyper::body::Incoming;
 use hyper::{Response, StatusCode};
@@ -15,17 +15,20 @@ use prost::Message as _;
 use super::body::{read_bounded, Body};
 use super::response::{ok, HttpError};
 use super::HttpConfig;
-use crate::engine::{AcKind, Engine, HASH_LEN};
+use crate::engine::{AcKind, HASH_LEN};
 use crate::proto::reapi::ActionResult;
+use crate::store::{Accept, ActionKey, ActionValue, Store};
 
-/// `GET` (and `HEAD`, whose body hyper drops): the stored bytes, exactly as they were put.
+/// `GET` (and `HEAD`, whose body hyper drops): the stored bytes, exactly as they were put. An
+/// action result whose blobs are gone is a 404, as over gRPC (the store's completeness check).
 pub(super) async fn get(
-    engine: &Engine,
+    store: &dyn Store,
     instance: &str,
     hash: [u8; HASH_LEN],
 ) -> Result<Response<Body>, HttpError> {
-    match engine.get_action(instance, &hash).await? {
-        Some((_, value)) => Ok(ok(Body::full(value))),
+    let key = ActionKey::new(instance, hash);
+    match store.get_action(&key, Accept::Any).await? {
+        Some(value) => Ok(ok(Body::full(value.bytes))),
         None => Err(HttpError::new(
             StatusCode::NOT_FOUND,
             format!(
@@ -36,9 +39,10 @@ pub(super) async fn get(
     }
 }
 
-/// `PUT`: stores the body (bounded by the config) as the kind [`classify`] gives it.
+/// `PUT`: stores the body (bounded by the config) as the kind [`classify`] gives it; the store
+/// refuses an action result with malformed digests or paths that leave the output tree.
 pub(super) async fn put(
-    engine: &Arc<Engine>,
+    store: &dyn Store,
     config: &HttpConfig,
     instance: &str,
     hash: [u8; HASH_LEN],
@@ -46,7 +50,10 @@ pub(super) async fn put(
 ) -> Result<Response<Body>, HttpError> {
     let value = read_bounded(body, config.max_action_result_size).await?;
     let kind = classify(&value, config.ac_strict)?;
-    engine.put_action(instance, hash, kind, value).await?;
+    let key = ActionKey::new(instance, hash);
+    store
+        .put_action(&key, ActionValue { kind, bytes: value })
+        .await?;
     Ok(ok(Body::empty()))
 }
 

@@ -1,25 +1,24 @@
 //! `/cas/{sha256}`: blobs, streamed in both directions.
 
-use std::sync::Arc;
-
 use hyper::body::{Body as _, Incoming};
 use hyper::header::{HeaderValue, CONTENT_LENGTH};
 use hyper::{HeaderMap, Response, StatusCode};
 
 use super::body::{next_data, Body, ChunkSender};
 use super::response::{ok, HttpError};
-use crate::engine::{Digest, Engine, HASH_LEN};
+use crate::store::{BlobRead, Digest, Store, HASH_LEN};
 
-/// Bytes read from the engine per response chunk.
+/// Bytes read from the store per response chunk.
 const READ_CHUNK: usize = 1 << 20;
 
-/// `GET`: the blob's bytes, streamed; `HEAD`: only its length.
-pub(super) fn get(
-    engine: &Arc<Engine>,
+/// `GET`: the blob's bytes, streamed; `HEAD`: only its length. Either counts as a use of the
+/// blob (as FindMissingBlobs does over gRPC): a client that checked relies on it staying.
+pub(super) async fn get(
+    store: &dyn Store,
     hash: &[u8; HASH_LEN],
     head: bool,
 ) -> Result<Response<Body>, HttpError> {
-    let digest = engine.blob_by_hash(hash).ok_or_else(|| {
+    let digest = store.resolve_hash_and_touch(hash).await?.ok_or_else(|| {
         HttpError::new(
             StatusCode::NOT_FOUND,
             format!("blob {} not found", hex::encode(hash)),
@@ -33,21 +32,16 @@ pub(super) fn get(
             .insert(CONTENT_LENGTH, HeaderValue::from(digest.size));
         return Ok(response);
     }
+    // Opened before the response head, so a blob gone since the lookup is still a clean 404.
+    let reader = store.open_blob(&digest, 0).await?;
     let (sender, body) = Body::channel(digest.size);
-    // The reader borrows the engine, so it lives in its own task that owns an `Arc` of it; the
-    // task ends when the blob is sent or the client goes away (the channel closes).
-    tokio::spawn(send_blob(engine.clone(), digest, sender));
+    // The body is fed by its own task, which ends when the blob is sent or the client goes away
+    // (the channel closes).
+    tokio::spawn(send_blob(reader, sender));
     Ok(ok(body))
 }
 
-async fn send_blob(engine: Arc<Engine>, digest: Digest, sender: ChunkSender) {
-    let mut reader = match engine.open_blob(&digest, 0) {
-        Ok(reader) => reader,
-        Err(e) => {
-            let _ = sender.send(Err(e)).await;
-            return;
-        }
-    };
+async fn send_blob(mut reader: Box<dyn BlobRead>, sender: ChunkSender) {
     // The reader verifies the hash as it goes and fails the last chunk on a mismatch; the error
     // aborts the response, so a client never receives all the bytes of a corrupt blob.
     while let Some(chunk) = reader.next_chunk(READ_CHUNK).await.transpose() {
@@ -61,20 +55,14 @@ async fn send_blob(engine: Arc<Engine>, digest: Digest, sender: ChunkSender) {
 /// `PUT`: streams the body into an upload of exactly `Content-Length` bytes, verified against the
 /// hash before it is acknowledged. Nothing is stored unless every byte arrived and matched.
 pub(super) async fn put(
-    engine: &Arc<Engine>,
+    store: &dyn Store,
     hash: [u8; HASH_LEN],
     headers: &HeaderMap,
     body: &mut Incoming,
 ) -> Result<Response<Body>, HttpError> {
     let size = declared_length(headers, body)?;
-    let max = engine.config().max_blob_size;
-    if size > max {
-        return Err(HttpError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("blob of {size} bytes is larger than the limit of {max} bytes"),
-        ));
-    }
-    let mut upload = engine.begin_upload(Digest { hash, size }).await?;
+    // Too large, no space and busy are refused here, before a byte of the body is read.
+    let mut upload = store.begin_upload(Digest { hash, size }).await?;
     while let Some(data) = next_data(body).await? {
         upload.write(&data).await?;
     }
@@ -83,7 +71,7 @@ pub(super) async fn put(
     Ok(ok(Body::empty()))
 }
 
-/// The body's length from `Content-Length`. The engine needs the size before the first byte,
+/// The body's length from `Content-Length`. The store needs the size before the first byte,
 /// so a body without one (absent, or sent chunked, where the header does not count) is refused.
 fn declared_length(headers: &HeaderMap, body: &Incoming) -> Result<u64, HttpError> {
     let length_required = |why: &str| {

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use super::timer::RuntimeTimer;
 use super::{handler, quick_ack, HttpConfig};
-use crate::engine::Engine;
+use crate::store::Store;
 
 /// What terminates TLS on a connection (nothing does under madsim: its sockets carry no TLS).
 #[cfg(not(madsim))]
@@ -32,17 +32,17 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub(super) async fn accept(
     stream: TcpStream,
     tls: Option<Tls>,
-    engine: Arc<Engine>,
+    store: Arc<dyn Store>,
     config: Arc<HttpConfig>,
     stopping: watch::Receiver<bool>,
 ) {
     let stream = quick_ack::wrap(stream);
     let Some(tls) = tls else {
-        return serve(stream, engine, config, stopping).await;
+        return serve(stream, store, config, stopping).await;
     };
     #[cfg(not(madsim))]
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
-        Ok(Ok(stream)) => serve(stream, engine, config, stopping).await,
+        Ok(Ok(stream)) => serve(stream, store, config, stopping).await,
         Ok(Err(e)) => tracing::debug!(error = %e, "tls handshake failed"),
         Err(_) => tracing::debug!("tls handshake timed out"),
     }
@@ -54,7 +54,7 @@ pub(super) async fn accept(
 /// timeout, or `stopping` turns true (then the request in flight finishes first).
 async fn serve<S>(
     stream: S,
-    engine: Arc<Engine>,
+    store: Arc<dyn Store>,
     config: Arc<HttpConfig>,
     mut stopping: watch::Receiver<bool>,
 ) where
@@ -62,9 +62,9 @@ async fn serve<S>(
 {
     let idle_timeout = config.idle_timeout;
     let service = service_fn(move |request| {
-        let engine = engine.clone();
+        let store = store.clone();
         let config = config.clone();
-        async move { Ok::<_, Infallible>(handler::handle(&engine, &config, request).await) }
+        async move { Ok::<_, Infallible>(handler::handle(&store, &config, request).await) }
     });
     let connection = http1::Builder::new()
         .timer(RuntimeTimer)

@@ -9,24 +9,24 @@ use super::body::Body;
 use super::response::HttpError;
 use super::route::{self, Route};
 use super::{ac, cas, observe, status, HttpConfig};
-use crate::engine::Engine;
+use crate::store::Store;
 
 /// Answers `request`, counted, timed and logged (see [`observe`]).
 pub(super) async fn handle(
-    engine: &Arc<Engine>,
+    store: &Arc<dyn Store>,
     config: &HttpConfig,
     request: Request<Incoming>,
 ) -> Response<Body> {
     let observation = observe::begin(config, &request);
-    let response = answer(engine, config, request).await;
-    observation.finish(config, &response);
+    let response = answer(store, config, request).await;
+    observation.finish(&response);
     response
 }
 
 /// Answers `request`. Every refusal is an error response with a message; only a failure in the
 /// middle of a streamed body aborts the connection instead.
 async fn answer(
-    engine: &Arc<Engine>,
+    store: &Arc<dyn Store>,
     config: &HttpConfig,
     request: Request<Incoming>,
 ) -> Response<Body> {
@@ -40,18 +40,20 @@ async fn answer(
         Err(e) => return e.into_response(),
     };
     let result = match (route, &parts.method) {
-        (Route::Status, &Method::GET | &Method::HEAD) => Ok(status::get(engine, config)),
-        (Route::Metrics, &Method::GET | &Method::HEAD) => Ok(status::metrics(engine, config)),
-        (Route::Cas { hash }, &Method::GET) => cas::get(engine, &hash, false),
-        (Route::Cas { hash }, &Method::HEAD) => cas::get(engine, &hash, true),
+        (Route::Status, &Method::GET | &Method::HEAD) => Ok(status::get(store.as_ref(), config)),
+        (Route::Metrics, &Method::GET | &Method::HEAD) => {
+            Ok(status::metrics(store.as_ref(), config))
+        }
+        (Route::Cas { hash }, &Method::GET) => cas::get(store, &hash, false).await,
+        (Route::Cas { hash }, &Method::HEAD) => cas::get(store, &hash, true).await,
         (Route::Cas { hash }, &Method::PUT) => {
-            cas::put(engine, hash, &parts.headers, &mut body).await
+            cas::put(store.as_ref(), hash, &parts.headers, &mut body).await
         }
         (Route::Ac { instance, hash }, &Method::GET | &Method::HEAD) => {
-            ac::get(engine, instance, hash).await
+            ac::get(store.as_ref(), instance, hash).await
         }
         (Route::Ac { instance, hash }, &Method::PUT) => {
-            ac::put(engine, config, instance, hash, &mut body).await
+            ac::put(store.as_ref(), config, instance, hash, &mut body).await
         }
         (Route::Status | Route::Metrics, method) => {
             Err(HttpError::method_not_allowed(method, "GET, HEAD"))

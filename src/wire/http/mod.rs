@@ -39,8 +39,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use crate::auth::{Access, Auth};
-use crate::engine::Engine;
-use crate::observe::Metrics;
+use crate::observe::{Metrics, Protocol};
+use crate::store::{stack, Store};
 use crate::tls::TlsConfig;
 use body::Body;
 
@@ -91,7 +91,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Serves HTTP on `addr` until `shutdown` completes.
 pub async fn serve(
-    engine: Arc<Engine>,
+    cache: Arc<dyn Store>,
     config: HttpConfig,
     addr: SocketAddr,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -105,18 +105,19 @@ pub async fn serve(
         tls = config.tls.is_some(),
         "http cache listening"
     );
-    serve_listener(engine, config, listener, shutdown).await;
+    serve_listener(cache, config, listener, shutdown).await;
     Ok(())
 }
 
 /// Serves HTTP on an already bound `listener` until `shutdown` completes, then stops accepting,
 /// lets requests in flight finish (up to [`HttpConfig::drain_timeout`]) and returns.
 pub async fn serve_listener(
-    engine: Arc<Engine>,
+    cache: Arc<dyn Store>,
     config: HttpConfig,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
+    let store = stack::for_front_end(&cache, &config.metrics, Protocol::Http);
     let tls = match &config.tls {
         None => None,
         #[cfg(not(madsim))]
@@ -155,7 +156,7 @@ pub async fn serve_listener(
         let task = connection::accept(
             stream,
             tls.clone(),
-            engine.clone(),
+            store.clone(),
             config.clone(),
             stopping.clone(),
         );

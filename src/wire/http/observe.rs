@@ -1,5 +1,6 @@
-//! Per-request instrumentation of the HTTP front end: metrics, hits and misses, upload
-//! failures and the access log (see [`crate::observe`]).
+//! Per-request instrumentation of the HTTP front end: request metrics and the access log (see
+//! [`crate::observe`]). Hits, misses and upload failures are the store's to count
+//! ([`crate::store::Metered`]).
 //!
 //! A request is timed to its response head: a streamed blob download is counted by the length
 //! it announces, not by the bytes the client ends up reading.
@@ -8,37 +9,28 @@ use std::borrow::Cow;
 
 use hyper::body::{Body as _, Incoming};
 use hyper::header::CONTENT_LENGTH;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Method, Request, Response};
 
 use super::body::Body;
 use super::route::{self, Route};
 use super::HttpConfig;
-use crate::observe::{Call, FailureClass, Protocol, UploadFailure};
-
-/// What a request is about, as far as hit/miss and upload-failure counting cares.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Resource {
-    Ac,
-    Cas,
-    Other,
-}
+use crate::observe::{Call, Protocol};
 
 /// One HTTP request being served.
 pub(super) struct Observation {
     call: Call,
-    resource: Resource,
     method: Method,
 }
 
 /// Starts observing `request` (before its body is read).
 pub(super) fn begin(config: &HttpConfig, request: &Request<Incoming>) -> Observation {
     let path = request.uri().path();
-    let (service, resource) = match route::parse(path) {
-        Ok(Route::Ac { .. }) => ("ac", Resource::Ac),
-        Ok(Route::Cas { .. }) => ("cas", Resource::Cas),
-        Ok(Route::Status) => ("status", Resource::Other),
-        Ok(Route::Metrics) => ("metrics", Resource::Other),
-        Err(_) => ("other", Resource::Other),
+    let service = match route::parse(path) {
+        Ok(Route::Ac { .. }) => "ac",
+        Ok(Route::Cas { .. }) => "cas",
+        Ok(Route::Status) => "status",
+        Ok(Route::Metrics) => "metrics",
+        Err(_) => "other",
     };
     let method = request.method().clone();
     let mut call = Call::start(
@@ -56,17 +48,12 @@ pub(super) fn begin(config: &HttpConfig, request: &Request<Incoming>) -> Observa
             call.size = Some(length);
         }
     }
-    Observation {
-        call,
-        resource,
-        method,
-    }
+    Observation { call, method }
 }
 
 impl Observation {
     /// Records the request with the `response` about to be sent.
-    pub(super) fn finish(mut self, config: &HttpConfig, response: &Response<Body>) {
-        let metrics = &config.metrics;
+    pub(super) fn finish(mut self, response: &Response<Body>) {
         let status = response.status();
         let read = self.method == Method::GET || self.method == Method::HEAD;
         if read {
@@ -81,46 +68,12 @@ impl Observation {
             if self.method == Method::GET {
                 self.call.sent = response.body().size_hint().exact().unwrap_or(0);
             }
-            let hit = match status {
-                StatusCode::OK => Some(true),
-                StatusCode::NOT_FOUND => Some(false),
-                _ => None,
-            };
-            match (self.resource, hit) {
-                (Resource::Ac, Some(hit)) => metrics.ac_lookup(Protocol::Http, hit),
-                (Resource::Cas, Some(hit)) => {
-                    let method = method_label(&self.method);
-                    metrics.cas_lookups(Protocol::Http, method, u64::from(hit), u64::from(!hit));
-                }
-                _ => {}
-            }
         } else {
             self.call.sent = response.body().size_hint().exact().unwrap_or(0);
-        }
-        if self.resource == Resource::Cas && self.method == Method::PUT && !status.is_success() {
-            metrics.upload_failed(Protocol::Http, upload_failure(status, response.body()));
         }
         let status = Cow::Owned(status.as_u16().to_string());
         self.call.finish(status);
     }
-}
-
-/// Why a `PUT /cas` that got `status` failed; the error response's message tells the
-/// mismatches apart.
-fn upload_failure(status: StatusCode, body: &Body) -> UploadFailure {
-    let class = match status {
-        StatusCode::BAD_REQUEST => FailureClass::InvalidArgument,
-        StatusCode::INSUFFICIENT_STORAGE | StatusCode::PAYLOAD_TOO_LARGE => {
-            FailureClass::ResourceExhausted
-        }
-        StatusCode::SERVICE_UNAVAILABLE => FailureClass::Unavailable,
-        _ => FailureClass::Other,
-    };
-    let message = match body {
-        Body::Full(Some(bytes)) => String::from_utf8_lossy(bytes),
-        _ => Cow::Borrowed(""),
-    };
-    UploadFailure::classify(class, &message)
 }
 
 /// The `method` label: the common methods by name, anything else as `OTHER` (clients choose

@@ -1,11 +1,11 @@
 //! Responses: success, and failures with a status code and a message for the client (including
-//! how engine errors map to status codes).
+//! store errors becoming them).
 
-use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Method, Response, StatusCode};
 
 use super::body::Body;
-use crate::engine::Error;
+use crate::store::Error;
 
 /// A `200 OK` carrying bytes (blobs and action results are opaque to HTTP).
 pub(super) fn ok(body: Body) -> Response<Body> {
@@ -24,6 +24,9 @@ pub(super) struct HttpError {
     message: String,
     /// The methods a `405 Method Not Allowed` must list.
     allow: Option<&'static str>,
+    /// Seconds a client should wait before retrying (`Retry-After`), for refusals that a moment
+    /// later may succeed.
+    retry_after: Option<u32>,
 }
 
 impl HttpError {
@@ -33,6 +36,7 @@ impl HttpError {
             status,
             message: message.into(),
             allow: None,
+            retry_after: None,
         }
     }
 
@@ -65,23 +69,19 @@ impl HttpError {
         if let Some(allow) = self.allow {
             headers.insert(ALLOW, HeaderValue::from_static(allow));
         }
+        if let Some(seconds) = self.retry_after {
+            headers.insert(RETRY_AFTER, HeaderValue::from(seconds));
+        }
         response
     }
 }
 
 impl From<Error> for HttpError {
     fn from(error: Error) -> HttpError {
-        let status = match &error {
-            Error::InvalidArgument(_) => StatusCode::BAD_REQUEST,
-            // A corrupt blob has been dropped: to the client it is simply gone (as over gRPC).
-            Error::NotFound(_) | Error::DataLoss(_) => StatusCode::NOT_FOUND,
-            // Size limits are checked before the engine is asked, so what remains is space
-            // (or upload slots, which the engine does not tell apart from space).
-            Error::ResourceExhausted(_) => StatusCode::INSUFFICIENT_STORAGE,
-            // A failing disk is worth a retry; only a bug is a 500.
-            Error::Io { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        HttpError::new(status, error.to_string())
+        let retry_after = matches!(error, Error::Busy(_)).then_some(1);
+        HttpError {
+            retry_after,
+            ..HttpError::new(error.http_status(), error.to_string())
+        }
     }
 }

@@ -6,21 +6,21 @@ use hyper::Response;
 use super::body::Body;
 use super::response::ok;
 use super::HttpConfig;
-use crate::engine::Engine;
 use crate::observe::{Protocol, METRICS_CONTENT_TYPE};
+use crate::store::Store;
 
-/// The engine's counters and limits, the uptime, and the requests served so far.
+/// The store's counters and limits, the uptime, and the requests served so far.
 ///
 /// ```json
 /// {"version":"0.1.0","blobs":3,"blob_bytes":1024,"actions":1,"max_blob_size":68719476736,
 ///  "max_size":null,"uptime_seconds":12.5,"disk_bytes":2048,"evictions":0,"evicted_bytes":0,
 ///  "requests":{"grpc":10,"http":4}}
 /// ```
-pub(super) fn get(engine: &Engine, config: &HttpConfig) -> Response<Body> {
-    let stats = engine.stats();
+pub(super) fn get(store: &dyn Store, config: &HttpConfig) -> Response<Body> {
+    let stats = store.stats();
+    let limits = store.limits();
     let metrics = &config.metrics;
-    let max_size = engine
-        .config()
+    let max_size = limits
         .max_size
         .map_or_else(|| "null".to_owned(), |size| size.to_string());
     // Every value is a number, null or the crate version, so no JSON escaping is needed.
@@ -32,7 +32,7 @@ pub(super) fn get(engine: &Engine, config: &HttpConfig) -> Response<Body> {
         stats.blobs,
         stats.blob_bytes,
         stats.actions,
-        engine.config().max_blob_size,
+        limits.max_blob_size,
         max_size,
         metrics.uptime().as_secs_f64(),
         stats.disk_bytes,
@@ -45,9 +45,9 @@ pub(super) fn get(engine: &Engine, config: &HttpConfig) -> Response<Body> {
 }
 
 /// Every metric in the Prometheus text format (version 0.0.4).
-pub(super) fn metrics(engine: &Engine, config: &HttpConfig) -> Response<Body> {
+pub(super) fn metrics(store: &dyn Store, config: &HttpConfig) -> Response<Body> {
     with_type(
-        ok(Body::full(config.metrics.render(engine))),
+        ok(Body::full(config.metrics.render(store.stats()))),
         METRICS_CONTENT_TYPE,
     )
 }

@@ -1,0 +1,52 @@
+//! Where the store stack is assembled: the one place that decides which layers the cache has
+//! and in which order (see the picture in [`crate::store`]).
+//!
+//! A new tier or layer is one file implementing [`Store`] plus one line in [`assemble`].
+
+use std::sync::Arc;
+
+use super::{ActionResultValidation, CompletenessChecking, EngineStore, Metered, Store};
+use crate::engine::Engine;
+use crate::observe::{Metrics, Protocol};
+
+/// Settings of the layers.
+#[derive(Clone, Debug)]
+pub struct StackConfig {
+    /// Largest single `Directory` message of an output directory's tree that the completeness
+    /// check reads into memory; a tree holding a larger one makes its action result a miss.
+    pub max_tree_directory_size: usize,
+}
+
+impl Default for StackConfig {
+    fn default() -> Self {
+        StackConfig {
+            max_tree_directory_size: 16 << 20,
+        }
+    }
+}
+
+/// The cache both front ends share: `base` (the engine, or a memory store) under the layers
+/// that keep the cache's own rules, bottom to top.
+pub fn assemble(base: Arc<dyn Store>, config: &StackConfig) -> Arc<dyn Store> {
+    let mut store = base;
+    store = Arc::new(CompletenessChecking::new(
+        store,
+        config.max_tree_directory_size,
+    ));
+    store = Arc::new(ActionResultValidation::new(store));
+    store
+}
+
+/// The stack `hoard serve` runs: [`assemble`] over the segment engine.
+pub fn over_engine(engine: Arc<Engine>, config: &StackConfig) -> Arc<dyn Store> {
+    assemble(Arc::new(EngineStore::new(engine)), config)
+}
+
+/// What one front end holds: the shared cache with that front end's metrics on top.
+pub fn for_front_end(
+    cache: &Arc<dyn Store>,
+    metrics: &Arc<Metrics>,
+    protocol: Protocol,
+) -> Arc<dyn Store> {
+    Arc::new(Metered::new(cache.clone(), metrics.clone(), protocol))
+}
