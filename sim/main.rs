@@ -3,6 +3,8 @@
 //! that replays it bit for bit. Build with `RUSTFLAGS="--cfg madsim"` (see `sim/run.sh`).
 
 #[cfg(madsim)]
+mod bazel_http;
+#[cfg(madsim)]
 mod ccache;
 #[cfg(madsim)]
 mod fs;

@@ -63,6 +63,9 @@ struct State {
     /// Every value any client tried to store per (instance, action), and the epoch of the last
     /// acknowledged one.
     actions: BTreeMap<(String, Digest), (Vec<Bytes>, Option<u64>)>,
+    /// Actions some client stored a result for whose outputs it did not all upload: the last
+    /// writer wins, so from then on a miss of the action is no broken promise.
+    incomplete_actions: std::collections::BTreeSet<(String, Digest)>,
     /// The same for opaque values stored over HTTP by ccache-like clients, by key.
     opaque: BTreeMap<[u8; 32], (Vec<Bytes>, Option<u64>)>,
     abandoned_uploads: usize,
@@ -84,6 +87,11 @@ impl Oracle {
 
     /// Adds an event to the seed's trace (its hash proves a replay identical).
     pub fn event(&self, text: impl AsRef<str>) {
+        // `HOARD_SIM_TRACE=1 hoard-sim replay --seed N` prints the trace as it is hashed.
+        static PRINT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        if *PRINT.get_or_init(|| std::env::var_os("HOARD_SIM_TRACE").is_some()) {
+            eprintln!("event: {}", text.as_ref());
+        }
         self.with(|s| {
             s.trace.update(text.as_ref().as_bytes());
             s.trace.update(b"\n");
@@ -205,13 +213,21 @@ impl Oracle {
         })
     }
 
-    /// Action keys acknowledged and not evicted since.
+    /// A client is about to store a result for the action that names a blob it did not upload
+    /// (whether or not the store is acknowledged, it may be what the key holds last).
+    pub fn action_may_be_incomplete(&self, instance: &str, action: Digest) {
+        self.with(|s| s.incomplete_actions.insert((instance.to_owned(), action)));
+    }
+
+    /// Action keys acknowledged and not evicted since, whose last value is sure to be complete.
     pub fn acked_actions(&self) -> Vec<(String, Digest)> {
         self.with(|s| {
             s.actions
                 .iter()
-                .filter(|((_, action), (_, epoch))| {
+                .filter(|(key, (_, epoch))| {
+                    let (_, action) = key;
                     *epoch == Some(s.evictions.get(&action.hash).copied().unwrap_or(0))
+                        && !s.incomplete_actions.contains(*key)
                 })
                 .map(|(k, _)| k.clone())
                 .collect()

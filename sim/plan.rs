@@ -15,6 +15,8 @@ pub struct Plan {
     pub clients: usize,
     /// Client nodes running ccache-shaped HTTP workloads at once.
     pub ccache_clients: usize,
+    /// Client nodes running Bazel-shaped HTTP workloads (`/cas/` and `/ac/`) at once.
+    pub http_clients: usize,
     /// Rounds of operations per client.
     pub rounds: usize,
     /// The most uploads a client starts at once in a burst (a build script's OUT_DIR).
@@ -47,6 +49,7 @@ impl Plan {
         Plan {
             clients: rng.gen_range(1..=4),
             ccache_clients: rng.gen_range(0..=2),
+            http_clients: rng.gen_range(0..=2),
             rounds: rng.gen_range(2..=8),
             burst_max: *pick(&mut rng, &[4, 32, 128, 340]),
             pool,
@@ -73,10 +76,11 @@ impl fmt::Display for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "clients={} ccache_clients={} rounds={} burst_max={} pool={} max_blob={} chunk={} \
+            "clients={} ccache_clients={} http_clients={} rounds={} burst_max={} pool={} max_blob={} chunk={} \
              break={} stage_limit={} segment_size={} max_size={:?} crashes={} | faults: {}",
             self.clients,
             self.ccache_clients,
+            self.http_clients,
             self.rounds,
             self.burst_max,
             self.pool,

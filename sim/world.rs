@@ -25,12 +25,12 @@ use madsim::rand::{thread_rng, Rng};
 use madsim::runtime::{Handle, NodeHandle, Runtime};
 use tonic::transport::Channel;
 
-use crate::ccache;
 use crate::fs::SimFs;
 pub use crate::oracle::Failure;
 use crate::oracle::{Oracle, Pool};
 use crate::plan::Plan;
 use crate::workload::{check_action, connect, wire_digest, Client};
+use crate::{bazel_http, ccache};
 
 const DATA_DIR: &str = "/data";
 const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
@@ -100,11 +100,8 @@ fn engine_config(plan: &Plan, planted: Option<&str>, oracle: &Arc<Oracle>) -> En
     #[cfg(feature = "planted-bugs")]
     {
         use hoard::engine::PlantedBug;
-        config.planted = planted.map(|name| match name {
-            "unflushed-persist" => PlantedBug::UnflushedPersist,
-            "index-before-sync" => PlantedBug::IndexBeforeSync,
-            "ack-before-index" => PlantedBug::AckBeforeIndex,
-            other => panic!("unknown planted bug {other:?}"),
+        config.planted = planted.map(|name| {
+            PlantedBug::from_name(name).unwrap_or_else(|| panic!("unknown planted bug {name:?}"))
         });
     }
     #[cfg(not(feature = "planted-bugs"))]
@@ -170,9 +167,14 @@ async fn simulate(planted: Option<String>, verbose: bool) -> Outcome {
     let fs = SimFs::new(plan.faults.clone());
     let oracle = Arc::new(Oracle::default());
     let pool = Arc::new(draw_pool(&plan));
+    let engine = engine_config(&plan, planted.as_deref(), &oracle);
     let config = ServeConfig {
-        stack: Default::default(),
-        engine: engine_config(&plan, planted.as_deref(), &oracle),
+        stack: hoard::store::stack::StackConfig {
+            #[cfg(feature = "planted-bugs")]
+            planted: engine.planted,
+            ..Default::default()
+        },
+        engine,
         grpc_addr: SocketAddr::new(IpAddr::V4(SERVER_IP), 9092),
         http_addr: Some(crate::ccache::SERVER_HTTP),
         grpc: GrpcConfig::default(),
@@ -202,7 +204,20 @@ async fn simulate(planted: Option<String>, verbose: bool) -> Outcome {
             .build();
         node.spawn(ccache::run(id, oracle.clone(), plan.clone()))
     });
-    let clients = clients.chain(ccache_clients);
+    let http_clients = (0..plan.http_clients).map(|id| {
+        let node = handle
+            .create_node()
+            .name(format!("bazel-http-{id}"))
+            .ip(IpAddr::V4(Ipv4Addr::new(10, 0, 4, id as u8 + 1)))
+            .build();
+        node.spawn(bazel_http::run(
+            id,
+            oracle.clone(),
+            pool.clone(),
+            plan.clone(),
+        ))
+    });
+    let clients = clients.chain(ccache_clients).chain(http_clients);
     let crasher = async {
         for n in 0..plan.crashes {
             let wait = thread_rng().gen_range(0..3000);

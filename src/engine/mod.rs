@@ -43,6 +43,34 @@ pub enum PlantedBug {
     IndexBeforeSync,
     /// Acknowledge a commit before the index entry exists.
     AckBeforeIndex,
+    /// Assemble the store stack without its completeness check, so action results whose blobs
+    /// are gone are served (what HTTP did before the stack).
+    IncompleteActionServed,
+}
+
+impl PlantedBug {
+    /// Every planted bug, in the order the simulator hunts them.
+    pub const ALL: [PlantedBug; 4] = [
+        PlantedBug::UnflushedPersist,
+        PlantedBug::IndexBeforeSync,
+        PlantedBug::AckBeforeIndex,
+        PlantedBug::IncompleteActionServed,
+    ];
+
+    /// The name `hoard-sim --planted` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            PlantedBug::UnflushedPersist => "unflushed-persist",
+            PlantedBug::IndexBeforeSync => "index-before-sync",
+            PlantedBug::AckBeforeIndex => "ack-before-index",
+            PlantedBug::IncompleteActionServed => "incomplete-action-served",
+        }
+    }
+
+    /// The bug called `name`.
+    pub fn from_name(name: &str) -> Option<PlantedBug> {
+        PlantedBug::ALL.into_iter().find(|bug| bug.name() == name)
+    }
 }
 
 /// Engine settings.

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use super::{ActionResultValidation, CompletenessChecking, EngineStore, Metered, Store};
-use crate::engine::Engine;
+use crate::engine::{Engine, PlantedBug};
 use crate::observe::{Metrics, Protocol};
 
 /// Settings of the layers.
@@ -15,12 +15,30 @@ pub struct StackConfig {
     /// Largest single `Directory` message of an output directory's tree that the completeness
     /// check reads into memory; a tree holding a larger one makes its action result a miss.
     pub max_tree_directory_size: usize,
+    /// A planted bug (simulator only); see [`PlantedBug::IncompleteActionServed`].
+    #[cfg(feature = "planted-bugs")]
+    pub planted: Option<PlantedBug>,
 }
 
 impl Default for StackConfig {
     fn default() -> Self {
         StackConfig {
             max_tree_directory_size: 16 << 20,
+            #[cfg(feature = "planted-bugs")]
+            planted: None,
+        }
+    }
+}
+
+impl StackConfig {
+    fn planted(&self, _bug: PlantedBug) -> bool {
+        #[cfg(feature = "planted-bugs")]
+        {
+            self.planted == Some(_bug)
+        }
+        #[cfg(not(feature = "planted-bugs"))]
+        {
+            false
         }
     }
 }
@@ -29,10 +47,10 @@ impl Default for StackConfig {
 /// that keep the cache's own rules, bottom to top.
 pub fn assemble(base: Arc<dyn Store>, config: &StackConfig) -> Arc<dyn Store> {
     let mut store = base;
-    store = Arc::new(CompletenessChecking::new(
-        store,
-        config.max_tree_directory_size,
-    ));
+    if !config.planted(PlantedBug::IncompleteActionServed) {
+        let bound = config.max_tree_directory_size;
+        store = Arc::new(CompletenessChecking::new(store, bound));
+    }
     store = Arc::new(ActionResultValidation::new(store));
     store
 }

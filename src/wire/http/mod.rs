@@ -153,6 +153,8 @@ pub async fn serve_listener(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "setting TCP_NODELAY failed");
         }
+        // Under madsim `Tls` is `Infallible`, which is `Copy`; the clone is needed for real TLS.
+        #[cfg_attr(madsim, allow(clippy::clone_on_copy))]
         let task = connection::accept(
             stream,
             tls.clone(),
