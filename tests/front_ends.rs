@@ -6,7 +6,6 @@
 
 mod grpc_support;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -16,12 +15,11 @@ use hyper::header::HOST;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use prost::Message;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
+use tokio::net::TcpStream;
 use tonic::transport::Channel;
 use tonic::Code;
 
-use grpc_support::{proto, read_all, read_name, write_name, write_requests};
+use grpc_support::{proto, read_all, read_name, write_name, write_requests, FrontEnds};
 use hoard::engine::{Digest, Engine, EngineConfig};
 use hoard::proto::bytestream::byte_stream_client::ByteStreamClient;
 use hoard::proto::reapi::action_cache_client::ActionCacheClient;
@@ -29,54 +27,19 @@ use hoard::proto::reapi::{self, Directory, FileNode, Tree};
 use hoard::seam::real_fs::RealFs;
 use hoard::seam::TokioRuntime;
 use hoard::store::{stack, MemoryStore, Store};
-use hoard::wire::grpc::{self, GrpcConfig};
-use hoard::wire::http::{self, HttpConfig};
+use hoard::wire::grpc::GrpcConfig;
+use hoard::wire::http::HttpConfig;
 
 /// gRPC and HTTP served over one store stack.
-struct Both {
-    channel: Channel,
-    http_addr: SocketAddr,
-    _stop: Vec<oneshot::Sender<()>>,
-}
+struct Both(FrontEnds);
 
 impl Both {
     async fn serve(cache: Arc<dyn Store>) -> Both {
-        let grpc_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let grpc_addr = grpc_listener.local_addr().unwrap();
-        let http_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let http_addr = http_listener.local_addr().unwrap();
-        let (stop_grpc, grpc_stopped) = oneshot::channel::<()>();
-        let (stop_http, http_stopped) = oneshot::channel::<()>();
-        let stopped = |rx: oneshot::Receiver<()>| async {
-            let _ = rx.await;
-        };
-        let grpc_config = GrpcConfig::default();
-        let served = grpc::serve_listener(cache.clone(), grpc_config, grpc_listener, {
-            stopped(grpc_stopped)
-        });
-        tokio::spawn(served);
-        let http_config = HttpConfig::default();
-        let stop = stopped(http_stopped);
-        tokio::spawn(http::serve_listener(
-            cache,
-            http_config,
-            http_listener,
-            stop,
-        ));
-        let channel = Channel::from_shared(format!("http://{grpc_addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        Both {
-            channel,
-            http_addr,
-            _stop: vec![stop_grpc, stop_http],
-        }
+        Both(FrontEnds::serve(cache, GrpcConfig::default(), HttpConfig::default()).await)
     }
 
     async fn http(&self, method: Method, path: &str, body: Bytes) -> StatusCode {
-        let stream = TcpStream::connect(self.http_addr).await.unwrap();
+        let stream = TcpStream::connect(self.0.http_addr).await.unwrap();
         let (mut sender, connection) = http1::handshake(TokioIo::new(stream)).await.unwrap();
         tokio::spawn(connection);
         let request = Request::builder()
@@ -92,11 +55,11 @@ impl Both {
     }
 
     fn ac(&self) -> ActionCacheClient<Channel> {
-        ActionCacheClient::new(self.channel.clone())
+        ActionCacheClient::new(self.0.channel.clone())
     }
 
     fn bytestream(&self) -> ByteStreamClient<Channel> {
-        ByteStreamClient::new(self.channel.clone())
+        ByteStreamClient::new(self.0.channel.clone())
     }
 }
 

@@ -3,9 +3,10 @@
 //! log must show exactly that traffic. (Real sockets: not built under madsim.)
 #![cfg(not(madsim))]
 
+mod grpc_support;
+
 use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,11 +16,11 @@ use hyper::client::conn::http1;
 use hyper::header::{CONTENT_TYPE, HOST};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
+use tokio::net::TcpStream;
 use tonic::transport::Channel;
 use tonic::Code;
 
+use grpc_support::FrontEnds;
 use hoard::engine::{Digest, Engine, EngineConfig};
 use hoard::observe::Metrics;
 use hoard::proto::bytestream::byte_stream_client::ByteStreamClient;
@@ -34,16 +35,14 @@ use hoard::proto::reapi::capabilities_client::CapabilitiesClient;
 use hoard::proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
 use hoard::seam::real_fs::RealFs;
 use hoard::seam::TokioRuntime;
-use hoard::wire::grpc::{self, GrpcConfig};
-use hoard::wire::http::{self, HttpConfig};
+use hoard::wire::grpc::GrpcConfig;
+use hoard::wire::http::HttpConfig;
 
 /// Both front ends over one engine and one registry, stopped on drop.
 struct Servers {
     engine: Arc<Engine>,
-    channel: Channel,
-    http_addr: SocketAddr,
+    front: FrontEnds,
     _dir: tempfile::TempDir,
-    _stop: Vec<oneshot::Sender<()>>,
 }
 
 impl Servers {
@@ -68,63 +67,35 @@ impl Servers {
             access_log,
             ..HttpConfig::default()
         };
-        let grpc_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let grpc_addr = grpc_listener.local_addr().unwrap();
-        let http_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let http_addr = http_listener.local_addr().unwrap();
-        let (stop_grpc, grpc_stopped) = oneshot::channel::<()>();
-        let (stop_http, http_stopped) = oneshot::channel::<()>();
         // What `server::serve` does: one store stack for both front ends.
         let cache = hoard::store::stack::over_engine(engine.clone(), &Default::default());
-        tokio::spawn(grpc::serve_listener(
-            cache.clone(),
-            grpc_config,
-            grpc_listener,
-            async {
-                let _ = grpc_stopped.await;
-            },
-        ));
-        tokio::spawn(http::serve_listener(
-            cache,
-            http_config,
-            http_listener,
-            async {
-                let _ = http_stopped.await;
-            },
-        ));
-        let channel = Channel::from_shared(format!("http://{grpc_addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let front = FrontEnds::serve(cache, grpc_config, http_config).await;
         Servers {
             engine,
-            channel,
-            http_addr,
+            front,
             _dir: dir,
-            _stop: vec![stop_grpc, stop_http],
         }
     }
 
     fn ac(&self) -> ActionCacheClient<Channel> {
-        ActionCacheClient::new(self.channel.clone())
+        ActionCacheClient::new(self.front.channel.clone())
     }
 
     fn cas(&self) -> ContentAddressableStorageClient<Channel> {
-        ContentAddressableStorageClient::new(self.channel.clone())
+        ContentAddressableStorageClient::new(self.front.channel.clone())
     }
 
     fn bytestream(&self) -> ByteStreamClient<Channel> {
-        ByteStreamClient::new(self.channel.clone())
+        ByteStreamClient::new(self.front.channel.clone())
     }
 
     fn health(&self) -> HealthClient<Channel> {
-        HealthClient::new(self.channel.clone())
+        HealthClient::new(self.front.channel.clone())
     }
 
     /// One HTTP/1.1 request on a fresh connection: status, content type and body.
     async fn http(&self, method: Method, path: &str, body: &[u8]) -> (StatusCode, String, Bytes) {
-        let stream = TcpStream::connect(self.http_addr).await.unwrap();
+        let stream = TcpStream::connect(self.front.http_addr).await.unwrap();
         let (mut sender, connection) = http1::handshake(TokioIo::new(stream)).await.unwrap();
         tokio::spawn(async move {
             let _ = connection.await;
@@ -314,7 +285,7 @@ async fn metrics_count_the_traffic_of_both_front_ends() {
     assert!(responses
         .iter()
         .all(|r| r.status.as_ref().unwrap().code == Code::InvalidArgument as i32));
-    CapabilitiesClient::new(servers.channel.clone())
+    CapabilitiesClient::new(servers.front.channel.clone())
         .get_capabilities(reapi::GetCapabilitiesRequest::default())
         .await
         .unwrap();

@@ -13,7 +13,9 @@ use hoard::proto::reapi::capabilities_client::CapabilitiesClient;
 use hoard::proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
 use hoard::seam::real_fs::RealFs;
 use hoard::seam::TokioRuntime;
+use hoard::store::Store;
 use hoard::wire::grpc::{self, GrpcConfig};
+use hoard::wire::http::{self, HttpConfig};
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
@@ -107,6 +109,43 @@ impl Fixture {
     /// Reads a whole blob back over ByteStream.
     pub async fn download(&self, digest: &Digest) -> Result<Vec<u8>, tonic::Status> {
         read_all(&mut self.bytestream(), &read_name("", digest), 0, 0).await
+    }
+}
+
+/// Both front ends served over one store stack on 127.0.0.1 (as `server::serve` does), stopped
+/// on drop.
+pub struct FrontEnds {
+    pub channel: Channel,
+    pub http_addr: std::net::SocketAddr,
+    _stop: Vec<oneshot::Sender<()>>,
+}
+
+impl FrontEnds {
+    pub async fn serve(cache: Arc<dyn Store>, grpc: GrpcConfig, http: HttpConfig) -> FrontEnds {
+        let grpc_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let grpc_addr = grpc_listener.local_addr().unwrap();
+        let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http_addr = http_listener.local_addr().unwrap();
+        let (stop_grpc, grpc_stopped) = oneshot::channel::<()>();
+        let (stop_http, http_stopped) = oneshot::channel::<()>();
+        let stopped = |rx: oneshot::Receiver<()>| async {
+            let _ = rx.await;
+        };
+        let served =
+            grpc::serve_listener(cache.clone(), grpc, grpc_listener, stopped(grpc_stopped));
+        tokio::spawn(served);
+        let stop = stopped(http_stopped);
+        tokio::spawn(http::serve_listener(cache, http, http_listener, stop));
+        let channel = Channel::from_shared(format!("http://{grpc_addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        FrontEnds {
+            channel,
+            http_addr,
+            _stop: vec![stop_grpc, stop_http],
+        }
     }
 }
 
