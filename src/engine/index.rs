@@ -5,14 +5,14 @@
 //!
 //! # Layout (the budget is 64 resident bytes per entry at 10 M entries)
 //!
-//! Blobs live in one flat open-addressing [`Table`] of 48-byte slots: the 32-byte hash (the key:
+//! Blobs live in one flat open-addressing `Table` of 48-byte slots: the 32-byte hash (the key:
 //! it is stored once, and it doubles as the payload's SHA-256) and 128 packed bits holding the
 //! location (segment 32 bits, offset 44, length 48 — for a blob the length *is* the digest's
 //! size, so `touch_blob(digest)` and `blob_by_hash(hash)` are served by the same slot) and the
-//! occupied / verified / referenced marks. An all-zero slot is vacant, so a table is allocated
-//! zeroed. Action-cache entries live in a second table of 84-byte slots (action hash, value
-//! SHA-256, the same packed bits with the value's kind, and an interned instance id: names are
-//! held once in [`Instances`], with a use count so names nobody uses any more are forgotten).
+//! occupied / verified / referenced marks; an all-zero slot is vacant. Action-cache entries live
+//! in a second table of 84-byte slots (action hash, value SHA-256, the same packed bits with the
+//! value's kind, and an interned instance id: names are held once in `Instances`, with a use
+//! count so names nobody uses any more are forgotten).
 //!
 //! # Probing: ordered linear probing (Robin Hood order, backward-shift deletion)
 //!
