@@ -1,9 +1,9 @@
 //! Eviction quality: the hit ratio of the real engine under a size budget, next to an exact LRU
 //! cache with the same byte budget, replaying one seeded access trace.
 //!
-//! The trace is skewed reuse over a working set about 2.5 times the budget: blob popularity is
-//! Zipf-like (weight 1/rank^0.9) and drifts (the ranking rotates a little every few thousand
-//! accesses, so what is hot changes). On the engine a hit is FindMissingBlobs saying "present"
+//! Each trace is skewed reuse over a working set 2.5 or 3 times the budget: blob popularity is
+//! Zipf-like (weight 1/rank^0.9), and in the first trace it drifts (the ranking rotates a little
+//! every few thousand accesses, so what is hot changes); in the second it stays put. On the engine a hit is FindMissingBlobs saying "present"
 //! followed by a read of the whole blob, a miss is an upload. Both caches count a record as its
 //! payload plus its record header; the engine also pays for eviction at segment granularity.
 //!
@@ -42,14 +42,29 @@ mod bench {
 
     const MIB: u64 = 1 << 20;
     const BUDGET: u64 = 64 * MIB;
-    /// Bytes of distinct blobs the trace draws from, as a multiple of the budget.
-    const WORKING_SET_FACTOR: f64 = 2.5;
     const ACCESSES: usize = 150_000;
     /// Accesses before counting starts (both caches fill up first).
     const WARM_UP: usize = 20_000;
     const ZIPF_EXPONENT: f64 = 0.9;
-    /// Every this many accesses the popularity ranking rotates by 1/50 of the blobs.
-    const DRIFT_EVERY: usize = 5_000;
+    /// The traces replayed: bytes of distinct blobs as a multiple of the budget, and how many
+    /// accesses pass between rotations of the popularity ranking by 1/50 of the blobs.
+    const SHAPES: [Shape; 2] = [
+        Shape {
+            working_set_factor: 2.5,
+            drift_every: Some(5_000),
+        },
+        Shape {
+            working_set_factor: 3.0,
+            drift_every: None,
+        },
+    ];
+
+    /// What a trace looks like.
+    #[derive(Clone, Copy)]
+    struct Shape {
+        working_set_factor: f64,
+        drift_every: Option<usize>,
+    }
     const SMALLEST: f64 = 512.0;
     const LARGEST: f64 = 64.0 * 1024.0;
     /// What the issue asks: the engine keeps at least this share of exact LRU's hit ratio.
@@ -69,8 +84,8 @@ mod bench {
         bytes.into()
     }
 
-    fn working_set(rng: &mut StdRng) -> WorkingSet {
-        let target = (BUDGET as f64 * WORKING_SET_FACTOR) as usize;
+    fn working_set(rng: &mut StdRng, shape: Shape) -> WorkingSet {
+        let target = (BUDGET as f64 * shape.working_set_factor) as usize;
         let mut sizes = Vec::new();
         while sizes.iter().sum::<usize>() < target {
             // Log-uniform between the smallest and the largest size.
@@ -86,7 +101,7 @@ mod bench {
     }
 
     /// A seeded access trace: blob ids, Zipf-skewed over a drifting ranking.
-    fn trace(rng: &mut StdRng, blobs: usize) -> Vec<usize> {
+    fn trace(rng: &mut StdRng, blobs: usize, shape: Shape) -> Vec<usize> {
         let mut cumulative = Vec::with_capacity(blobs);
         let mut total = 0.0;
         for rank in 0..blobs {
@@ -97,7 +112,10 @@ mod bench {
         ranking.shuffle(rng);
         (0..ACCESSES)
             .map(|i| {
-                if i > 0 && i % DRIFT_EVERY == 0 {
+                if shape
+                    .drift_every
+                    .is_some_and(|every| i > 0 && i % every == 0)
+                {
                     ranking.rotate_right(blobs / 50);
                 }
                 let pick = rng.random::<f64>() * total;
@@ -159,16 +177,28 @@ mod bench {
     }
 
     pub async fn run(seed: u64) -> Result<()> {
+        for shape in SHAPES {
+            replay(seed, shape).await?;
+        }
+        Ok(())
+    }
+
+    async fn replay(seed: u64, shape: Shape) -> Result<()> {
         let mut rng = StdRng::seed_from_u64(seed);
-        let set = working_set(&mut rng);
-        let accesses = trace(&mut rng, set.sizes.len());
+        let set = working_set(&mut rng, shape);
+        let accesses = trace(&mut rng, set.sizes.len(), shape);
         let set_bytes: usize = set.sizes.iter().sum();
+        let drift = match shape.drift_every {
+            Some(every) => format!("drifting every {every}"),
+            None => "static".to_owned(),
+        };
         println!(
-            "--- trace (seed {seed}): {} blobs of {}..{} bytes, {:.0} MiB ({WORKING_SET_FACTOR}x the {} MiB budget); {ACCESSES} accesses, Zipf {ZIPF_EXPONENT}, drifting every {DRIFT_EVERY}; the first {WARM_UP} not counted",
+            "--- trace (seed {seed}): {} blobs of {}..{} bytes, {:.0} MiB ({}x the {} MiB budget); {ACCESSES} accesses, Zipf {ZIPF_EXPONENT}, {drift}; the first {WARM_UP} not counted",
             set.sizes.len(),
             SMALLEST,
             LARGEST,
             set_bytes as f64 / MIB as f64,
+            shape.working_set_factor,
             BUDGET / MIB,
         );
 
