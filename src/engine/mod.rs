@@ -12,7 +12,7 @@
 //! Reads go through the index to (segment, offset, len) and are verified against the digest.
 
 mod digest;
-mod index;
+pub mod index;
 pub mod record;
 mod segment;
 mod upload;
@@ -27,7 +27,8 @@ use sha2::{Digest as _, Sha256};
 pub use digest::{parse_hash, Digest, HASH_LEN};
 use index::{Entry, Index};
 pub use record::{AcKind, RecordKey};
-use segment::{read_payload, Location, Payload, Pin, SegmentLog, IO_CHUNK};
+pub use segment::Location;
+use segment::{read_payload, Payload, Pin, SegmentLog, IO_CHUNK};
 pub use upload::Upload;
 
 use crate::seam::{Fs, FsFile, FsLock, Runtime};
