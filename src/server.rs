@@ -57,11 +57,13 @@ pub async fn serve(
     match config.http_addr {
         Some(addr) => {
             tracing::info!(%addr, "serving HTTP");
-            let http = http::serve(engine, http_config, addr, shutdown);
+            let http = http::serve(engine.clone(), http_config, addr, shutdown);
             futures::try_join!(grpc, http)?;
         }
         None => grpc.await?,
     }
+    // Both front ends have stopped: seal the active segment so the next start reads footers only.
+    engine.shutdown().await;
     tracing::info!("shut down");
     Ok(())
 }
