@@ -369,6 +369,27 @@ impl SimFs {
         self.world().crash();
     }
 
+    /// The server process ends without the machine going down (a clean exit, or a kill of the
+    /// process alone): its handles close, with bytes still in their buffers lost but in-flight
+    /// bytes of dropped handles landing; its locks are released; page caches stay.
+    pub fn process_exit(&self) {
+        let mut world = self.world();
+        let in_flight: Vec<u64> = world
+            .handles
+            .iter()
+            .filter(|(_, h)| h.dropped)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in in_flight {
+            let n = world.handles[&id].pending.len();
+            world.drain(id, n);
+        }
+        world.handles.clear();
+        world.locks.clear();
+        world.gc();
+        world.event("process exit".into());
+    }
+
     /// Every violation recorded so far, in order.
     pub fn violations(&self) -> Vec<Violation> {
         self.world().violations.clone()

@@ -5,6 +5,7 @@ use std::future::pending;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -104,6 +105,7 @@ fn engine_config(plan: &Plan, planted: Option<&str>, oracle: &Arc<Oracle>) -> En
             "unflushed-persist" => PlantedBug::UnflushedPersist,
             "index-before-sync" => PlantedBug::IndexBeforeSync,
             "ack-before-index" => PlantedBug::AckBeforeIndex,
+            "footer-before-sync" => PlantedBug::FooterBeforeSync,
             other => panic!("unknown planted bug {other:?}"),
         });
     }
@@ -115,33 +117,87 @@ fn engine_config(plan: &Plan, planted: Option<&str>, oracle: &Arc<Oracle>) -> En
     config
 }
 
-fn start_server(handle: &Handle, fs: &SimFs, config: ServeConfig) -> NodeHandle {
+/// Clean stops of the server: the world asks, the server node says when it has shut down.
+/// Counters rather than notifications, so a request made while the server was down (or a reply
+/// from before a crash) is never taken for a later one.
+#[derive(Default)]
+struct Stops {
+    requested: AtomicU64,
+    completed: AtomicU64,
+}
+
+fn start_server(handle: &Handle, fs: &SimFs, config: ServeConfig, stops: Arc<Stops>) -> NodeHandle {
     let fs = fs.clone();
     handle
         .create_node()
         .name("hoard")
         .ip(IpAddr::V4(SERVER_IP))
         .init(move || {
-            let (fs, config) = (fs.clone(), config.clone());
+            let (fs, config, stops) = (fs.clone(), config.clone(), stops.clone());
             async move {
                 // A supervisor's restart loop: a start that fails (an I/O error during
                 // recovery, say) is retried, as systemd would.
                 loop {
+                    let asked = stops.requested.load(Ordering::SeqCst);
+                    let stop = {
+                        let stops = stops.clone();
+                        async move {
+                            while stops.requested.load(Ordering::SeqCst) == asked {
+                                madsim::time::sleep(Duration::from_millis(10)).await;
+                            }
+                        }
+                    };
                     let served = server::serve(
                         config.clone(),
                         Arc::new(fs.clone()),
                         Arc::new(TokioRuntime),
-                        pending(),
+                        stop,
                     )
                     .await;
-                    if let Err(e) = served {
-                        tracing::info!(error = %e, "server stopped; restarting");
+                    match served {
+                        Ok(()) => {
+                            // Shut down cleanly: the process exits (the world restarts it).
+                            stops.completed.fetch_add(1, Ordering::SeqCst);
+                            pending::<()>().await;
+                        }
+                        Err(e) => tracing::info!(error = %e, "server stopped; restarting"),
                     }
                     madsim::time::sleep(Duration::from_millis(500)).await;
                 }
             }
         })
         .build()
+}
+
+/// Stops the server cleanly and starts it again; with `interrupt`, the machine crashes a few
+/// milliseconds into the shutdown instead (while the active segment is being sealed).
+async fn stop_and_restart(
+    handle: &Handle,
+    server: &NodeHandle,
+    fs: &SimFs,
+    stops: &Stops,
+    interrupt: bool,
+) {
+    let done = stops.completed.load(Ordering::SeqCst);
+    stops.requested.fetch_add(1, Ordering::SeqCst);
+    if interrupt {
+        let into = thread_rng().gen_range(0..30);
+        madsim::time::sleep(Duration::from_millis(into)).await;
+        crash_and_restart(handle, server, fs).await;
+        return;
+    }
+    // A shutdown that cannot finish (the disk failing under recovery, say) ends in a kill.
+    for _ in 0..1000 {
+        if stops.completed.load(Ordering::SeqCst) > done {
+            break;
+        }
+        madsim::time::sleep(Duration::from_millis(10)).await;
+    }
+    handle.kill(server.id());
+    fs.process_exit();
+    let down = thread_rng().gen_range(1..500);
+    madsim::time::sleep(Duration::from_millis(down)).await;
+    handle.restart(server.id());
 }
 
 fn draw_pool(plan: &Plan) -> Pool {
@@ -177,7 +233,8 @@ async fn simulate(planted: Option<String>, verbose: bool) -> Outcome {
         grpc: GrpcConfig::default(),
         http: HttpConfig::default(),
     };
-    let server = start_server(&handle, &fs, config);
+    let stops = Arc::new(Stops::default());
+    let server = start_server(&handle, &fs, config, stops.clone());
 
     let clients = (0..plan.clients).map(|id| {
         let node = handle
@@ -203,11 +260,24 @@ async fn simulate(planted: Option<String>, verbose: bool) -> Outcome {
     });
     let clients = clients.chain(ccache_clients);
     let crasher = async {
-        for n in 0..plan.crashes {
+        // Crashes and stops in a seeded order.
+        let mut events: Vec<bool> = (0..plan.crashes + plan.stops)
+            .map(|i| i < plan.crashes)
+            .collect();
+        for i in (1..events.len()).rev() {
+            events.swap(i, thread_rng().gen_range(0..=i));
+        }
+        for (n, crash) in events.into_iter().enumerate() {
             let wait = thread_rng().gen_range(0..3000);
             madsim::time::sleep(Duration::from_millis(wait)).await;
-            oracle.event(format!("crash {n}"));
-            crash_and_restart(&handle, &server, &fs).await;
+            if crash {
+                oracle.event(format!("crash {n}"));
+                crash_and_restart(&handle, &server, &fs).await;
+            } else {
+                let interrupt = thread_rng().gen_bool(0.5);
+                oracle.event(format!("stop {n} (interrupted: {interrupt})"));
+                stop_and_restart(&handle, &server, &fs, &stops, interrupt).await;
+            }
         }
     };
     let (finished, ()) = futures::join!(join_all(clients), crasher);
