@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::join_all;
-use hoard::engine::{Digest, EngineConfig, EvictionObserver, RecordKey};
+use hoard::engine::{record, Digest, EngineConfig, EvictionObserver, RecordKey};
 use hoard::proto::bytestream::byte_stream_client::ByteStreamClient;
 use hoard::proto::bytestream::ReadRequest;
 use hoard::proto::reapi::action_cache_client::ActionCacheClient;
@@ -24,6 +24,7 @@ use hoard::wire::http::HttpConfig;
 use hyper::Method;
 use madsim::rand::{thread_rng, Rng};
 use madsim::runtime::{Handle, NodeHandle, Runtime};
+use sha2::{Digest as _, Sha256};
 use tonic::transport::Channel;
 
 use crate::ccache;
@@ -175,6 +176,7 @@ async fn stop_and_restart(
     handle: &Handle,
     server: &NodeHandle,
     fs: &SimFs,
+    oracle: &Oracle,
     stops: &Stops,
     interrupt: bool,
 ) {
@@ -183,7 +185,7 @@ async fn stop_and_restart(
     if interrupt {
         let into = thread_rng().gen_range(0..30);
         madsim::time::sleep(Duration::from_millis(into)).await;
-        crash_and_restart(handle, server, fs).await;
+        crash_and_restart(handle, server, fs, oracle).await;
         return;
     }
     // A shutdown that cannot finish (the disk failing under recovery, say) ends in a kill.
@@ -195,6 +197,7 @@ async fn stop_and_restart(
     }
     handle.kill(server.id());
     fs.process_exit();
+    audit_footers(fs, oracle);
     let down = thread_rng().gen_range(1..500);
     madsim::time::sleep(Duration::from_millis(down)).await;
     handle.restart(server.id());
@@ -224,6 +227,7 @@ async fn simulate(planted: Option<String>, verbose: bool) -> Outcome {
     }
     let handle = Handle::current();
     let fs = SimFs::new(plan.faults.clone());
+    fs.set_sync_check("footer-names-unsynced-record", footer_names_unsynced_record);
     let oracle = Arc::new(Oracle::default());
     let pool = Arc::new(draw_pool(&plan));
     let config = ServeConfig {
@@ -272,11 +276,11 @@ async fn simulate(planted: Option<String>, verbose: bool) -> Outcome {
             madsim::time::sleep(Duration::from_millis(wait)).await;
             if crash {
                 oracle.event(format!("crash {n}"));
-                crash_and_restart(&handle, &server, &fs).await;
+                crash_and_restart(&handle, &server, &fs, &oracle).await;
             } else {
                 let interrupt = thread_rng().gen_bool(0.5);
                 oracle.event(format!("stop {n} (interrupted: {interrupt})"));
-                stop_and_restart(&handle, &server, &fs, &stops, interrupt).await;
+                stop_and_restart(&handle, &server, &fs, &oracle, &stops, interrupt).await;
             }
         }
     };
@@ -314,9 +318,10 @@ async fn simulate(planted: Option<String>, verbose: bool) -> Outcome {
     }
 }
 
-async fn crash_and_restart(handle: &Handle, server: &NodeHandle, fs: &SimFs) {
+async fn crash_and_restart(handle: &Handle, server: &NodeHandle, fs: &SimFs, oracle: &Oracle) {
     handle.kill(server.id());
     fs.crash();
+    audit_footers(fs, oracle);
     let down = thread_rng().gen_range(1..500);
     madsim::time::sleep(Duration::from_millis(down)).await;
     handle.restart(server.id());
@@ -341,7 +346,7 @@ async fn audit(handle: &Handle, server: &NodeHandle, fs: &SimFs, oracle: &Oracle
 
     fs.set_faults(false);
     oracle.event("final crash");
-    crash_and_restart(handle, server, fs).await;
+    crash_and_restart(handle, server, fs, oracle).await;
     // Faults are off now: the server must come back (the liveness limit catches it if not).
     let Some(channel) = connect(usize::MAX).await else {
         unreachable!("connect retries without end")
@@ -390,6 +395,66 @@ async fn audit(handle: &Handle, server: &NodeHandle, fs: &SimFs, oracle: &Oracle
             violation.name,
             format!("{}: {}", violation.path.display(), violation.detail),
         );
+    }
+}
+
+/// The seal's ordering rule, checked by the disk at every sync: a sync that makes a footer
+/// durable must not make the records it names durable in the same breath (one fsync orders
+/// nothing within a file: a crash during it may keep the footer and lose the records).
+fn footer_names_unsynced_record(before: &[u8], after: &[u8]) -> Option<String> {
+    let at = after.len().checked_sub(record::TRAILER_LEN)?;
+    let (offset, len) = record::decode_trailer(&after[at..], after.len() as u64).ok()?;
+    if before.len() == after.len() && before[at..] == after[at..] {
+        return None; // that footer was durable already
+    }
+    let footer = &after[offset as usize..(offset + len) as usize];
+    let entries = record::decode_footer(footer, offset).ok()?;
+    entries.iter().find_map(|entry| {
+        let range =
+            entry.payload_offset as usize..(entry.payload_offset + entry.payload_len) as usize;
+        let durable = before
+            .get(range.clone())
+            .is_some_and(|b| *b == after[range.clone()]);
+        (!durable).then(|| {
+            format!(
+                "the sync that made its footer durable also made the record at {} durable",
+                range.start
+            )
+        })
+    })
+}
+
+/// What the disk holds while the server is down: every segment footer whose checksums match
+/// (the ones recovery will trust) names only records whose payloads are on disk and intact.
+fn audit_footers(fs: &SimFs, oracle: &Oracle) {
+    let segments = Path::new(DATA_DIR).join("segments");
+    for path in fs.files().into_iter().filter(|p| p.starts_with(&segments)) {
+        let Some(bytes) = fs.peek(&path) else {
+            continue;
+        };
+        let Some(at) = bytes.len().checked_sub(record::TRAILER_LEN) else {
+            continue;
+        };
+        let Ok((offset, len)) = record::decode_trailer(&bytes[at..], bytes.len() as u64) else {
+            continue;
+        };
+        let footer = &bytes[offset as usize..(offset + len) as usize];
+        let Ok(entries) = record::decode_footer(footer, offset) else {
+            continue;
+        };
+        for entry in entries {
+            let start = entry.payload_offset as usize;
+            let payload = &bytes[start..start + entry.payload_len as usize];
+            if <[u8; 32]>::from(Sha256::digest(payload)) != entry.payload_sha256 {
+                oracle.fail(
+                    "footer-vouches-for-corrupt-record",
+                    format!(
+                        "{}: the footer names a record at {start} whose bytes do not hash",
+                        path.display()
+                    ),
+                );
+            }
+        }
     }
 }
 

@@ -12,7 +12,9 @@
 //!   a retired segment holding nothing durable is removed with its handles.
 //! - **A footer names only durable, intact records.** Sealing syncs the records first, then
 //!   writes the footer and trailer and syncs again; recovery re-hashes and syncs an unsealed
-//!   segment's records before it seals it. A footer is trusted only when its checksums match.
+//!   segment's records before it indexes (then seals) them: after a process died, verified
+//!   bytes may still be only in the page cache. A footer is trusted only when its checksums
+//!   match.
 //! - **A new segment's directory entry is durable before any record in it is acknowledged.**
 //! - **Bounded descriptors.** Segments are opened for reading on demand and at most
 //!   [`MAX_OPEN_READERS`] stay open (plus the active one's); recovery opens one file at a time.
@@ -908,6 +910,12 @@ async fn recover_segment(
     let mut file = fs.open_append(path).await.map_err(io_error(context()))?;
     let len = file.len().await.map_err(io_error(context()))?;
     if let Some(entries) = read_footer(file.as_ref(), len, path).await? {
+        tracing::debug!(
+            segment = id,
+            len,
+            records = entries.len(),
+            "recovered from the footer"
+        );
         for entry in entries {
             found(from_footer(id, entry));
         }
@@ -937,6 +945,10 @@ async fn recover_segment(
         file.truncate(valid_end)
             .await
             .map_err(io_error(context()))?;
+    }
+    // The bytes just verified may sit only in the page cache (the process died, the machine did
+    // not): they are durable before anything is indexed from them, let alone sealed.
+    if !footer_before_sync {
         file.sync().await.map_err(io_error(context()))?;
     }
     let mut footer = FooterBuilder::default();
@@ -958,14 +970,18 @@ async fn recover_segment(
             verified: verify,
         });
     }
+    tracing::debug!(
+        segment = id,
+        len,
+        valid_end,
+        records = footer.len(),
+        verify,
+        "recovered by a scan"
+    );
     if footer.is_empty() {
         return Ok(0);
     }
-    // The records are verified and (truncation aside) synced by the truncate's sync or here.
     let sealed = async {
-        if !footer_before_sync {
-            file.sync().await?;
-        }
         let bytes = footer.finish(valid_end);
         file.write(&bytes).await?;
         file.sync().await?;
