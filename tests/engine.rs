@@ -524,3 +524,32 @@ async fn a_newer_segment_format_is_refused_with_its_file_and_version() {
     // Refused, not repaired: the file is as it was.
     assert_eq!(std::fs::read(&segment).unwrap(), bytes);
 }
+
+#[tokio::test]
+async fn a_read_whose_segment_is_evicted_before_it_opened_the_file_is_a_plain_miss() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.max_size = Some(1 << 20);
+    config.segment_size = 128 << 10;
+    let victim = blob(7, 100_000);
+    let digest = Digest::of(&victim);
+    {
+        let engine = Engine::open(config.clone(), Arc::new(RealFs), Arc::new(TokioRuntime))
+            .await
+            .unwrap();
+        engine.put_blob(digest, victim.clone()).await.unwrap();
+        engine.shutdown().await;
+    }
+    // After a restart no segment is open: this read has found the entry but holds no handle.
+    let engine = Engine::open(config, Arc::new(RealFs), Arc::new(TokioRuntime))
+        .await
+        .unwrap();
+    let mut reader = engine.open_blob(&digest, 0).unwrap();
+    for i in 0..60u64 {
+        let data = blob(1000 + i, 60_000);
+        engine.put_blob(Digest::of(&data), data).await.unwrap();
+    }
+    assert!(!engine.contains(&digest), "evicted meanwhile");
+    let err = reader.next_chunk(10_000).await.unwrap_err();
+    assert!(matches!(err, Error::NotFound(_)), "{err}");
+}
