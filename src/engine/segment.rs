@@ -851,6 +851,7 @@ struct Scan {
 /// Walks the record headers of the first `len` bytes of a segment, skipping payloads, up to a
 /// seal, a footer (one that was not trusted) or the first bytes that are not a record.
 async fn scan_headers(file: &dyn FsFile, len: u64, path: &Path) -> Result<Scan, Error> {
+    let mut window = Window::new(file);
     let mut scan = Scan {
         records: Vec::new(),
         end: 0,
@@ -859,7 +860,8 @@ async fn scan_headers(file: &dyn FsFile, len: u64, path: &Path) -> Result<Scan, 
     };
     while scan.end < len {
         let want = (len - scan.end).min(record::MAX_HEADER_LEN as u64) as usize;
-        let bytes = read_retrying(file, scan.end, want)
+        let bytes = window
+            .read(scan.end, want)
             .await
             .map_err(io_error("reading segment headers"))?;
         if record::is_footer_start(&bytes) {
@@ -931,8 +933,9 @@ async fn recover_segment(
     let mut valid_end = end;
     let mut accepted = Vec::with_capacity(records.len());
     let mut torn = torn;
+    let mut window = Window::new(file.as_ref());
     for (header, payload_at) in records {
-        if verify && !payload_hashes_to(file.as_ref(), payload_at, &header).await? {
+        if verify && !payload_hashes_to(&mut window, payload_at, &header).await? {
             torn = Some(format!("payload at {payload_at} fails its checksum"));
             valid_end = payload_at - header.header_len as u64;
             break;
@@ -1005,12 +1008,17 @@ async fn recover_segment(
     Ok(len)
 }
 
-async fn payload_hashes_to(file: &dyn FsFile, at: u64, header: &Header) -> Result<bool, Error> {
+async fn payload_hashes_to(
+    window: &mut Window<'_>,
+    at: u64,
+    header: &Header,
+) -> Result<bool, Error> {
     let mut hasher = Sha256::new();
     let mut done = 0u64;
     while done < header.payload_len {
         let want = (header.payload_len - done).min(IO_CHUNK as u64) as usize;
-        let chunk = read_retrying(file, at + done, want)
+        let chunk = window
+            .read(at + done, want)
             .await
             .map_err(|e| Error::io("verifying a recovered record", e))?;
         if chunk.len() < want {
@@ -1020,6 +1028,35 @@ async fn payload_hashes_to(file: &dyn FsFile, at: u64, header: &Header) -> Resul
         done += want as u64;
     }
     Ok(<[u8; 32]>::from(hasher.finalize()) == header.payload_sha256)
+}
+
+/// Sequential reads of a file through a window of [`IO_CHUNK`] bytes: a scan costs one read
+/// per window, not one per record.
+struct Window<'a> {
+    file: &'a dyn FsFile,
+    at: u64,
+    bytes: Bytes,
+}
+
+impl<'a> Window<'a> {
+    fn new(file: &'a dyn FsFile) -> Self {
+        Window {
+            file,
+            at: 0,
+            bytes: Bytes::new(),
+        }
+    }
+
+    /// `len` bytes at `offset`, fewer only where the file ends first.
+    async fn read(&mut self, offset: u64, len: usize) -> io::Result<Bytes> {
+        let held = offset >= self.at && offset + len as u64 <= self.at + self.bytes.len() as u64;
+        if !held {
+            self.bytes = read_retrying(self.file, offset, len.max(IO_CHUNK)).await?;
+            self.at = offset;
+        }
+        let start = (offset - self.at) as usize;
+        Ok(self.bytes.slice(start..(start + len).min(self.bytes.len())))
+    }
 }
 
 /// `read_at`, retried a few times on errors other than the file ending.
