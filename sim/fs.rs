@@ -43,6 +43,11 @@ const ROOTS: [&str; 2] = ["", "/"];
 /// Name of the violation recorded when a path-based persist touches unflushed bytes.
 pub const PERSIST_BEFORE_FLUSH: &str = "persist-before-flush";
 
+/// A rule checked at every successful `sync`, given the file's durable contents before and
+/// after it: `Some(why)` when the sync broke the rule. The disk knows no file format; the world
+/// installs checks that do (see [`SimFs::set_sync_check`]).
+pub type SyncCheck = fn(before: &[u8], after: &[u8]) -> Option<String>;
+
 /// A fault the simulated disk can inject. Names are stable: they appear in configurations,
 /// stats and replay output.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -307,6 +312,10 @@ struct World {
     /// Shared counter for inode, handle and lock ids.
     next_id: u64,
     violations: Vec<Violation>,
+    /// The rule checked at every sync, and its name.
+    sync_check: Option<(&'static str, SyncCheck)>,
+    /// Drop events not yet logged (see [`World::log_drops`]).
+    dropped_unlogged: BTreeMap<u64, String>,
     stats: FsStats,
     events: VecDeque<String>,
 }
@@ -334,6 +343,8 @@ impl SimFs {
             locks: BTreeMap::new(),
             next_id: 1,
             violations: Vec::new(),
+            sync_check: None,
+            dropped_unlogged: BTreeMap::new(),
             stats: FsStats::default(),
             events: VecDeque::new(),
         };
@@ -369,6 +380,33 @@ impl SimFs {
         self.world().crash();
     }
 
+    /// The server process ends without the machine going down (a clean exit, or a kill of the
+    /// process alone): its handles close, with bytes still in their buffers lost but in-flight
+    /// bytes of dropped handles landing; its locks are released; page caches stay.
+    pub fn process_exit(&self) {
+        let mut world = self.world();
+        world.log_drops();
+        let in_flight: Vec<u64> = world
+            .handles
+            .iter()
+            .filter(|(_, h)| h.dropped)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in in_flight {
+            let n = world.handles[&id].pending.len();
+            world.drain(id, n);
+        }
+        world.handles.clear();
+        world.locks.clear();
+        world.gc();
+        world.event("process exit".into());
+    }
+
+    /// Checks `check` (a violation named `name` when it fails) at every successful sync.
+    pub fn set_sync_check(&self, name: &'static str, check: SyncCheck) {
+        self.world().sync_check = Some((name, check));
+    }
+
     /// Every violation recorded so far, in order.
     pub fn violations(&self) -> Vec<Violation> {
         self.world().violations.clone()
@@ -393,7 +431,6 @@ impl SimFs {
 
     /// Page-cache contents of a live file, bypassing faults, stats and rule checks (for
     /// oracles and tests).
-    #[cfg(test)]
     pub fn peek(&self, path: &Path) -> Option<Vec<u8>> {
         let world = self.world();
         match world.entry(&normalise(path).ok()?)? {
@@ -410,7 +447,9 @@ impl SimFs {
     /// The most recent injected faults, crashes and violations, oldest first (for replay
     /// diagnostics and determinism checks).
     pub fn events(&self) -> Vec<String> {
-        self.world().events.iter().cloned().collect()
+        let mut world = self.world();
+        world.log_drops();
+        world.events.iter().cloned().collect()
     }
 
     /// Runs one fs call: counts it, checks the persist rule on `persist` (before background
@@ -465,6 +504,7 @@ impl World {
     }
 
     fn begin(&mut self, op: &'static str, persist: Option<&Path>) -> Option<Duration> {
+        self.log_drops();
         *self.stats.ops.entry(op).or_default() += 1;
         if let Some(path) = persist.and_then(|p| normalise(p).ok()) {
             self.check_persist(op, &path);
@@ -892,6 +932,14 @@ impl World {
             self.event(format!("eio-sync #{id} {}", path.display()));
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
+        if let Some((name, check)) = self.sync_check {
+            let inode = self.inode(ino);
+            if let Some(detail) = check(&inode.durable, &inode.cache) {
+                self.stats.violations += 1;
+                self.event(format!("violation {name} {}: {detail}", path.display()));
+                self.violations.push(Violation { name, path, detail });
+            }
+        }
         let inode = self.inode(ino);
         inode.durable = inode.cache.clone();
         inode.failed_sync = None;
@@ -958,13 +1006,23 @@ impl World {
         } else {
             handle.dropped = true;
             let (n, path) = (handle.pending.len(), handle.path.display().to_string());
-            self.event(format!(
-                "drop #{id} {path} with {n} unflushed bytes in flight"
-            ));
+            self.dropped_unlogged.insert(
+                id,
+                format!("drop #{id} {path} with {n} unflushed bytes in flight"),
+            );
+        }
+    }
+
+    /// Logs the drops since the last call in handle order: a node kill drops its tasks (and so
+    /// their handles) in an order madsim does not fix, and that order must not reach the trace.
+    fn log_drops(&mut self) {
+        for (_, event) in std::mem::take(&mut self.dropped_unlogged) {
+            self.event(event);
         }
     }
 
     fn crash(&mut self) {
+        self.log_drops();
         self.stats.crashes += 1;
         self.handles.clear();
         self.locks.clear();

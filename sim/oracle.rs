@@ -16,6 +16,10 @@
 //! - `temp-file-leak`: no temp file outlives its upload or survives a restart.
 //! - `persist-before-flush` (from the simulated filesystem): nothing reopens a file by path
 //!   while bytes of it sit unflushed in a handle.
+//! - `footer-names-unsynced-record` (from the simulated filesystem): a footer is made durable
+//!   only after every record it names is.
+//! - `footer-vouches-for-corrupt-record` (an audit of the disk whenever the server is down): a
+//!   segment footer whose checksums match names only records whose payloads hash as it says.
 //! - `server-panic`: the server never panics.
 //! - `liveness`: a seed finishes within its virtual time limit (a hang fails it).
 

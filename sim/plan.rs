@@ -37,6 +37,9 @@ pub struct Plan {
     pub max_size: Option<u64>,
     /// Server crashes (kill + disk crash + restart) during the run.
     pub crashes: usize,
+    /// Server stops during the run: a clean shutdown (the active segment sealed) and a restart,
+    /// or, for some, a crash while the shutdown is still sealing.
+    pub stops: usize,
     /// Filesystem faults.
     pub faults: FaultConfig,
 }
@@ -57,12 +60,14 @@ impl Plan {
             chunk: *pick(&mut rng, &[4 << 10, 16 << 10, 64 << 10]),
             break_prob: *pick(&mut rng, &[0.0, 0.05, 0.2]),
             memory_stage_limit: *pick(&mut rng, &[0, 1 << 10, 32 << 10, 1 << 20]),
-            segment_size: *pick(&mut rng, &[64 << 10, 1 << 20, 64 << 20]),
+            // Small segments seal often, so crashes land in seals and tear footers.
+            segment_size: *pick(&mut rng, &[16 << 10, 64 << 10, 1 << 20, 64 << 20]),
             max_size: *pick(
                 &mut rng,
                 &[None, None, Some(2 << 20), Some(8 << 20), Some(32 << 20)],
             ),
             crashes: *pick(&mut rng, &[0, 1, 1, 2, 4]),
+            stops: *pick(&mut rng, &[0, 1, 2, 3]),
             faults: FaultConfig::swarm(),
         }
     }
@@ -77,7 +82,7 @@ impl fmt::Display for Plan {
         write!(
             f,
             "clients={} ccache_clients={} http_clients={} rounds={} burst_max={} pool={} max_blob={} chunk={} \
-             break={} stage_limit={} segment_size={} max_size={:?} crashes={} | faults: {}",
+             break={} stage_limit={} segment_size={} max_size={:?} crashes={} stops={} | faults: {}",
             self.clients,
             self.ccache_clients,
             self.http_clients,
@@ -91,6 +96,7 @@ impl fmt::Display for Plan {
             self.segment_size,
             self.max_size,
             self.crashes,
+            self.stops,
             self.faults
         )
     }

@@ -5,12 +5,13 @@ use std::future::pending;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::join_all;
-use hoard::engine::{Digest, EngineConfig, EvictionObserver, RecordKey};
+use hoard::engine::{record, Digest, EngineConfig, EvictionObserver, RecordKey};
 use hoard::proto::bytestream::byte_stream_client::ByteStreamClient;
 use hoard::proto::bytestream::ReadRequest;
 use hoard::proto::reapi::action_cache_client::ActionCacheClient;
@@ -23,6 +24,7 @@ use hoard::wire::http::HttpConfig;
 use hyper::Method;
 use madsim::rand::{thread_rng, Rng};
 use madsim::runtime::{Handle, NodeHandle, Runtime};
+use sha2::{Digest as _, Sha256};
 use tonic::transport::Channel;
 
 use crate::fs::SimFs;
@@ -112,33 +114,89 @@ fn engine_config(plan: &Plan, planted: Option<&str>, oracle: &Arc<Oracle>) -> En
     config
 }
 
-fn start_server(handle: &Handle, fs: &SimFs, config: ServeConfig) -> NodeHandle {
+/// Clean stops of the server: the world asks, the server node says when it has shut down.
+/// Counters rather than notifications, so a request made while the server was down (or a reply
+/// from before a crash) is never taken for a later one.
+#[derive(Default)]
+struct Stops {
+    requested: AtomicU64,
+    completed: AtomicU64,
+}
+
+fn start_server(handle: &Handle, fs: &SimFs, config: ServeConfig, stops: Arc<Stops>) -> NodeHandle {
     let fs = fs.clone();
     handle
         .create_node()
         .name("hoard")
         .ip(IpAddr::V4(SERVER_IP))
         .init(move || {
-            let (fs, config) = (fs.clone(), config.clone());
+            let (fs, config, stops) = (fs.clone(), config.clone(), stops.clone());
             async move {
                 // A supervisor's restart loop: a start that fails (an I/O error during
                 // recovery, say) is retried, as systemd would.
                 loop {
+                    let asked = stops.requested.load(Ordering::SeqCst);
+                    let stop = {
+                        let stops = stops.clone();
+                        async move {
+                            while stops.requested.load(Ordering::SeqCst) == asked {
+                                madsim::time::sleep(Duration::from_millis(10)).await;
+                            }
+                        }
+                    };
                     let served = server::serve(
                         config.clone(),
                         Arc::new(fs.clone()),
                         Arc::new(TokioRuntime),
-                        pending(),
+                        stop,
                     )
                     .await;
-                    if let Err(e) = served {
-                        tracing::info!(error = %e, "server stopped; restarting");
+                    match served {
+                        Ok(()) => {
+                            // Shut down cleanly: the process exits (the world restarts it).
+                            stops.completed.fetch_add(1, Ordering::SeqCst);
+                            pending::<()>().await;
+                        }
+                        Err(e) => tracing::info!(error = %e, "server stopped; restarting"),
                     }
                     madsim::time::sleep(Duration::from_millis(500)).await;
                 }
             }
         })
         .build()
+}
+
+/// Stops the server cleanly and starts it again; with `interrupt`, the machine crashes a few
+/// milliseconds into the shutdown instead (while the active segment is being sealed).
+async fn stop_and_restart(
+    handle: &Handle,
+    server: &NodeHandle,
+    fs: &SimFs,
+    oracle: &Oracle,
+    stops: &Stops,
+    interrupt: bool,
+) {
+    let done = stops.completed.load(Ordering::SeqCst);
+    stops.requested.fetch_add(1, Ordering::SeqCst);
+    if interrupt {
+        let into = thread_rng().gen_range(0..30);
+        madsim::time::sleep(Duration::from_millis(into)).await;
+        crash_and_restart(handle, server, fs, oracle).await;
+        return;
+    }
+    // A shutdown that cannot finish (the disk failing under recovery, say) ends in a kill.
+    for _ in 0..1000 {
+        if stops.completed.load(Ordering::SeqCst) > done {
+            break;
+        }
+        madsim::time::sleep(Duration::from_millis(10)).await;
+    }
+    handle.kill(server.id());
+    fs.process_exit();
+    audit_footers(fs, oracle);
+    let down = thread_rng().gen_range(1..500);
+    madsim::time::sleep(Duration::from_millis(down)).await;
+    handle.restart(server.id());
 }
 
 fn draw_pool(plan: &Plan) -> Pool {
@@ -165,6 +223,7 @@ async fn simulate(planted: Option<String>, verbose: bool) -> Outcome {
     }
     let handle = Handle::current();
     let fs = SimFs::new(plan.faults.clone());
+    fs.set_sync_check("footer-names-unsynced-record", footer_names_unsynced_record);
     let oracle = Arc::new(Oracle::default());
     let pool = Arc::new(draw_pool(&plan));
     let engine = engine_config(&plan, planted.as_deref(), &oracle);
@@ -180,7 +239,8 @@ async fn simulate(planted: Option<String>, verbose: bool) -> Outcome {
         grpc: GrpcConfig::default(),
         http: HttpConfig::default(),
     };
-    let server = start_server(&handle, &fs, config);
+    let stops = Arc::new(Stops::default());
+    let server = start_server(&handle, &fs, config, stops.clone());
 
     let clients = (0..plan.clients).map(|id| {
         let node = handle
@@ -219,11 +279,24 @@ async fn simulate(planted: Option<String>, verbose: bool) -> Outcome {
     });
     let clients = clients.chain(ccache_clients).chain(http_clients);
     let crasher = async {
-        for n in 0..plan.crashes {
+        // Crashes and stops in a seeded order.
+        let mut events: Vec<bool> = (0..plan.crashes + plan.stops)
+            .map(|i| i < plan.crashes)
+            .collect();
+        for i in (1..events.len()).rev() {
+            events.swap(i, thread_rng().gen_range(0..=i));
+        }
+        for (n, crash) in events.into_iter().enumerate() {
             let wait = thread_rng().gen_range(0..3000);
             madsim::time::sleep(Duration::from_millis(wait)).await;
-            oracle.event(format!("crash {n}"));
-            crash_and_restart(&handle, &server, &fs).await;
+            if crash {
+                oracle.event(format!("crash {n}"));
+                crash_and_restart(&handle, &server, &fs, &oracle).await;
+            } else {
+                let interrupt = thread_rng().gen_bool(0.5);
+                oracle.event(format!("stop {n} (interrupted: {interrupt})"));
+                stop_and_restart(&handle, &server, &fs, &oracle, &stops, interrupt).await;
+            }
         }
     };
     let (finished, ()) = futures::join!(join_all(clients), crasher);
@@ -260,9 +333,10 @@ async fn simulate(planted: Option<String>, verbose: bool) -> Outcome {
     }
 }
 
-async fn crash_and_restart(handle: &Handle, server: &NodeHandle, fs: &SimFs) {
+async fn crash_and_restart(handle: &Handle, server: &NodeHandle, fs: &SimFs, oracle: &Oracle) {
     handle.kill(server.id());
     fs.crash();
+    audit_footers(fs, oracle);
     let down = thread_rng().gen_range(1..500);
     madsim::time::sleep(Duration::from_millis(down)).await;
     handle.restart(server.id());
@@ -287,7 +361,7 @@ async fn audit(handle: &Handle, server: &NodeHandle, fs: &SimFs, oracle: &Oracle
 
     fs.set_faults(false);
     oracle.event("final crash");
-    crash_and_restart(handle, server, fs).await;
+    crash_and_restart(handle, server, fs, oracle).await;
     // Faults are off now: the server must come back (the liveness limit catches it if not).
     let Some(channel) = connect(usize::MAX).await else {
         unreachable!("connect retries without end")
@@ -336,6 +410,66 @@ async fn audit(handle: &Handle, server: &NodeHandle, fs: &SimFs, oracle: &Oracle
             violation.name,
             format!("{}: {}", violation.path.display(), violation.detail),
         );
+    }
+}
+
+/// The seal's ordering rule, checked by the disk at every sync: a sync that makes a footer
+/// durable must not make the records it names durable in the same breath (one fsync orders
+/// nothing within a file: a crash during it may keep the footer and lose the records).
+fn footer_names_unsynced_record(before: &[u8], after: &[u8]) -> Option<String> {
+    let at = after.len().checked_sub(record::TRAILER_LEN)?;
+    let (offset, len) = record::decode_trailer(&after[at..], after.len() as u64).ok()?;
+    if before.len() == after.len() && before[at..] == after[at..] {
+        return None; // that footer was durable already
+    }
+    let footer = &after[offset as usize..(offset + len) as usize];
+    let entries = record::decode_footer(footer, offset).ok()?;
+    entries.iter().find_map(|entry| {
+        let range =
+            entry.payload_offset as usize..(entry.payload_offset + entry.payload_len) as usize;
+        let durable = before
+            .get(range.clone())
+            .is_some_and(|b| *b == after[range.clone()]);
+        (!durable).then(|| {
+            format!(
+                "the sync that made its footer durable also made the record at {} durable",
+                range.start
+            )
+        })
+    })
+}
+
+/// What the disk holds while the server is down: every segment footer whose checksums match
+/// (the ones recovery will trust) names only records whose payloads are on disk and intact.
+fn audit_footers(fs: &SimFs, oracle: &Oracle) {
+    let segments = Path::new(DATA_DIR).join("segments");
+    for path in fs.files().into_iter().filter(|p| p.starts_with(&segments)) {
+        let Some(bytes) = fs.peek(&path) else {
+            continue;
+        };
+        let Some(at) = bytes.len().checked_sub(record::TRAILER_LEN) else {
+            continue;
+        };
+        let Ok((offset, len)) = record::decode_trailer(&bytes[at..], bytes.len() as u64) else {
+            continue;
+        };
+        let footer = &bytes[offset as usize..(offset + len) as usize];
+        let Ok(entries) = record::decode_footer(footer, offset) else {
+            continue;
+        };
+        for entry in entries {
+            let start = entry.payload_offset as usize;
+            let payload = &bytes[start..start + entry.payload_len as usize];
+            if <[u8; 32]>::from(Sha256::digest(payload)) != entry.payload_sha256 {
+                oracle.fail(
+                    "footer-vouches-for-corrupt-record",
+                    format!(
+                        "{}: the footer names a record at {start} whose bytes do not hash",
+                        path.display()
+                    ),
+                );
+            }
+        }
     }
 }
 

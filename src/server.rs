@@ -41,7 +41,7 @@ pub async fn serve(
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let engine = Engine::open(config.engine.clone(), fs, runtime).await?;
     // One cache for both front ends: every rule of the cache applies to gRPC and HTTP alike.
-    let cache = stack::over_engine(engine, &config.stack);
+    let cache = stack::over_engine(engine.clone(), &config.stack);
     let shutdown: Shared<futures::future::BoxFuture<'static, ()>> = shutdown.boxed().shared();
     // One registry for both front ends: `GET /metrics` on HTTP shows the gRPC traffic too.
     let metrics = Arc::new(Metrics::new());
@@ -68,6 +68,8 @@ pub async fn serve(
         }
         None => grpc.await?,
     }
+    // Both front ends have stopped: seal the active segment so the next start reads footers only.
+    engine.shutdown().await;
     tracing::info!("shut down");
     Ok(())
 }

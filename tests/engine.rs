@@ -44,6 +44,26 @@ async fn read_all(engine: &Engine, digest: &Digest) -> Bytes {
         .expect("blob reads")
 }
 
+fn segment_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.join("segments"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Flips a byte inside the payload of the record holding `data` in `segment`.
+fn corrupt_payload(segment: &Path, data: &[u8]) {
+    let mut bytes = std::fs::read(segment).unwrap();
+    let at = bytes
+        .windows(data.len())
+        .position(|w| w == data)
+        .expect("payload in segment");
+    bytes[at + data.len() / 2] ^= 0xff;
+    std::fs::write(segment, bytes).unwrap();
+}
+
 fn temp_files(dir: &Path) -> usize {
     std::fs::read_dir(dir.join("tmp")).unwrap().count()
 }
@@ -228,9 +248,12 @@ async fn a_torn_segment_tail_recovers_to_the_last_complete_record() {
     let engine = open(dir.path()).await;
     assert_eq!(read_all(&engine, &Digest::of(&kept)).await, kept);
     assert!(!engine.contains(&Digest::of(&torn)));
-    // The torn tail was cut off, and the log goes on in a new segment.
-    let cut_len = std::fs::metadata(&segment).unwrap().len();
-    assert_eq!(cut_len, len / 2, "two equal records, the second cut off");
+    // The torn tail was cut off (two equal records, the second gone) and the segment sealed
+    // with a footer; the log goes on in a new segment.
+    let bytes = std::fs::read(&segment).unwrap();
+    assert!(bytes.len() as u64 > len / 2 && (bytes.len() as u64) < len);
+    assert_eq!(&bytes[bytes.len() - 24..bytes.len() - 20], b"HTL\x02");
+    assert!(!engine.contains(&Digest::of(&torn)));
     engine
         .put_blob(Digest::of(&torn), torn.clone())
         .await
@@ -383,4 +406,156 @@ async fn a_read_in_progress_survives_the_eviction_of_its_segment() {
         read.extend_from_slice(&chunk);
     }
     assert_eq!(read, victim);
+}
+
+#[tokio::test]
+async fn open_and_close_cycles_leave_no_empty_segments_and_a_clean_restart_rehashes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = blob(5, 10_000);
+    let digest = Digest::of(&data);
+    {
+        let engine = open(dir.path()).await;
+        engine.put_blob(digest, data.clone()).await.unwrap();
+        engine.shutdown().await;
+    }
+    let sealed = segment_files(dir.path());
+    assert_eq!(sealed, ["0000000001.seg"]);
+    // Clean shutdowns and kills with nothing written leave the set of segments as it was.
+    for round in 0..5 {
+        let engine = open(dir.path()).await;
+        assert_eq!(read_all(&engine, &digest).await, data, "round {round}");
+        if round % 2 == 0 {
+            engine.shutdown().await;
+        }
+        drop(engine);
+        assert_eq!(segment_files(dir.path()), sealed, "round {round}");
+    }
+    // The sealed segment's footer is trusted: a start re-hashes nothing, so a payload corrupted
+    // behind its back is still indexed (a re-hash would have dropped it), and the read that
+    // verifies it refuses the bytes.
+    corrupt_payload(&dir.path().join("segments").join(&sealed[0]), &data);
+    let engine = open(dir.path()).await;
+    assert!(engine.contains(&digest), "recovery trusted the footer");
+    let err = engine.read_blob(&digest, 0, digest.size).await.unwrap_err();
+    assert!(matches!(err, Error::DataLoss(_)), "{err}");
+    assert!(!engine.contains(&digest));
+}
+
+#[tokio::test]
+async fn a_killed_engine_is_verified_once_and_then_sealed() {
+    let dir = tempfile::tempdir().unwrap();
+    let kept = blob(8, 10_000);
+    let corrupt = blob(9, 10_000);
+    {
+        let engine = open(dir.path()).await;
+        for data in [&kept, &corrupt] {
+            engine
+                .put_blob(Digest::of(data), data.clone())
+                .await
+                .unwrap();
+        }
+        // Dropped without shutdown: the segment is left unsealed, as after kill -9.
+    }
+    let segment = dir.path().join("segments").join("0000000001.seg");
+    corrupt_payload(&segment, &corrupt);
+    {
+        let engine = open(dir.path()).await;
+        assert_eq!(read_all(&engine, &Digest::of(&kept)).await, kept);
+        assert!(!engine.contains(&Digest::of(&corrupt)), "re-hashed and cut");
+    }
+    assert_eq!(segment_files(dir.path()), ["0000000001.seg"]);
+    // Sealed by that recovery: the next start trusts its footer.
+    corrupt_payload(&segment, &kept);
+    let engine = open(dir.path()).await;
+    assert!(
+        engine.contains(&Digest::of(&kept)),
+        "trusted from the footer"
+    );
+}
+
+#[tokio::test]
+async fn a_corrupt_footer_falls_back_to_scanning_the_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let blobs: Vec<Bytes> = (0..5).map(|i| blob(20 + i, 3000)).collect();
+    {
+        let engine = open(dir.path()).await;
+        for data in &blobs {
+            engine
+                .put_blob(Digest::of(data), data.clone())
+                .await
+                .unwrap();
+        }
+        engine.shutdown().await;
+    }
+    let segment = dir.path().join("segments").join("0000000001.seg");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    // A byte inside the footer's entries, and one payload byte of the last blob.
+    let footer_byte = bytes.len() - 24 - 40;
+    bytes[footer_byte] ^= 0x01;
+    std::fs::write(&segment, &bytes).unwrap();
+    corrupt_payload(&segment, &blobs[4]);
+    let engine = open(dir.path()).await;
+    // The footer failed its CRC, so the segment was scanned and re-hashed: the corrupt record
+    // was cut, and every other one is served.
+    for data in &blobs[..4] {
+        assert_eq!(read_all(&engine, &Digest::of(data)).await, *data);
+    }
+    assert!(!engine.contains(&Digest::of(&blobs[4])));
+}
+
+#[tokio::test]
+async fn a_newer_segment_format_is_refused_with_its_file_and_version() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let engine = open(dir.path()).await;
+        let data = blob(30, 100);
+        engine.put_blob(Digest::of(&data), data).await.unwrap();
+        engine.shutdown().await;
+    }
+    // Rewrite the trailer as a version 3 one (its CRC valid).
+    let segment = dir.path().join("segments").join("0000000001.seg");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let at = bytes.len() - 24;
+    bytes[at + 3] = 3;
+    let crc = crc32fast::hash(&bytes[at..at + 20]);
+    bytes[at + 20..].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&segment, &bytes).unwrap();
+    let err = Engine::open(config(dir.path()), Arc::new(RealFs), Arc::new(TokioRuntime))
+        .await
+        .err()
+        .expect("refused");
+    let message = err.to_string();
+    assert!(message.contains("0000000001.seg"), "{message}");
+    assert!(message.contains("segment format version 3"), "{message}");
+    // Refused, not repaired: the file is as it was.
+    assert_eq!(std::fs::read(&segment).unwrap(), bytes);
+}
+
+#[tokio::test]
+async fn a_read_whose_segment_is_evicted_before_it_opened_the_file_is_a_plain_miss() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.max_size = Some(1 << 20);
+    config.segment_size = 128 << 10;
+    let victim = blob(7, 100_000);
+    let digest = Digest::of(&victim);
+    {
+        let engine = Engine::open(config.clone(), Arc::new(RealFs), Arc::new(TokioRuntime))
+            .await
+            .unwrap();
+        engine.put_blob(digest, victim.clone()).await.unwrap();
+        engine.shutdown().await;
+    }
+    // After a restart no segment is open: this read has found the entry but holds no handle.
+    let engine = Engine::open(config, Arc::new(RealFs), Arc::new(TokioRuntime))
+        .await
+        .unwrap();
+    let mut reader = engine.open_blob(&digest, 0).unwrap();
+    for i in 0..60u64 {
+        let data = blob(1000 + i, 60_000);
+        engine.put_blob(Digest::of(&data), data).await.unwrap();
+    }
+    assert!(!engine.contains(&digest), "evicted meanwhile");
+    let err = reader.next_chunk(10_000).await.unwrap_err();
+    assert!(matches!(err, Error::NotFound(_)), "{err}");
 }

@@ -28,7 +28,7 @@ pub use digest::{parse_hash, Digest, HASH_LEN};
 use index::{Entry, Index};
 pub use record::{AcKind, RecordKey};
 pub use segment::Location;
-use segment::{read_payload, Payload, Pin, SegmentLog, IO_CHUNK};
+use segment::{read_payload, LogOptions, Payload, Pin, ReaderState, SegmentLog, IO_CHUNK};
 pub use upload::Upload;
 
 use crate::seam::{Fs, FsFile, FsLock, Runtime};
@@ -44,6 +44,9 @@ pub enum PlantedBug {
     IndexBeforeSync,
     /// Acknowledge a commit before the index entry exists.
     AckBeforeIndex,
+    /// Write a segment's footer without first syncing the records it names (and, in recovery,
+    /// without re-hashing them): the footer may vouch for bytes that are not on disk.
+    FooterBeforeSync,
     /// Assemble the store stack without its completeness check, so action results whose blobs
     /// are gone are served (what HTTP did before the stack).
     IncompleteActionServed,
@@ -51,10 +54,11 @@ pub enum PlantedBug {
 
 impl PlantedBug {
     /// Every planted bug, in the order the simulator hunts them.
-    pub const ALL: [PlantedBug; 4] = [
+    pub const ALL: [PlantedBug; 5] = [
         PlantedBug::UnflushedPersist,
         PlantedBug::IndexBeforeSync,
         PlantedBug::AckBeforeIndex,
+        PlantedBug::FooterBeforeSync,
         PlantedBug::IncompleteActionServed,
     ];
 
@@ -64,6 +68,7 @@ impl PlantedBug {
             PlantedBug::UnflushedPersist => "unflushed-persist",
             PlantedBug::IndexBeforeSync => "index-before-sync",
             PlantedBug::AckBeforeIndex => "ack-before-index",
+            PlantedBug::FooterBeforeSync => "footer-before-sync",
             PlantedBug::IncompleteActionServed => "incomplete-action-served",
         }
     }
@@ -217,7 +222,11 @@ impl Engine {
             Some(budget) => config.segment_size.min((budget / 8).max(MIN_SEGMENT_SIZE)),
             None => config.segment_size,
         };
-        let segments = SegmentLog::open(fs.clone(), segment_dir, segment_size, |r| {
+        let options = LogOptions {
+            target_size: segment_size,
+            footer_before_sync: config.planted(PlantedBug::FooterBeforeSync),
+        };
+        let segments = SegmentLog::open(fs.clone(), runtime.clone(), segment_dir, options, |r| {
             let entry = Entry {
                 location: r.location,
                 sha256: r.payload_sha256,
@@ -263,6 +272,13 @@ impl Engine {
             disk_bytes: self.segments.disk_bytes(),
             ..self.index.lock().expect("index").stats()
         }
+    }
+
+    /// Clean shutdown, once the front ends have stopped: seals the active segment (flushed,
+    /// synced, footer written), so the next start reads its footer instead of re-hashing it.
+    /// Appends that still arrive afterwards start a new segment.
+    pub async fn shutdown(&self) {
+        self.segments.seal_active().await;
     }
 
     /// Whether the CAS holds `digest` (the empty blob always). A hit counts as a use: a client
@@ -440,6 +456,7 @@ impl Engine {
         let reader = self
             .segments
             .reader(segment)
+            .await?
             .ok_or_else(|| Error::Internal(format!("segment {segment} is gone")))?;
         let mut moved = Vec::new();
         for record in self.segments.records(segment).await? {
@@ -512,6 +529,7 @@ impl Engine {
             };
         }
         let (entry, reader) = self.lookup_blob(digest)?;
+        let reader = self.open_reader(digest, &entry, reader).await?;
         if !entry.verified {
             self.verify_blob(digest, &entry.location, reader.as_ref())
                 .await?;
@@ -535,7 +553,7 @@ impl Engine {
         } else {
             let (entry, reader) = self.lookup_blob(digest)?;
             Some(Source {
-                location: entry.location,
+                entry,
                 reader,
                 // Reading from 0 verifies as it goes; a ranged read verifies the whole first.
                 unverified: !entry.verified && offset > 0,
@@ -550,13 +568,35 @@ impl Engine {
         })
     }
 
-    /// A blob's entry and its segment's read handle, taken together under the index lock so
-    /// eviction (which forgets entries before it deletes a segment) cannot slip in between.
-    fn lookup_blob(&self, digest: &Digest) -> Result<(Entry, Arc<dyn FsFile>), Error> {
+    /// A blob's entry and its segment's read handle if open, taken together under the index
+    /// lock so eviction (which forgets entries before it deletes a segment) cannot slip in
+    /// between.
+    fn lookup_blob(&self, digest: &Digest) -> Result<(Entry, Option<Arc<dyn FsFile>>), Error> {
         let mut index = self.index.lock().expect("index");
-        index
-            .touch_blob(digest)
-            .and_then(|entry| Some((entry, self.segments.reader(entry.location.segment)?)))
+        let found = index.touch_blob(digest).and_then(|entry| {
+            match self.segments.reader_now(entry.location.segment) {
+                ReaderState::Open(reader) => Some((entry, Some(reader))),
+                ReaderState::Closed => Some((entry, None)),
+                ReaderState::Gone => None,
+            }
+        });
+        found.ok_or_else(|| Error::NotFound(format!("blob {digest} not found")))
+    }
+
+    /// The read handle a lookup found, or one opened now. A segment evicted in between (gone,
+    /// or its file removed before the open) is a plain miss.
+    async fn open_reader(
+        &self,
+        digest: &Digest,
+        entry: &Entry,
+        found: Option<Arc<dyn FsFile>>,
+    ) -> Result<Arc<dyn FsFile>, Error> {
+        if let Some(reader) = found {
+            return Ok(reader);
+        }
+        self.segments
+            .reader(entry.location.segment)
+            .await?
             .ok_or_else(|| Error::NotFound(format!("blob {digest} not found")))
     }
 
@@ -622,12 +662,23 @@ impl Engine {
             let mut index = self.index.lock().expect("index");
             index
                 .touch_action(instance, action)
-                .and_then(|(kind, entry)| {
-                    Some((kind, entry, self.segments.reader(entry.location.segment)?))
-                })
+                .and_then(
+                    |(kind, entry)| match self.segments.reader_now(entry.location.segment) {
+                        ReaderState::Open(reader) => Some((kind, entry, Some(reader))),
+                        ReaderState::Closed => Some((kind, entry, None)),
+                        ReaderState::Gone => None,
+                    },
+                )
         };
         let Some((kind, entry, reader)) = found else {
             return Ok(None);
+        };
+        let reader = match reader {
+            Some(reader) => reader,
+            None => match self.segments.reader(entry.location.segment).await? {
+                Some(reader) => reader,
+                None => return Ok(None),
+            },
         };
         let bytes = read_payload(
             reader.as_ref(),
@@ -651,14 +702,16 @@ impl Engine {
 
 /// Where a [`BlobReader`] reads from.
 struct Source {
-    location: Location,
-    reader: Arc<dyn FsFile>,
+    entry: Entry,
+    /// Opened at the first chunk when the lookup found the segment closed.
+    reader: Option<Arc<dyn FsFile>>,
     /// The stored bytes must be verified before the first chunk is returned.
     unverified: bool,
 }
 
-/// A streaming read of a blob in chunks. It holds the segment's handle, so eviction cannot pull
-/// the bytes from under it. When it starts at offset 0 it hashes as it goes and fails the last
+/// A streaming read of a blob in chunks. It holds the segment's handle (opened at the first
+/// chunk if the segment had none open), so eviction cannot pull the bytes from under it once
+/// reading started. When it starts at offset 0 it hashes as it goes and fails the last
 /// chunk if the bytes do not match the digest, so a client that reads to the end never accepts
 /// corrupt data; a ranged read of a blob not verified since it was written verifies it first.
 pub struct BlobReader {
@@ -678,21 +731,22 @@ impl BlobReader {
         if self.position >= self.digest.size {
             return Ok(None);
         }
+        let reader = match &source.reader {
+            Some(reader) => reader.clone(),
+            None => {
+                let found = self.engine.open_reader(&self.digest, &source.entry, None);
+                source.reader.insert(found.await?).clone()
+            }
+        };
+        let location = source.entry.location;
         if source.unverified {
-            let reader = source.reader.as_ref();
             self.engine
-                .verify_blob(&self.digest, &source.location, reader)
+                .verify_blob(&self.digest, &location, reader.as_ref())
                 .await?;
             source.unverified = false;
         }
         let want = (self.digest.size - self.position).min(max as u64) as usize;
-        let chunk = read_payload(
-            source.reader.as_ref(),
-            &source.location,
-            self.position,
-            want,
-        )
-        .await?;
+        let chunk = read_payload(reader.as_ref(), &location, self.position, want).await?;
         self.position += want as u64;
         if let Some(hasher) = &mut self.hasher {
             hasher.update(&chunk);

@@ -1,17 +1,45 @@
-//! The on-disk record format of segments. A segment is a sequence of records:
+//! The on-disk format of segments (version 2). A segment is a sequence of records, and a sealed
+//! segment ends with a footer (an index of its records) and a fixed-size trailer:
 //!
 //! ```text
-//! magic "HRD1" | kind u8 | key_len u16 | payload_len u64 | payload_sha256 [32] | key | crc32 u32 | payload
+//! record  := "HRD2" | kind u8 | key_len u16 | payload_len u64 | payload_sha256 [32] | key | crc32 u32 | payload
+//! key     := function u8 | hash [32]                              (blob)
+//!          | function u8 | action [32] | reserved [8] | instance   (action-cache entry)
+//! footer  := "HFT2" | count u32 | entry* | crc32 u32
+//! entry   := kind u8 | key_len u16 | payload_len u64 | payload_offset u64 | payload_sha256 [32] | key
+//! trailer := "HTL" version u8 | footer_offset u64 | footer_len u64 | crc32 u32   (the file's last 24 bytes)
 //! ```
 //!
-//! All integers little-endian; the CRC covers every header byte before it. The header is its own
-//! checksum and the payload is checked by its SHA-256, so recovery can tell a complete record from
-//! a torn one without trusting anything it did not verify.
+//! All integers little-endian; each CRC covers every byte of its structure before it. The header
+//! is its own checksum and the payload is checked by its SHA-256, so recovery can tell a complete
+//! record from a torn one without trusting anything it did not verify. A footer is trusted only
+//! when both the trailer's and the footer's CRCs match; otherwise the segment is scanned.
+//!
+//! `function` names the digest function of the key (1 = SHA-256, the only one today). The
+//! trailer keeps its layout in every version, so a newer format is recognised and refused by
+//! name instead of being mistaken for a torn tail. Version 1 records (`HRD1`: keys without the
+//! function byte, segments closed by a seal record instead of a footer) are still read; the
+//! first start converts their segments by writing a footer after them.
 
 use super::digest::{Digest, HASH_LEN};
 use super::Error;
 
-const MAGIC: [u8; 4] = *b"HRD1";
+const MAGIC: [u8; 4] = *b"HRD2";
+/// Version 1 records: the same header, keys without the digest function byte.
+const MAGIC_V1: [u8; 4] = *b"HRD1";
+const FOOTER_MAGIC: [u8; 4] = *b"HFT2";
+/// The trailer's magic without its version byte.
+const TRAILER_PREFIX: [u8; 3] = *b"HTL";
+/// The segment format version this build writes (and the only footer version it reads).
+pub const FORMAT_VERSION: u8 = 2;
+/// Bytes of the trailer at the end of a sealed segment.
+pub const TRAILER_LEN: usize = 4 + 8 + 8 + 4;
+/// Footer bytes before the entries.
+const FOOTER_FIXED_LEN: usize = 4 + 4;
+/// Footer entry bytes before the key.
+const ENTRY_FIXED_LEN: usize = 1 + 2 + 8 + 8 + HASH_LEN;
+/// The digest function byte of SHA-256 keys.
+pub const SHA256_FUNCTION: u8 = 1;
 /// Header bytes before the key.
 const FIXED_LEN: usize = 4 + 1 + 2 + 8 + HASH_LEN;
 const CRC_LEN: usize = 4;
@@ -34,8 +62,8 @@ pub enum RecordKey {
         /// What the payload is.
         kind: AcKind,
     },
-    /// Written when a segment is closed after a successful sync: everything before it is durable
-    /// and was written completely.
+    /// Version 1 only: closed a segment after a successful sync (everything before it is durable
+    /// and was written completely). Version 2 seals segments with a footer instead.
     Seal,
 }
 
@@ -66,10 +94,14 @@ impl RecordKey {
 
     fn encode_key(&self, out: &mut Vec<u8>) {
         match self {
-            RecordKey::Blob(d) => out.extend_from_slice(&d.hash),
+            RecordKey::Blob(d) => {
+                out.push(SHA256_FUNCTION);
+                out.extend_from_slice(&d.hash);
+            }
             RecordKey::Action {
                 instance, action, ..
             } => {
+                out.push(SHA256_FUNCTION);
                 out.extend_from_slice(action);
                 // Reserved (the format once held the action's size here).
                 out.extend_from_slice(&[0; 8]);
@@ -124,6 +156,8 @@ pub enum Torn {
     Short,
     /// The bytes are not a header (bad magic, kind, CRC or key).
     Corrupt(String),
+    /// A well-formed structure of a format (or digest function) this build does not read.
+    Unsupported(String),
 }
 
 /// Decodes the header at the start of `bytes` (which may run past the header).
@@ -131,9 +165,18 @@ pub fn decode_header(bytes: &[u8]) -> Result<Header, Torn> {
     if bytes.len() < FIXED_LEN {
         return Err(Torn::Short);
     }
-    if bytes[..4] != MAGIC {
-        return Err(Torn::Corrupt("bad magic".into()));
-    }
+    let magic: [u8; 4] = bytes[..4].try_into().expect("4 bytes");
+    let version = match magic {
+        MAGIC => 2,
+        MAGIC_V1 => 1,
+        [b'H', b'R', b'D', v] if v.is_ascii_digit() => {
+            return Err(Torn::Unsupported(format!(
+                "record format version {}",
+                v as char
+            )))
+        }
+        _ => return Err(Torn::Corrupt("bad magic".into())),
+    };
     let kind = bytes[4];
     let key_len = u16::from_le_bytes([bytes[5], bytes[6]]) as usize;
     if key_len > MAX_KEY_LEN {
@@ -151,7 +194,38 @@ pub fn decode_header(bytes: &[u8]) -> Result<Header, Torn> {
     let payload_len = u64::from_le_bytes(bytes[7..15].try_into().expect("8 bytes"));
     let payload_sha256: [u8; HASH_LEN] = bytes[15..FIXED_LEN].try_into().expect("32 bytes");
     let key_bytes = &bytes[FIXED_LEN..crc_at];
-    let key = match kind {
+    let key = if version == 1 {
+        decode_key(kind, None, key_bytes, payload_len)?
+    } else {
+        decode_key(kind, Some(SHA256_FUNCTION), key_bytes, payload_len)?
+    };
+    Ok(Header {
+        key,
+        payload_sha256,
+        payload_len,
+        header_len,
+    })
+}
+
+/// Decodes a key of record kind `kind`. Version 2 keys start with the digest function byte,
+/// which must be `function`; version 1 keys (`function` = `None`) have none.
+fn decode_key(
+    kind: u8,
+    function: Option<u8>,
+    key_bytes: &[u8],
+    payload_len: u64,
+) -> Result<RecordKey, Torn> {
+    let key_bytes = match function {
+        None => key_bytes,
+        Some(_) if kind == 3 => key_bytes,
+        Some(expected) => match key_bytes.split_first() {
+            Some((&f, rest)) if f == expected => rest,
+            Some((&f, _)) => return Err(Torn::Unsupported(format!("digest function {f}"))),
+            None => return Err(Torn::Corrupt("empty key".into())),
+        },
+    };
+    let key_len = key_bytes.len();
+    Ok(match kind {
         1 if key_len == HASH_LEN => RecordKey::Blob(Digest {
             hash: key_bytes.try_into().expect("32 bytes"),
             size: payload_len,
@@ -169,19 +243,167 @@ pub fn decode_header(bytes: &[u8]) -> Result<Header, Torn> {
                 },
             }
         }
-        3 if key_len == 0 && payload_len == 0 => RecordKey::Seal,
+        3 if key_len == 0 && payload_len == 0 && function.is_none() => RecordKey::Seal,
         _ => {
             return Err(Torn::Corrupt(format!(
                 "bad kind {kind} or key length {key_len}"
             )))
         }
-    };
-    Ok(Header {
-        key,
-        payload_sha256,
-        payload_len,
-        header_len,
     })
+}
+
+/// Whether `bytes` start like a footer (recovery stops scanning records there).
+pub fn is_footer_start(bytes: &[u8]) -> bool {
+    bytes.starts_with(&FOOTER_MAGIC)
+}
+
+/// A record as a footer names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FooterEntry {
+    /// The record's key.
+    pub key: RecordKey,
+    /// Offset of the payload's first byte in the segment.
+    pub payload_offset: u64,
+    /// Payload bytes.
+    pub payload_len: u64,
+    /// SHA-256 of the payload.
+    pub payload_sha256: [u8; HASH_LEN],
+}
+
+/// The footer of the segment being written, built as records are appended.
+#[derive(Default)]
+pub struct FooterBuilder {
+    entries: Vec<u8>,
+    count: u32,
+}
+
+impl FooterBuilder {
+    /// Adds a record whose payload starts at `payload_offset`.
+    pub fn push(
+        &mut self,
+        key: &RecordKey,
+        payload_offset: u64,
+        payload_len: u64,
+        sha256: &[u8; HASH_LEN],
+    ) {
+        let mut key_bytes = Vec::new();
+        key.encode_key(&mut key_bytes);
+        self.entries.push(key.kind());
+        self.entries
+            .extend_from_slice(&(key_bytes.len() as u16).to_le_bytes());
+        self.entries.extend_from_slice(&payload_len.to_le_bytes());
+        self.entries
+            .extend_from_slice(&payload_offset.to_le_bytes());
+        self.entries.extend_from_slice(sha256);
+        self.entries.extend_from_slice(&key_bytes);
+        self.count += 1;
+    }
+
+    /// Records added so far.
+    pub fn len(&self) -> u32 {
+        self.count
+    }
+
+    /// Whether no record was added.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The footer and trailer bytes, for a footer starting at `footer_offset`.
+    pub fn finish(&self, footer_offset: u64) -> Vec<u8> {
+        let mut out = Vec::with_capacity(FOOTER_FIXED_LEN + self.entries.len() + 4 + TRAILER_LEN);
+        out.extend_from_slice(&FOOTER_MAGIC);
+        out.extend_from_slice(&self.count.to_le_bytes());
+        out.extend_from_slice(&self.entries);
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        let footer_len = out.len() as u64;
+        let trailer_at = out.len();
+        out.extend_from_slice(&TRAILER_PREFIX);
+        out.push(FORMAT_VERSION);
+        out.extend_from_slice(&footer_offset.to_le_bytes());
+        out.extend_from_slice(&footer_len.to_le_bytes());
+        let crc = crc32fast::hash(&out[trailer_at..]);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+}
+
+/// Where a trailer says the footer is: `(footer_offset, footer_len)`. `Torn::Corrupt` means
+/// there is no valid trailer (the segment was never sealed, or the seal was torn).
+pub fn decode_trailer(trailer: &[u8], file_len: u64) -> Result<(u64, u64), Torn> {
+    if trailer.len() != TRAILER_LEN || trailer[..3] != TRAILER_PREFIX {
+        return Err(Torn::Corrupt("no trailer".into()));
+    }
+    let stored_crc = u32::from_le_bytes(trailer[20..].try_into().expect("4 bytes"));
+    if crc32fast::hash(&trailer[..20]) != stored_crc {
+        return Err(Torn::Corrupt("trailer checksum mismatch".into()));
+    }
+    if trailer[3] != FORMAT_VERSION {
+        return Err(Torn::Unsupported(format!(
+            "segment format version {}",
+            trailer[3]
+        )));
+    }
+    let offset = u64::from_le_bytes(trailer[4..12].try_into().expect("8 bytes"));
+    let len = u64::from_le_bytes(trailer[12..20].try_into().expect("8 bytes"));
+    if offset
+        .checked_add(len)
+        .and_then(|e| e.checked_add(TRAILER_LEN as u64))
+        != Some(file_len)
+    {
+        return Err(Torn::Corrupt(
+            "trailer does not match the file length".into(),
+        ));
+    }
+    Ok((offset, len))
+}
+
+/// Decodes and checks a footer that starts at `footer_offset`.
+pub fn decode_footer(bytes: &[u8], footer_offset: u64) -> Result<Vec<FooterEntry>, Torn> {
+    let corrupt = |why: &str| Torn::Corrupt(format!("footer: {why}"));
+    if bytes.len() < FOOTER_FIXED_LEN + CRC_LEN || bytes[..4] != FOOTER_MAGIC {
+        return Err(corrupt("bad magic"));
+    }
+    let (body, crc) = bytes.split_at(bytes.len() - CRC_LEN);
+    if crc32fast::hash(body) != u32::from_le_bytes(crc.try_into().expect("4 bytes")) {
+        return Err(corrupt("checksum mismatch"));
+    }
+    let count = u32::from_le_bytes(body[4..8].try_into().expect("4 bytes"));
+    let mut entries = Vec::with_capacity((count as usize).min(body.len() / ENTRY_FIXED_LEN));
+    let mut at = FOOTER_FIXED_LEN;
+    for _ in 0..count {
+        let fixed = body
+            .get(at..at + ENTRY_FIXED_LEN)
+            .ok_or_else(|| corrupt("ends inside an entry"))?;
+        let kind = fixed[0];
+        let key_len = u16::from_le_bytes([fixed[1], fixed[2]]) as usize;
+        let payload_len = u64::from_le_bytes(fixed[3..11].try_into().expect("8 bytes"));
+        let payload_offset = u64::from_le_bytes(fixed[11..19].try_into().expect("8 bytes"));
+        let payload_sha256: [u8; HASH_LEN] = fixed[19..].try_into().expect("32 bytes");
+        let key_bytes = body
+            .get(at + ENTRY_FIXED_LEN..at + ENTRY_FIXED_LEN + key_len)
+            .ok_or_else(|| corrupt("ends inside a key"))?;
+        let key = decode_key(kind, Some(SHA256_FUNCTION), key_bytes, payload_len)?;
+        if key == RecordKey::Seal
+            || payload_offset
+                .checked_add(payload_len)
+                .is_none_or(|end| end > footer_offset)
+        {
+            return Err(corrupt("entry outside the segment's records"));
+        }
+        entries.push(FooterEntry {
+            key,
+            payload_offset,
+            payload_len,
+            payload_sha256,
+        });
+        at += ENTRY_FIXED_LEN + key_len;
+    }
+    if at != body.len() {
+        return Err(corrupt("bytes after the last entry"));
+    }
+    Ok(entries)
 }
 
 /// Checks that an instance name fits in a record key.
@@ -213,16 +435,98 @@ mod tests {
                 action: Digest::of(b"ccache key").hash,
                 kind: AcKind::Opaque,
             },
-            RecordKey::Seal,
         ];
         for key in keys {
-            let len = if key == RecordKey::Seal { 0 } else { 5 };
             let sha = Digest::of(b"hello").hash;
-            let bytes = encode_header(&key, len, &sha);
+            let bytes = encode_header(&key, 5, &sha);
+            assert_eq!(&bytes[..4], b"HRD2");
             let header = decode_header(&bytes).unwrap();
             assert_eq!(header.key, key);
-            assert_eq!(header.payload_len, len);
+            assert_eq!(header.payload_len, 5);
             assert_eq!(header.header_len, bytes.len());
+        }
+    }
+
+    /// A version 1 header: the same layout, keys without the digest function byte.
+    fn v1_header(kind: u8, key: &[u8], payload_len: u64, sha: &[u8; 32]) -> Vec<u8> {
+        let mut out = b"HRD1".to_vec();
+        out.push(kind);
+        out.extend_from_slice(&(key.len() as u16).to_le_bytes());
+        out.extend_from_slice(&payload_len.to_le_bytes());
+        out.extend_from_slice(sha);
+        out.extend_from_slice(key);
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    #[test]
+    fn version_1_records_and_seals_are_still_read() {
+        let digest = Digest::of(b"hello");
+        let header = decode_header(&v1_header(1, &digest.hash, 5, &digest.hash)).unwrap();
+        assert_eq!(header.key, RecordKey::Blob(digest));
+        let seal = decode_header(&v1_header(3, &[], 0, &Digest::EMPTY.hash)).unwrap();
+        assert_eq!(seal.key, RecordKey::Seal);
+    }
+
+    #[test]
+    fn newer_formats_and_digest_functions_are_refused_by_name() {
+        let mut bytes = encode_header(&RecordKey::Blob(Digest::of(b"x")), 1, &[0; 32]);
+        bytes[3] = b'3';
+        assert_eq!(
+            decode_header(&bytes),
+            Err(Torn::Unsupported("record format version 3".into()))
+        );
+        // A BLAKE3 key (function 2) in a version 2 header, with a valid CRC.
+        let mut bytes = encode_header(&RecordKey::Blob(Digest::of(b"x")), 1, &[0; 32]);
+        bytes[FIXED_LEN] = 2;
+        let crc_at = bytes.len() - CRC_LEN;
+        let crc = crc32fast::hash(&bytes[..crc_at]);
+        bytes[crc_at..].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(
+            decode_header(&bytes),
+            Err(Torn::Unsupported("digest function 2".into()))
+        );
+        let mut sealed = FooterBuilder::default().finish(0);
+        let trailer_at = sealed.len() - TRAILER_LEN;
+        sealed[trailer_at + 3] = 3;
+        let crc = crc32fast::hash(&sealed[trailer_at..trailer_at + 20]);
+        sealed[trailer_at + 20..].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(
+            decode_trailer(&sealed[trailer_at..], sealed.len() as u64),
+            Err(Torn::Unsupported("segment format version 3".into()))
+        );
+    }
+
+    #[test]
+    fn footers_round_trip_and_any_flipped_bit_is_detected() {
+        let records = 300u64;
+        let mut footer = FooterBuilder::default();
+        let key = RecordKey::Action {
+            instance: "ci".into(),
+            action: Digest::of(b"a").hash,
+            kind: AcKind::Opaque,
+        };
+        footer.push(&key, 100, 7, &Digest::of(b"v").hash);
+        let blob = Digest::of(b"blob");
+        footer.push(&RecordKey::Blob(blob), 200, blob.size, &blob.hash);
+        let sealed = footer.finish(records);
+        let file_len = records + sealed.len() as u64;
+        let (offset, len) =
+            decode_trailer(&sealed[sealed.len() - TRAILER_LEN..], file_len).unwrap();
+        assert_eq!(offset, records);
+        let entries = decode_footer(&sealed[..len as usize], offset).unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].key, key);
+        assert_eq!(entries[1].key, RecordKey::Blob(blob));
+        assert_eq!(entries[1].payload_offset, 200);
+        for i in 0..sealed.len() * 8 {
+            let mut flipped = sealed.clone();
+            flipped[i / 8] ^= 1 << (i % 8);
+            let trailer = &flipped[flipped.len() - TRAILER_LEN..];
+            let decoded = decode_trailer(trailer, file_len)
+                .and_then(|(offset, len)| decode_footer(&flipped[..len as usize], offset));
+            assert!(decoded.is_err(), "bit {i}");
         }
     }
 
