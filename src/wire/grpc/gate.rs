@@ -35,21 +35,25 @@ impl<S> Gated<S> {
     }
 
     /// `UNAUTHENTICATED` unless the call's credentials allow `access`.
-    fn check<T>(&self, request: &Request<T>, access: Access) -> Result<(), Status> {
-        check(&self.auth, request, access)
+    async fn check<T>(&self, request: &Request<T>, access: Access) -> Result<(), Status> {
+        check(&self.auth, request, access).await
     }
 }
 
 /// `UNAUTHENTICATED` unless `request`'s `authorization` metadata allows `access` under `auth`.
-pub(crate) fn check<T>(auth: &Auth, request: &Request<T>, access: Access) -> Result<(), Status> {
+pub(crate) async fn check<T>(
+    auth: &Auth,
+    request: &Request<T>,
+    access: Access,
+) -> Result<(), Status> {
     if !auth.is_enabled() {
         return Ok(());
     }
-    let header = request
-        .metadata()
-        .get("authorization")
-        .map(|value| value.as_bytes());
-    auth.check(header, access)
+    // Copied out (cheaply: it shares the bytes) so the check may wait without holding a
+    // reference to the request, whose streaming body is not `Sync`.
+    let header = request.metadata().get("authorization").cloned();
+    auth.check(header.as_ref().map(|value| value.as_bytes()), access)
+        .await
         .map_err(|denied| Status::unauthenticated(denied.to_string()))
 }
 
@@ -59,7 +63,7 @@ impl<S: Capabilities> Capabilities for Gated<S> {
         &self,
         request: Request<GetCapabilitiesRequest>,
     ) -> Result<Response<ServerCapabilities>, Status> {
-        self.check(&request, Access::Read)?;
+        self.check(&request, Access::Read).await?;
         self.inner.get_capabilities(request).await
     }
 }
@@ -70,7 +74,7 @@ impl<S: ActionCache> ActionCache for Gated<S> {
         &self,
         request: Request<GetActionResultRequest>,
     ) -> Result<Response<ActionResult>, Status> {
-        self.check(&request, Access::Read)?;
+        self.check(&request, Access::Read).await?;
         self.inner.get_action_result(request).await
     }
 
@@ -78,7 +82,7 @@ impl<S: ActionCache> ActionCache for Gated<S> {
         &self,
         request: Request<UpdateActionResultRequest>,
     ) -> Result<Response<ActionResult>, Status> {
-        self.check(&request, Access::Write)?;
+        self.check(&request, Access::Write).await?;
         self.inner.update_action_result(request).await
     }
 }
@@ -89,7 +93,7 @@ impl<S: ContentAddressableStorage> ContentAddressableStorage for Gated<S> {
         &self,
         request: Request<FindMissingBlobsRequest>,
     ) -> Result<Response<FindMissingBlobsResponse>, Status> {
-        self.check(&request, Access::Read)?;
+        self.check(&request, Access::Read).await?;
         self.inner.find_missing_blobs(request).await
     }
 
@@ -97,7 +101,7 @@ impl<S: ContentAddressableStorage> ContentAddressableStorage for Gated<S> {
         &self,
         request: Request<BatchUpdateBlobsRequest>,
     ) -> Result<Response<BatchUpdateBlobsResponse>, Status> {
-        self.check(&request, Access::Write)?;
+        self.check(&request, Access::Write).await?;
         self.inner.batch_update_blobs(request).await
     }
 
@@ -105,7 +109,7 @@ impl<S: ContentAddressableStorage> ContentAddressableStorage for Gated<S> {
         &self,
         request: Request<BatchReadBlobsRequest>,
     ) -> Result<Response<BatchReadBlobsResponse>, Status> {
-        self.check(&request, Access::Read)?;
+        self.check(&request, Access::Read).await?;
         self.inner.batch_read_blobs(request).await
     }
 
@@ -115,7 +119,7 @@ impl<S: ContentAddressableStorage> ContentAddressableStorage for Gated<S> {
         &self,
         request: Request<GetTreeRequest>,
     ) -> Result<Response<Self::GetTreeStream>, Status> {
-        self.check(&request, Access::Read)?;
+        self.check(&request, Access::Read).await?;
         self.inner.get_tree(request).await
     }
 }
@@ -128,7 +132,7 @@ impl<S: ByteStream> ByteStream for Gated<S> {
         &self,
         request: Request<ReadRequest>,
     ) -> Result<Response<Self::ReadStream>, Status> {
-        self.check(&request, Access::Read)?;
+        self.check(&request, Access::Read).await?;
         self.inner.read(request).await
     }
 
@@ -137,7 +141,7 @@ impl<S: ByteStream> ByteStream for Gated<S> {
         request: Request<Streaming<WriteRequest>>,
     ) -> Result<Response<WriteResponse>, Status> {
         // Checked before the first message is read: a refused upload stores nothing.
-        self.check(&request, Access::Write)?;
+        self.check(&request, Access::Write).await?;
         self.inner.write(request).await
     }
 
@@ -145,7 +149,7 @@ impl<S: ByteStream> ByteStream for Gated<S> {
         &self,
         request: Request<QueryWriteStatusRequest>,
     ) -> Result<Response<QueryWriteStatusResponse>, Status> {
-        self.check(&request, Access::Write)?;
+        self.check(&request, Access::Write).await?;
         self.inner.query_write_status(request).await
     }
 }

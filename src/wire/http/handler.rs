@@ -32,7 +32,7 @@ async fn answer(
 ) -> Response<Body> {
     let (parts, mut body) = request.into_parts();
     // Credentials first: a refused request reads no body and stores nothing.
-    if let Some(refusal) = super::refuse_unauthorized(config, &parts) {
+    if let Some(refusal) = super::refuse_unauthorized(config, &parts).await {
         return refusal;
     }
     let route = match route::parse(parts.uri.path()) {

@@ -179,7 +179,7 @@ pub async fn serve_listener(
 
 /// The refusal of a request whose credentials `config.auth` does not accept for what it does
 /// (`GET`/`HEAD` read, everything else writes), or `None` to go ahead.
-fn refuse_unauthorized(
+async fn refuse_unauthorized(
     config: &HttpConfig,
     request: &hyper::http::request::Parts,
 ) -> Option<Response<Body>> {
@@ -194,7 +194,7 @@ fn refuse_unauthorized(
         .headers
         .get(AUTHORIZATION)
         .map(HeaderValue::as_bytes);
-    let denied = config.auth.check(header, access).err()?;
+    let denied = config.auth.check(header, access).await.err()?;
     let mut response = Response::new(Body::full(format!("{denied}\n")));
     *response.status_mut() = StatusCode::UNAUTHORIZED;
     let headers = response.headers_mut();
