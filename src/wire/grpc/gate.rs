@@ -6,6 +6,8 @@
 //! runs the same check under madsim, whose transport skips tower layers. Health checks are not
 //! gated: they reveal nothing and probes cannot send credentials.
 
+use std::future::Future;
+
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{Access, Auth};
@@ -35,26 +37,33 @@ impl<S> Gated<S> {
     }
 
     /// `UNAUTHENTICATED` unless the call's credentials allow `access`.
-    async fn check<T>(&self, request: &Request<T>, access: Access) -> Result<(), Status> {
-        check(&self.auth, request, access).await
+    fn check<T>(
+        &self,
+        request: &Request<T>,
+        access: Access,
+    ) -> impl Future<Output = Result<(), Status>> + Send + '_ {
+        check(&self.auth, request, access)
     }
 }
 
 /// `UNAUTHENTICATED` unless `request`'s `authorization` metadata allows `access` under `auth`.
-pub(crate) async fn check<T>(
-    auth: &Auth,
+///
+/// The header is copied out (cheaply: it shares the bytes) before the returned future waits, so
+/// the future does not hold the request, whose streaming body need not be `Sync`.
+pub(crate) fn check<'a, T>(
+    auth: &'a Auth,
     request: &Request<T>,
     access: Access,
-) -> Result<(), Status> {
-    if !auth.is_enabled() {
-        return Ok(());
-    }
-    // Copied out (cheaply: it shares the bytes) so the check may wait without holding a
-    // reference to the request, whose streaming body is not `Sync`.
+) -> impl Future<Output = Result<(), Status>> + Send + 'a {
     let header = request.metadata().get("authorization").cloned();
-    auth.check(header.as_ref().map(|value| value.as_bytes()), access)
-        .await
-        .map_err(|denied| Status::unauthenticated(denied.to_string()))
+    async move {
+        if !auth.is_enabled() {
+            return Ok(());
+        }
+        auth.check(header.as_ref().map(|value| value.as_bytes()), access)
+            .await
+            .map_err(|denied| Status::unauthenticated(denied.to_string()))
+    }
 }
 
 #[tonic::async_trait]

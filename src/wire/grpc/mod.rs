@@ -11,6 +11,8 @@ mod bytestream;
 mod capabilities;
 mod cas;
 mod compression;
+#[cfg(not(madsim))]
+mod connections;
 mod digests;
 mod gate;
 mod health;
@@ -24,9 +26,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-
-use tonic::transport::server::Router;
-use tonic::transport::Server;
 
 use action_cache::ActionCacheService;
 use bytestream::ByteStreamService;
@@ -65,6 +64,27 @@ pub struct GrpcConfig {
     pub metrics: Arc<Metrics>,
     /// Log one line per call (target `hoard::access`, INFO).
     pub access_log: bool,
+    /// Most connections open at once; more get a GOAWAY and are closed.
+    pub max_connections: usize,
+    /// How long a new connection may take to finish its TLS handshake and send the HTTP/2
+    /// preface.
+    pub handshake_timeout: Duration,
+    /// How long a connection may have no call in flight before it is sent a GOAWAY and closed.
+    pub idle_timeout: Duration,
+    /// How often an HTTP/2 PING checks that the peer still answers (`None`: never); a peer that
+    /// does not answer within 20 s is disconnected.
+    pub keepalive_interval: Option<Duration>,
+    /// How long a request stream may send nothing while a call waits for it (the call then
+    /// fails with DEADLINE_EXCEEDED).
+    pub body_timeout: Duration,
+    /// After shutdown is requested, how long calls in flight may take to finish before
+    /// [`serve`] returns without them.
+    pub drain_timeout: Duration,
+    /// HTTP/2 flow-control window of one stream: how many bytes of one upload may be buffered
+    /// before the service reads them.
+    pub stream_window: u32,
+    /// HTTP/2 flow-control window of a whole connection (all its streams together).
+    pub connection_window: u32,
 }
 
 impl Default for GrpcConfig {
@@ -78,6 +98,18 @@ impl Default for GrpcConfig {
             tls: None,
             metrics: Arc::default(),
             access_log: true,
+            max_connections: 4096,
+            handshake_timeout: Duration::from_secs(10),
+            // Bazel keeps its channel open between builds and commands; a reconnect costs little
+            // but should not be routine.
+            idle_timeout: Duration::from_secs(600),
+            keepalive_interval: Some(Duration::from_secs(60)),
+            body_timeout: Duration::from_secs(60),
+            drain_timeout: Duration::from_secs(10),
+            // Wider than the 64 KiB default, so one large upload or download is not throttled
+            // by window updates.
+            stream_window: 8 << 20,
+            connection_window: 32 << 20,
         }
     }
 }
@@ -99,71 +131,89 @@ macro_rules! limited {
     };
 }
 
-/// The four REAPI services over `engine`, each behind the authentication gate, ready to serve
-/// (over TLS if configured).
-pub fn router(
+/// Adds the four REAPI services over `$engine` and the health service to `$routes` (tonic's
+/// `Routes` in the real world, madsim-tonic's `Router` in the simulator): each behind the
+/// authentication gate, counted and logged, with the message limit in both directions.
+macro_rules! add_services {
+    ($routes:expr, $engine:expr, $config:expr) => {{
+        let (engine, config): (Arc<Engine>, &GrpcConfig) = ($engine, $config);
+        let limit = config.max_message_size;
+        let batch = config.max_batch_total_size();
+        let parked =
+            uploads::ParkedUploads::new(config.max_resumable_uploads, config.resumable_upload_ttl);
+        // Every service behind the gate: each call's credentials are checked before it runs.
+        let gated = &config.auth;
+        let capabilities = Gated::new(
+            CapabilitiesService::new(batch, engine.config().max_blob_size),
+            gated.clone(),
+        );
+        let action_cache = Gated::new(
+            ActionCacheService::new(engine.clone(), config.max_inline_bytes, limit),
+            gated.clone(),
+        );
+        let cas = Gated::new(CasService::new(engine.clone(), batch, limit), gated.clone());
+        let bytestream = Gated::new(ByteStreamService::new(engine, parked), gated.clone());
+        // Every call counted, timed and logged; outside the gate, so refused calls count too.
+        $routes
+            .add_service(limited!(
+                CapabilitiesServer::new(Observed::new(
+                    capabilities,
+                    config.metrics.clone(),
+                    config.access_log
+                )),
+                limit
+            ))
+            .add_service(limited!(
+                ActionCacheServer::new(Observed::new(
+                    action_cache,
+                    config.metrics.clone(),
+                    config.access_log
+                )),
+                limit
+            ))
+            .add_service(limited!(
+                ContentAddressableStorageServer::new(Observed::new(
+                    cas,
+                    config.metrics.clone(),
+                    config.access_log
+                )),
+                limit
+            ))
+            .add_service(limited!(
+                ByteStreamServer::new(Observed::new(
+                    bytestream,
+                    config.metrics.clone(),
+                    config.access_log
+                )),
+                limit
+            ))
+            .add_service(HealthServer::new(Observed::new(
+                health::HealthService::new(),
+                config.metrics.clone(),
+                config.access_log,
+            )))
+    }};
+}
+
+/// The services, routed by path, for the real world's own connection handling (see
+/// `connections`).
+#[cfg(not(madsim))]
+fn routes(engine: Arc<Engine>, config: &GrpcConfig) -> tonic::service::Routes {
+    add_services!(tonic::service::Routes::default(), engine, config).prepare()
+}
+
+/// The services on madsim-tonic's server (its transport has no HTTP/2: windows, timeouts and
+/// connection limits do not apply there).
+#[cfg(madsim)]
+fn router(
     engine: Arc<Engine>,
     config: &GrpcConfig,
-) -> Result<Router, Box<dyn std::error::Error + Send + Sync>> {
-    let limit = config.max_message_size;
-    let batch = config.max_batch_total_size();
-    let parked =
-        uploads::ParkedUploads::new(config.max_resumable_uploads, config.resumable_upload_ttl);
-    // Every service behind the gate: each call's credentials are checked before it runs.
-    let gated = &config.auth;
-    let capabilities = Gated::new(
-        CapabilitiesService::new(batch, engine.config().max_blob_size),
-        gated.clone(),
-    );
-    let action_cache = Gated::new(
-        ActionCacheService::new(engine.clone(), config.max_inline_bytes, limit),
-        gated.clone(),
-    );
-    let cas = Gated::new(CasService::new(engine.clone(), batch, limit), gated.clone());
-    let bytestream = Gated::new(ByteStreamService::new(engine, parked), gated.clone());
-    // Every call counted, timed and logged; outside the gate, so refused calls count too.
-    fn observed<S>(service: S, config: &GrpcConfig) -> Observed<S> {
-        Observed::new(service, config.metrics.clone(), config.access_log)
+) -> Result<tonic::transport::server::Router, Box<dyn std::error::Error + Send + Sync>> {
+    if config.tls.is_some() {
+        return Err("TLS is not available in the simulator".into());
     }
-    let mut server = Server::builder();
-    if let Some(tls) = &config.tls {
-        #[cfg(not(madsim))]
-        {
-            server = server.tls_config(tls.grpc())?;
-        }
-        #[cfg(madsim)]
-        {
-            let _ = (tls, &mut server);
-            return Err("TLS is not available in the simulator".into());
-        }
-    }
-    Ok(server
-        // Small replies must not wait for Nagle (clients send many tiny RPCs).
-        .tcp_nodelay(true)
-        // Wider HTTP/2 flow-control windows than the 64 KiB default, so one large upload or
-        // download is not throttled by window updates.
-        .initial_stream_window_size(Some(8 << 20))
-        .initial_connection_window_size(Some(32 << 20))
-        .add_service(limited!(
-            CapabilitiesServer::new(observed(capabilities, config)),
-            limit
-        ))
-        .add_service(limited!(
-            ActionCacheServer::new(observed(action_cache, config)),
-            limit
-        ))
-        .add_service(limited!(
-            ContentAddressableStorageServer::new(observed(cas, config)),
-            limit
-        ))
-        .add_service(limited!(
-            ByteStreamServer::new(observed(bytestream, config)),
-            limit
-        ))
-        .add_service(HealthServer::new(observed(
-            health::HealthService::new(),
-            config,
-        ))))
+    let mut server = tonic::transport::Server::builder();
+    Ok(add_services!(server, engine, config))
 }
 
 /// Serves gRPC on `addr` until `shutdown` completes.
@@ -174,10 +224,18 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     tracing::info!(%addr, tls = config.tls.is_some(), "serving gRPC");
-    router(engine, &config)?
-        .serve_with_shutdown(addr, shutdown)
-        .await?;
-    Ok(())
+    #[cfg(not(madsim))]
+    {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        serve_listener(engine, config, listener, shutdown).await
+    }
+    #[cfg(madsim)]
+    {
+        router(engine, &config)?
+            .serve_with_shutdown(addr, shutdown)
+            .await?;
+        Ok(())
+    }
 }
 
 /// Serves gRPC on an already bound `listener` until `shutdown` completes (tests bind port 0 and
@@ -189,9 +247,5 @@ pub async fn serve_listener(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    router(engine, &config)?
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await?;
-    Ok(())
+    connections::serve(routes(engine, &config), &config, listener, shutdown).await
 }

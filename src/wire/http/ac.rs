@@ -8,11 +8,10 @@
 
 use std::sync::Arc;
 
-use hyper::body::Incoming;
 use hyper::{Response, StatusCode};
 use prost::Message as _;
 
-use super::body::{read_bounded, Body};
+use super::body::{read_bounded, Body, RequestBody};
 use super::response::{ok, HttpError};
 use super::HttpConfig;
 use crate::engine::{AcKind, Engine, HASH_LEN};
@@ -42,7 +41,7 @@ pub(super) async fn put(
     config: &HttpConfig,
     instance: &str,
     hash: [u8; HASH_LEN],
-    body: &mut Incoming,
+    body: &mut RequestBody,
 ) -> Result<Response<Body>, HttpError> {
     let value = read_bounded(body, config.max_action_result_size).await?;
     let kind = classify(&value, config.ac_strict)?;

@@ -2,11 +2,11 @@
 
 use std::sync::Arc;
 
-use hyper::body::{Body as _, Incoming};
+use hyper::body::Body as _;
 use hyper::header::{HeaderValue, CONTENT_LENGTH};
 use hyper::{HeaderMap, Response, StatusCode};
 
-use super::body::{next_data, Body, ChunkSender};
+use super::body::{next_data, Body, ChunkSender, RequestBody};
 use super::response::{ok, HttpError};
 use crate::engine::{Digest, Engine, HASH_LEN};
 
@@ -64,7 +64,7 @@ pub(super) async fn put(
     engine: &Arc<Engine>,
     hash: [u8; HASH_LEN],
     headers: &HeaderMap,
-    body: &mut Incoming,
+    body: &mut RequestBody,
 ) -> Result<Response<Body>, HttpError> {
     let size = declared_length(headers, body)?;
     let max = engine.config().max_blob_size;
@@ -85,7 +85,7 @@ pub(super) async fn put(
 
 /// The body's length from `Content-Length`. The engine needs the size before the first byte,
 /// so a body without one (absent, or sent chunked, where the header does not count) is refused.
-fn declared_length(headers: &HeaderMap, body: &Incoming) -> Result<u64, HttpError> {
+fn declared_length(headers: &HeaderMap, body: &RequestBody) -> Result<u64, HttpError> {
     let length_required = |why: &str| {
         HttpError::new(
             StatusCode::LENGTH_REQUIRED,

@@ -2,10 +2,9 @@
 
 use std::sync::Arc;
 
-use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
 
-use super::body::Body;
+use super::body::{Body, RequestBody};
 use super::response::HttpError;
 use super::route::{self, Route};
 use super::{ac, cas, observe, status, HttpConfig};
@@ -15,7 +14,7 @@ use crate::engine::Engine;
 pub(super) async fn handle(
     engine: &Arc<Engine>,
     config: &HttpConfig,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
 ) -> Response<Body> {
     let observation = observe::begin(config, &request);
     let response = answer(engine, config, request).await;
@@ -28,7 +27,7 @@ pub(super) async fn handle(
 async fn answer(
     engine: &Arc<Engine>,
     config: &HttpConfig,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
 ) -> Response<Body> {
     let (parts, mut body) = request.into_parts();
     // Credentials first: a refused request reads no body and stores nothing.
