@@ -39,7 +39,8 @@ use tokio::time::Instant;
 use tonic::codegen::Service as _;
 use tonic::service::Routes;
 
-use super::GrpcConfig;
+use super::{unobserved, GrpcConfig};
+use crate::observe::{self, Metrics};
 use crate::wire::limits::{self, BodyError, ConnectionSlots, Progress};
 
 /// The client's connection preface (24 bytes) and the header of the SETTINGS frame that must
@@ -98,6 +99,8 @@ pub(super) async fn serve(
             builder: builder.clone(),
             timeouts,
             stopping: stopping.clone(),
+            metrics: config.metrics.clone(),
+            access_log: config.access_log,
         };
         let tls = tls.clone();
         let open = open_connection.clone();
@@ -174,6 +177,8 @@ struct Connection {
     builder: Arc<http2::Builder<TokioExecutor>>,
     timeouts: Timeouts,
     stopping: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
+    access_log: bool,
 }
 
 impl Connection {
@@ -203,6 +208,8 @@ impl Connection {
             routes: self.routes,
             activity: activity.clone(),
             body_timeout: self.timeouts.body,
+            metrics: self.metrics.clone(),
+            access_log: self.access_log,
         };
         let io = TokioIo::new(Counted {
             inner: stream,
@@ -327,12 +334,15 @@ impl Drop for InFlight {
     }
 }
 
-/// The connection's service: the routes, with each call tracked and its request body timed.
+/// The connection's service: the routes, with each call tracked, its request body timed, and
+/// recorded here if it never reached the per-call instrumentation (see `unobserved`).
 #[derive(Clone)]
 struct Tracked {
     routes: Routes,
     activity: Arc<Activity>,
     body_timeout: Duration,
+    metrics: Arc<Metrics>,
+    access_log: bool,
 }
 
 /// A request stream that stalls ends the call with this.
@@ -350,11 +360,18 @@ impl hyper::service::Service<Request<Incoming>> for Tracked {
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
         let in_flight = InFlight::start(self.activity.clone());
+        let arrived = std::time::Instant::now();
+        let path = request.uri().path().to_owned();
         let timeout = self.body_timeout;
         let request = request.map(|body| Progress::new(body, timeout).map_err(stalled));
         let mut routes = self.routes.clone();
+        let (metrics, access_log) = (self.metrics.clone(), self.access_log);
         Box::pin(async move {
-            let response = routes.call(request).await?;
+            let (response, observed) = observe::watching(routes.call(request)).await;
+            let response = response?;
+            if !observed {
+                unobserved::record(&metrics, access_log, &path, arrived, response.headers());
+            }
             Ok(response.map(|body| TrackedBody {
                 inner: body,
                 _in_flight: in_flight,

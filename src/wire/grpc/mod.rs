@@ -10,6 +10,8 @@ mod action_cache;
 mod bytestream;
 mod capabilities;
 mod cas;
+#[cfg(not(madsim))]
+pub(crate) mod codec;
 mod compression;
 #[cfg(not(madsim))]
 mod connections;
@@ -20,6 +22,8 @@ mod resource;
 mod status;
 mod stream;
 mod tree;
+#[cfg(not(madsim))]
+mod unobserved;
 mod uploads;
 
 use std::future::Future;
