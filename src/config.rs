@@ -148,6 +148,15 @@ pub struct ServeArgs {
     #[arg(long, env = "HOARD_GRPC_KEEPALIVE_INTERVAL", value_name = "DURATION",
           value_parser = parse_duration, default_value = "60s", help_heading = "Connections")]
     pub grpc_keepalive_interval: Duration,
+    /// HTTP/2 flow-control window of one gRPC stream: the most bytes of one upload buffered
+    /// before the service reads them (e.g. 1M).
+    #[arg(long, env = "HOARD_GRPC_STREAM_WINDOW", value_name = "SIZE", value_parser = parse_window,
+          default_value = "1M", help_heading = "Connections")]
+    pub grpc_stream_window: u32,
+    /// HTTP/2 flow-control window of one gRPC connection, all its streams together.
+    #[arg(long, env = "HOARD_GRPC_CONNECTION_WINDOW", value_name = "SIZE",
+          value_parser = parse_window, default_value = "16M", help_heading = "Connections")]
+    pub grpc_connection_window: u32,
 
     // --- authentication ---
     /// Require this bearer token: "Authorization: Bearer TOKEN", or basic auth with TOKEN as
@@ -378,6 +387,8 @@ impl ServeArgs {
             idle_timeout: self.grpc_idle_timeout,
             keepalive_interval: Some(self.grpc_keepalive_interval).filter(|d| !d.is_zero()),
             body_timeout: self.body_timeout,
+            stream_window: self.grpc_stream_window,
+            connection_window: self.grpc_connection_window,
             ..GrpcConfig::default()
         };
         let mut http = HttpConfig {
@@ -400,6 +411,16 @@ impl ServeArgs {
         };
         Ok((config, warnings))
     }
+}
+
+/// Parses an HTTP/2 window size: a size (see [`parse_size`]) from 64 KiB (the protocol's
+/// default) to 2 GiB - 1 (its maximum).
+fn parse_window(text: &str) -> Result<u32, String> {
+    let size = parse_size(text)?;
+    if !(65_535..=(1 << 31) - 1).contains(&size) {
+        return Err(format!("{text:?}: a window is from 64K to 2G - 1"));
+    }
+    Ok(size as u32)
 }
 
 /// Parses a duration: a number with a unit (`ms`, `s`, `m`, `h`), or a bare number of seconds.

@@ -36,6 +36,7 @@ const VARS: &[&str] = &[
     "HOARD_GRPC_HANDSHAKE_TIMEOUT",
     "HOARD_GRPC_IDLE_TIMEOUT",
     "HOARD_GRPC_KEEPALIVE_INTERVAL",
+    "HOARD_GRPC_STREAM_WINDOW",
 ];
 
 /// Runs `test` with exactly the `env` variables of [`VARS`] set.
@@ -236,6 +237,8 @@ fn connection_limits_from_every_source() {
     );
     assert_eq!(config.http.max_connections, 4096);
     assert_eq!(config.grpc.max_connections, 4096);
+    assert_eq!(config.grpc.stream_window, 1 << 20);
+    assert_eq!(config.grpc.connection_window, 16 << 20);
 
     let dir = tempfile::tempdir().unwrap();
     let file = write(
@@ -247,6 +250,7 @@ fn connection_limits_from_every_source() {
         &[
             ("HOARD_HTTP_HEADER_TIMEOUT", "15s"),
             ("HOARD_GRPC_KEEPALIVE_INTERVAL", "0"),
+            ("HOARD_GRPC_STREAM_WINDOW", "4M"),
         ],
         || {
             parse(&["--config", &file, "--grpc-handshake-timeout", "500ms"])
@@ -263,6 +267,11 @@ fn connection_limits_from_every_source() {
     assert_eq!(config.http.header_timeout, Duration::from_secs(15));
     assert_eq!(config.grpc.keepalive_interval, None);
     assert_eq!(config.grpc.handshake_timeout, Duration::from_millis(500));
+    assert_eq!(config.grpc.stream_window, 4 << 20);
+    let error = with_env(&[], || parse(&["--grpc-stream-window", "1K"]))
+        .err()
+        .unwrap();
+    assert!(error.to_string().contains("64K"), "{error}");
 }
 
 #[test]

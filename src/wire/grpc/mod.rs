@@ -110,10 +110,11 @@ impl Default for GrpcConfig {
             keepalive_interval: Some(Duration::from_secs(60)),
             body_timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(10),
-            // Wider than the 64 KiB default, so one large upload or download is not throttled
-            // by window updates.
-            stream_window: 8 << 20,
-            connection_window: 32 << 20,
+            // Wider than the 64 KiB default, so one upload is not throttled by window updates
+            // on a fast link, and narrow enough that a server slow to read (a busy disk) holds
+            // at most 1 MiB per stream and 16 MiB per connection in buffers.
+            stream_window: 1 << 20,
+            connection_window: 16 << 20,
         }
     }
 }
