@@ -171,6 +171,8 @@ pub async fn serve_listener(
             tokio::spawn(limits::refuse(stream, too_many_connections(slots.limit())));
             continue;
         };
+        // Under madsim `Tls` is uninhabited, so the `Option` is `Copy`.
+        #[cfg_attr(madsim, allow(clippy::clone_on_copy))]
         let task = connection::accept(
             stream,
             tls.clone(),
