@@ -16,16 +16,26 @@
 //! misconfigured client fails at its first request rather than at its first upload.
 //!
 //! Secrets are compared in constant time: the token through SHA-256 digests (so not even its
-//! length leaks), htpasswd hashes byte by byte with [`subtle`]. bcrypt is slow on purpose, so a
-//! password that verified once is remembered (as a keyed SHA-256) and later requests with the
-//! same password skip bcrypt.
+//! length leaks), htpasswd hashes byte by byte with [`subtle`]. bcrypt is slow on purpose, so:
+//!
+//! - it runs on the blocking pool (at most one per core at a time), never on the async workers
+//!   that serve every other request;
+//! - its verdicts, good and bad, are remembered under a keyed SHA-256 of user and password (at
+//!   most [`VERDICTS_KEPT`] of them), so a client repeating a password, right or wrong, costs one
+//!   bcrypt, not one per request;
+//! - a user the file does not name is checked against the slowest hash in the file (and always
+//!   refused), so an unknown user costs as much as a known one and response times do not tell
+//!   which user names exist.
 //!
 //! The checks are plain functions over the header value: the gRPC services and the HTTP handler
-//! call them directly, so they run the same in the simulator as in production.
+//! call them directly, so they run the same in the simulator as in production (where the
+//! blocking pool is replaced by running the hash in place: simulated time does not pass during
+//! it anyway).
 
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
@@ -78,11 +88,63 @@ struct Policy {
     /// SHA-256 of the bearer token.
     token: Option<[u8; 32]>,
     users: Htpasswd,
+    /// The slowest hash in `users`: what a user the file does not name is checked against.
+    decoy: Option<PasswordHash>,
     allow_unauthenticated_reads: bool,
-    /// Passwords that verified against a slow hash: user → keyed SHA-256 of the password.
-    verified: Mutex<HashMap<String, [u8; 32]>>,
-    /// Per-process key for `verified`, so the remembered digests are useless elsewhere.
+    /// Verdicts of slow hashes, by [`Policy::verdict_key`].
+    verdicts: Mutex<Verdicts>,
+    /// Per-process key for `verdicts`, so the remembered digests are useless elsewhere.
     key: [u8; 32],
+    /// Slow verifications allowed at once: a flood of new passwords queues here instead of
+    /// taking every thread of the blocking pool.
+    slow_permits: tokio::sync::Semaphore,
+    /// Slow verifications run so far.
+    slow_runs: AtomicU64,
+}
+
+/// How many verdicts of slow hashes are remembered (about 50 bytes each).
+pub const VERDICTS_KEPT: usize = 4096;
+
+/// Remembered verdicts in two generations of at most half the bound each: when the current
+/// one fills up it replaces the previous one, so the verdicts used recently survive a flood of
+/// one-off passwords for a while and memory stays bounded.
+struct Verdicts {
+    capacity: usize,
+    current: HashMap<[u8; 32], bool>,
+    previous: HashMap<[u8; 32], bool>,
+}
+
+impl Verdicts {
+    fn new(capacity: usize) -> Verdicts {
+        Verdicts {
+            capacity,
+            current: HashMap::new(),
+            previous: HashMap::new(),
+        }
+    }
+
+    /// The verdict remembered under `key` (kept in the current generation if it was found in
+    /// the previous one).
+    fn get(&mut self, key: &[u8; 32]) -> Option<bool> {
+        if let Some(&verdict) = self.current.get(key) {
+            return Some(verdict);
+        }
+        let verdict = *self.previous.get(key)?;
+        self.insert(*key, verdict);
+        Some(verdict)
+    }
+
+    fn insert(&mut self, key: [u8; 32], verdict: bool) {
+        if self.current.len() >= self.capacity.div_ceil(2) {
+            self.previous = std::mem::take(&mut self.current);
+        }
+        self.current.insert(key, verdict);
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.current.len() + self.previous.len()
+    }
 }
 
 impl fmt::Debug for Auth {
@@ -119,13 +181,17 @@ impl Auth {
         if token.is_none() && users.is_empty() {
             return Auth::open();
         }
+        let parallelism = std::thread::available_parallelism().map_or(1, |n| n.get());
         Auth {
             inner: Some(Arc::new(Policy {
                 token: token.map(|t| Sha256::digest(t.as_bytes()).into()),
+                decoy: users.slowest().cloned(),
                 users,
                 allow_unauthenticated_reads,
-                verified: Mutex::new(HashMap::new()),
+                verdicts: Mutex::new(Verdicts::new(VERDICTS_KEPT)),
                 key: rand::random(),
+                slow_permits: tokio::sync::Semaphore::new(parallelism),
+                slow_runs: AtomicU64::new(0),
             })),
         }
     }
@@ -136,7 +202,8 @@ impl Auth {
     }
 
     /// Checks a request that does `access`, carrying the `Authorization` value `authorization`.
-    pub fn check(&self, authorization: Option<&[u8]>, access: Access) -> Result<(), Denied> {
+    /// A slow password hash is verified on the blocking pool, so this may wait.
+    pub async fn check(&self, authorization: Option<&[u8]>, access: Access) -> Result<(), Denied> {
         let Some(policy) = &self.inner else {
             return Ok(());
         };
@@ -155,10 +222,18 @@ impl Auth {
                 if policy.token_matches(password).is_ok() {
                     return Ok(());
                 }
-                policy.user_matches(user, password)
+                policy.user_matches(user, password).await
             }
         }
         .inspect_err(|denied| tracing::debug!(reason = %denied, "request refused"))
+    }
+
+    /// How many slow password hashes (bcrypt) have been verified: requests whose verdict was
+    /// remembered do not count.
+    pub fn slow_verifications(&self) -> u64 {
+        self.inner
+            .as_ref()
+            .map_or(0, |policy| policy.slow_runs.load(Ordering::Relaxed))
     }
 }
 
@@ -175,39 +250,71 @@ impl Policy {
         }
     }
 
-    fn user_matches(&self, user: &[u8], password: &[u8]) -> Result<(), Denied> {
-        let user = std::str::from_utf8(user).map_err(|_| Denied::Invalid)?;
-        let Some(hash) = self.users.get(user) else {
+    async fn user_matches(&self, user: &[u8], password: &[u8]) -> Result<(), Denied> {
+        // A user the file does not name (or a name that is not UTF-8) is checked against the
+        // decoy and refused whatever it says, at the cost of a real user's check.
+        let known = std::str::from_utf8(user)
+            .ok()
+            .and_then(|name| self.users.get(name));
+        let Some(hash) = known.or(self.decoy.as_ref()) else {
             return Err(Denied::Invalid);
         };
-        let remembered = self.remembered(user, password);
-        {
-            let verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(known) = verified.get(user) {
-                if bool::from(known.ct_eq(&remembered)) {
-                    return Ok(());
-                }
-            }
+        let verified = if hash.is_slow() {
+            self.verify_slow(hash, user, password).await
+        } else {
+            hash.verify(password)
+        };
+        if verified && known.is_some() {
+            Ok(())
+        } else {
+            Err(Denied::Invalid)
         }
-        if !hash.verify(password) {
-            return Err(Denied::Invalid);
-        }
-        if hash.is_slow() {
-            self.verified
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(user.to_owned(), remembered);
-        }
-        Ok(())
     }
 
-    fn remembered(&self, user: &str, password: &[u8]) -> [u8; 32] {
+    /// Verifies `password` against the slow `hash`, or answers from a remembered verdict.
+    async fn verify_slow(&self, hash: &PasswordHash, user: &[u8], password: &[u8]) -> bool {
+        let key = self.verdict_key(user, password);
+        if let Some(verdict) = self.lock_verdicts().get(&key) {
+            return verdict;
+        }
+        let verdict = {
+            // The semaphore is never closed, so acquiring fails only in theory; verifying
+            // without a permit is then still correct.
+            let _permit = self.slow_permits.acquire().await;
+            self.slow_runs.fetch_add(1, Ordering::Relaxed);
+            let (hash, password) = (hash.clone(), password.to_vec());
+            off_the_async_workers(move || hash.verify(&password)).await
+        };
+        self.lock_verdicts().insert(key, verdict);
+        verdict
+    }
+
+    fn lock_verdicts(&self) -> std::sync::MutexGuard<'_, Verdicts> {
+        self.verdicts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn verdict_key(&self, user: &[u8], password: &[u8]) -> [u8; 32] {
         let mut hasher = Sha256::new();
         hasher.update(self.key);
         hasher.update((user.len() as u64).to_le_bytes());
-        hasher.update(user.as_bytes());
+        hasher.update(user);
         hasher.update(password);
         hasher.finalize().into()
+    }
+}
+
+/// Runs the CPU-heavy `work` on the blocking pool and waits for it. Under madsim it runs in
+/// place: the simulator has no blocking pool, and simulated time stands still during it.
+async fn off_the_async_workers(work: impl FnOnce() -> bool + Send + 'static) -> bool {
+    #[cfg(not(madsim))]
+    {
+        // The closure cannot panic on any input (bcrypt reports errors as values); if it did,
+        // refusing is the safe answer.
+        tokio::task::spawn_blocking(work).await.unwrap_or(false)
+    }
+    #[cfg(madsim)]
+    {
+        work()
     }
 }
 
@@ -308,6 +415,19 @@ impl PasswordHash {
     fn is_slow(&self) -> bool {
         matches!(self, PasswordHash::Bcrypt(_))
     }
+
+    /// How expensive verifying is, for ranking: bcrypt by its cost, then `$apr1$`, then SHA-1.
+    fn cost_rank(&self) -> u32 {
+        match self {
+            PasswordHash::Bcrypt(hash) => {
+                100 + hash
+                    .parse::<bcrypt::HashParts>()
+                    .map_or(0, |parts| parts.get_cost())
+            }
+            PasswordHash::Apr1 { .. } => 1,
+            PasswordHash::Sha1(_) => 0,
+        }
+    }
 }
 
 /// The users of an htpasswd file (`user:hash` lines). Supported hashes: bcrypt (`htpasswd -B`),
@@ -380,6 +500,11 @@ impl Htpasswd {
 
     fn get(&self, user: &str) -> Option<&PasswordHash> {
         self.users.get(user)
+    }
+
+    /// The hash that is slowest to verify (any one of them if several tie).
+    fn slowest(&self) -> Option<&PasswordHash> {
+        self.users.values().max_by_key(|hash| hash.cost_rank())
     }
 }
 
@@ -515,89 +640,215 @@ mod tests {
         assert!(Htpasswd::parse(twice).is_err());
     }
 
-    #[test]
-    fn open_policy_lets_everything_through() {
+    #[tokio::test]
+    async fn open_policy_lets_everything_through() {
         let auth = Auth::new(None, None, false);
         assert!(!auth.is_enabled());
-        assert_eq!(auth.check(None, Access::Write), Ok(()));
-        assert_eq!(auth.check(Some(b"garbage"), Access::Write), Ok(()));
+        assert_eq!(auth.check(None, Access::Write).await, Ok(()));
+        assert_eq!(auth.check(Some(b"garbage"), Access::Write).await, Ok(()));
     }
 
-    #[test]
-    fn token_is_accepted_as_bearer_or_basic_password() {
+    #[tokio::test]
+    async fn token_is_accepted_as_bearer_or_basic_password() {
         let auth = Auth::new(Some("s3cret"), None, false);
-        assert_eq!(auth.check(Some(b"Bearer s3cret"), Access::Write), Ok(()));
-        assert_eq!(auth.check(Some(b"bearer  s3cret "), Access::Write), Ok(()));
         assert_eq!(
-            auth.check(Some(&basic("anyone", "s3cret")), Access::Write),
+            auth.check(Some(b"Bearer s3cret"), Access::Write).await,
             Ok(())
         );
         assert_eq!(
-            auth.check(Some(b"Bearer s3cre"), Access::Read),
+            auth.check(Some(b"bearer  s3cret "), Access::Write).await,
+            Ok(())
+        );
+        assert_eq!(
+            auth.check(Some(&basic("anyone", "s3cret")), Access::Write)
+                .await,
+            Ok(())
+        );
+        assert_eq!(
+            auth.check(Some(b"Bearer s3cre"), Access::Read).await,
             Err(Denied::Invalid)
         );
         assert_eq!(
-            auth.check(Some(b"Bearer s3cret2"), Access::Read),
+            auth.check(Some(b"Bearer s3cret2"), Access::Read).await,
             Err(Denied::Invalid)
         );
         assert_eq!(
-            auth.check(Some(&basic("s3cret", "x")), Access::Read),
+            auth.check(Some(&basic("s3cret", "x")), Access::Read).await,
             Err(Denied::Invalid)
         );
-        assert_eq!(auth.check(None, Access::Read), Err(Denied::Missing));
+        assert_eq!(auth.check(None, Access::Read).await, Err(Denied::Missing));
         assert_eq!(
-            auth.check(Some(b"Basic !!!"), Access::Read),
+            auth.check(Some(b"Basic !!!"), Access::Read).await,
             Err(Denied::Malformed)
         );
         assert_eq!(
-            auth.check(Some(b"Basic Zm9v"), Access::Read),
+            auth.check(Some(b"Basic Zm9v"), Access::Read).await,
             Err(Denied::Malformed)
         );
         assert_eq!(
-            auth.check(Some(b"Digest x"), Access::Read),
+            auth.check(Some(b"Digest x"), Access::Read).await,
             Err(Denied::Malformed)
         );
         assert_eq!(
-            auth.check(Some(b"s3cret"), Access::Read),
+            auth.check(Some(b"s3cret"), Access::Read).await,
             Err(Denied::Malformed)
         );
     }
 
-    #[test]
-    fn htpasswd_users_and_remembered_bcrypt() {
-        let hash = bcrypt::hash("pw", 4).unwrap();
-        let users = Htpasswd::parse(&format!("bea:{hash}")).unwrap();
-        let auth = Auth::new(None, Some(users), false);
-        assert_eq!(auth.check(Some(&basic("bea", "pw")), Access::Write), Ok(()));
-        // Second time from the remembered digest; a wrong password still fails afterwards.
-        assert_eq!(auth.check(Some(&basic("bea", "pw")), Access::Write), Ok(()));
+    #[tokio::test]
+    async fn htpasswd_users_and_remembered_bcrypt() {
+        let auth = bcrypt_auth();
         assert_eq!(
-            auth.check(Some(&basic("bea", "pX")), Access::Write),
+            auth.check(Some(&basic("bea", "pw")), Access::Write).await,
+            Ok(())
+        );
+        // Second time from the remembered digest; a wrong password still fails afterwards.
+        assert_eq!(
+            auth.check(Some(&basic("bea", "pw")), Access::Write).await,
+            Ok(())
+        );
+        assert_eq!(
+            auth.check(Some(&basic("bea", "pX")), Access::Write).await,
             Err(Denied::Invalid)
         );
         assert_eq!(
-            auth.check(Some(&basic("bob", "pw")), Access::Write),
+            auth.check(Some(&basic("bob", "pw")), Access::Write).await,
             Err(Denied::Invalid)
         );
         // No token configured: a bearer value is never accepted.
         assert_eq!(
-            auth.check(Some(b"Bearer pw"), Access::Read),
+            auth.check(Some(b"Bearer pw"), Access::Read).await,
             Err(Denied::Invalid)
         );
     }
 
-    #[test]
-    fn unauthenticated_reads_only_when_allowed_and_only_without_credentials() {
+    #[tokio::test]
+    async fn unauthenticated_reads_only_when_allowed_and_only_without_credentials() {
         let strict = Auth::new(Some("t"), None, false);
-        assert_eq!(strict.check(None, Access::Read), Err(Denied::Missing));
+        assert_eq!(strict.check(None, Access::Read).await, Err(Denied::Missing));
         let relaxed = Auth::new(Some("t"), None, true);
-        assert_eq!(relaxed.check(None, Access::Read), Ok(()));
-        assert_eq!(relaxed.check(None, Access::Write), Err(Denied::Missing));
+        assert_eq!(relaxed.check(None, Access::Read).await, Ok(()));
         assert_eq!(
-            relaxed.check(Some(b"Bearer wrong"), Access::Read),
+            relaxed.check(None, Access::Write).await,
+            Err(Denied::Missing)
+        );
+        assert_eq!(
+            relaxed.check(Some(b"Bearer wrong"), Access::Read).await,
             Err(Denied::Invalid)
         );
-        assert_eq!(relaxed.check(Some(b"Bearer t"), Access::Write), Ok(()));
+        assert_eq!(
+            relaxed.check(Some(b"Bearer t"), Access::Write).await,
+            Ok(())
+        );
+    }
+
+    /// User `bea` with bcrypt password "pw" (cost 4: fast enough for tests) and `sam` with a
+    /// `{SHA}` hash of "hunter2".
+    fn bcrypt_auth() -> Auth {
+        let hash = bcrypt::hash("pw", 4).unwrap();
+        let text = format!("bea:{hash}\nsam:{{SHA}}87u9ZqY9S/F0eUBXjsPQEDUw4h0=\n");
+        Auth::new(None, Some(Htpasswd::parse(&text).unwrap()), false)
+    }
+
+    #[tokio::test]
+    async fn bcrypt_verdicts_good_and_bad_are_remembered() {
+        let auth = bcrypt_auth();
+        let check = |user: &'static str, password: &'static str| {
+            let auth = auth.clone();
+            async move {
+                auth.check(Some(&basic(user, password)), Access::Write)
+                    .await
+            }
+        };
+        for _ in 0..3 {
+            assert_eq!(check("bea", "pw").await, Ok(()));
+        }
+        assert_eq!(auth.slow_verifications(), 1);
+        // A wrong password is verified once too, however often it is repeated.
+        for _ in 0..3 {
+            assert_eq!(check("bea", "wrong").await, Err(Denied::Invalid));
+        }
+        assert_eq!(auth.slow_verifications(), 2);
+        // A verdict is for one user and one password: the right password of another name is
+        // checked (and refused) afresh.
+        assert_eq!(check("bee", "pw").await, Err(Denied::Invalid));
+        assert_eq!(auth.slow_verifications(), 3);
+        assert_eq!(check("bea", "pw").await, Ok(()));
+        assert_eq!(auth.slow_verifications(), 3);
+        // Fast hashes are simply verified each time.
+        assert_eq!(check("sam", "hunter2").await, Ok(()));
+        assert_eq!(auth.slow_verifications(), 3);
+    }
+
+    /// An unknown user costs a bcrypt like a known one (the slowest hash of the file, whose
+    /// verdict is ignored: even the password of that hash's user is refused for another name).
+    #[tokio::test]
+    async fn unknown_users_cost_a_bcrypt_and_are_refused() {
+        let auth = bcrypt_auth();
+        for (user, password) in [("nobody", "x"), ("nobody", "pw"), ("sam", "pw")] {
+            let before = auth.slow_verifications();
+            assert_eq!(
+                auth.check(Some(&basic(user, password)), Access::Write)
+                    .await,
+                Err(Denied::Invalid),
+                "{user}"
+            );
+            let ran = auth.slow_verifications() - before;
+            assert_eq!(ran, u64::from(user == "nobody"), "{user}");
+        }
+        let not_utf8 = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(b"\xff\xfe:pw")
+        );
+        assert_eq!(
+            auth.check(Some(not_utf8.as_bytes()), Access::Write).await,
+            Err(Denied::Invalid)
+        );
+        assert_eq!(auth.slow_verifications(), 3);
+        // Without any slow hash in the file there is nothing to imitate.
+        let sha_only = Htpasswd::parse("sam:{SHA}87u9ZqY9S/F0eUBXjsPQEDUw4h0=").unwrap();
+        let auth = Auth::new(None, Some(sha_only), false);
+        assert_eq!(
+            auth.check(Some(&basic("nobody", "x")), Access::Write).await,
+            Err(Denied::Invalid)
+        );
+        assert_eq!(auth.slow_verifications(), 0);
+    }
+
+    /// bcrypt does not run on the task that asked: the first poll of a check hands the work to
+    /// the blocking pool and returns pending (run in place, it would finish in that poll).
+    #[cfg(not(madsim))]
+    #[tokio::test]
+    async fn bcrypt_runs_off_the_async_workers() {
+        let auth = bcrypt_auth();
+        let header = basic("bea", "pw");
+        let check = auth.check(Some(&header), Access::Write);
+        futures::pin_mut!(check);
+        assert!(futures::poll!(check.as_mut()).is_pending());
+        assert_eq!(check.await, Ok(()));
+        assert_eq!(auth.slow_verifications(), 1);
+        // A remembered verdict needs no pool: ready at once.
+        let again = auth.check(Some(&header), Access::Write);
+        futures::pin_mut!(again);
+        assert_eq!(
+            futures::poll!(again.as_mut()),
+            std::task::Poll::Ready(Ok(()))
+        );
+    }
+
+    #[test]
+    fn verdicts_stay_within_their_bound_and_keep_recent_ones() {
+        let mut verdicts = Verdicts::new(8);
+        let key = |n: u8| [n; 32];
+        verdicts.insert(key(0), true);
+        for n in 1..100 {
+            verdicts.insert(key(n), false);
+            assert!(verdicts.len() <= 8, "{}", verdicts.len());
+            // Used all along, the first verdict is never forgotten.
+            assert_eq!(verdicts.get(&key(0)), Some(true));
+        }
+        assert_eq!(verdicts.get(&key(99)), Some(false));
+        assert_eq!(verdicts.get(&key(1)), None);
     }
 
     #[test]

@@ -18,6 +18,7 @@ use std::ffi::OsString;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::parser::ValueSource;
 use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -111,6 +112,51 @@ pub struct ServeArgs {
     #[arg(long, env = "HOARD_MAX_BLOB_SIZE", value_name = "SIZE", value_parser = parse_size,
           default_value = "64G", help_heading = "Limits")]
     pub max_blob_size: u64,
+
+    // --- connections ---
+    /// Most connections open at once, per listener; more are refused (HTTP 503, gRPC GOAWAY)
+    /// and closed. Each takes a file descriptor: keep it below the process's limit (ulimit -n).
+    #[arg(
+        long,
+        env = "HOARD_MAX_CONNECTIONS",
+        value_name = "N",
+        default_value_t = 4096,
+        help_heading = "Connections"
+    )]
+    pub max_connections: usize,
+    /// How long an HTTP connection may take to send a request's headers, idle keep-alive
+    /// connections included (e.g. 30s, 1m).
+    #[arg(long, env = "HOARD_HTTP_HEADER_TIMEOUT", value_name = "DURATION",
+          value_parser = parse_duration, default_value = "60s", help_heading = "Connections")]
+    pub http_header_timeout: Duration,
+    /// How long a request body (HTTP PUT, gRPC request stream) may send nothing while the server
+    /// waits for it; the request then fails and its upload is discarded.
+    #[arg(long, env = "HOARD_BODY_TIMEOUT", value_name = "DURATION",
+          value_parser = parse_duration, default_value = "60s", help_heading = "Connections")]
+    pub body_timeout: Duration,
+    /// How long a new gRPC connection may take to finish its TLS handshake and HTTP/2 preface.
+    #[arg(long, env = "HOARD_GRPC_HANDSHAKE_TIMEOUT", value_name = "DURATION",
+          value_parser = parse_duration, default_value = "10s", help_heading = "Connections")]
+    pub grpc_handshake_timeout: Duration,
+    /// How long a gRPC connection may go without a call before it is sent a GOAWAY and closed
+    /// (clients reconnect for their next call).
+    #[arg(long, env = "HOARD_GRPC_IDLE_TIMEOUT", value_name = "DURATION",
+          value_parser = parse_duration, default_value = "10m", help_heading = "Connections")]
+    pub grpc_idle_timeout: Duration,
+    /// How often an HTTP/2 PING checks that a gRPC client still answers (it has 20 s to);
+    /// 0 turns the checks off.
+    #[arg(long, env = "HOARD_GRPC_KEEPALIVE_INTERVAL", value_name = "DURATION",
+          value_parser = parse_duration, default_value = "60s", help_heading = "Connections")]
+    pub grpc_keepalive_interval: Duration,
+    /// HTTP/2 flow-control window of one gRPC stream: the most bytes of one upload buffered
+    /// before the service reads them (e.g. 1M).
+    #[arg(long, env = "HOARD_GRPC_STREAM_WINDOW", value_name = "SIZE", value_parser = parse_window,
+          default_value = "1M", help_heading = "Connections")]
+    pub grpc_stream_window: u32,
+    /// HTTP/2 flow-control window of one gRPC connection, all its streams together.
+    #[arg(long, env = "HOARD_GRPC_CONNECTION_WINDOW", value_name = "SIZE",
+          value_parser = parse_window, default_value = "16M", help_heading = "Connections")]
+    pub grpc_connection_window: u32,
 
     // --- authentication ---
     /// Require this bearer token: "Authorization: Bearer TOKEN", or basic auth with TOKEN as
@@ -336,12 +382,22 @@ impl ServeArgs {
         let mut grpc = GrpcConfig {
             auth: auth.clone(),
             tls: tls.clone(),
+            max_connections: self.max_connections,
+            handshake_timeout: self.grpc_handshake_timeout,
+            idle_timeout: self.grpc_idle_timeout,
+            keepalive_interval: Some(self.grpc_keepalive_interval).filter(|d| !d.is_zero()),
+            body_timeout: self.body_timeout,
+            stream_window: self.grpc_stream_window,
+            connection_window: self.grpc_connection_window,
             ..GrpcConfig::default()
         };
         let mut http = HttpConfig {
             ac_strict: self.http_ac_strict,
             auth,
             tls,
+            header_timeout: self.http_header_timeout,
+            body_timeout: self.body_timeout,
+            max_connections: self.max_connections,
             ..HttpConfig::default()
         };
         grpc.access_log = self.access_log;
@@ -355,5 +411,55 @@ impl ServeArgs {
             http,
         };
         Ok((config, warnings))
+    }
+}
+
+/// Parses an HTTP/2 window size: a size (see [`parse_size`]) from 64 KiB (the protocol's
+/// default) to 2 GiB - 1 (its maximum).
+fn parse_window(text: &str) -> Result<u32, String> {
+    let size = parse_size(text)?;
+    if !(65_535..=(1 << 31) - 1).contains(&size) {
+        return Err(format!("{text:?}: a window is from 64K to 2G - 1"));
+    }
+    Ok(size as u32)
+}
+
+/// Parses a duration: a number with a unit (`ms`, `s`, `m`, `h`), or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (examples: 30s, 10m, 500ms, 1h)"))?;
+    let millis = match unit.trim() {
+        "ms" => 1,
+        "" | "s" => 1_000,
+        "m" | "min" => 60_000,
+        "h" => 3_600_000,
+        other => return Err(format!("unknown duration unit {other:?} in {text:?}")),
+    };
+    number
+        .checked_mul(millis)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("duration {text:?} is too long"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert!(parse_duration("5 days").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("99999999999999999h").is_err());
     }
 }

@@ -22,17 +22,18 @@ use rustls::{RootCertStore, ServerConfig};
 // Under madsim the listeners never read the files (they refuse TLS).
 #[cfg_attr(madsim, allow(dead_code))]
 pub struct TlsConfig {
-    cert_pem: Arc<[u8]>,
-    key_pem: Arc<[u8]>,
-    client_ca_pem: Option<Arc<[u8]>>,
+    /// Whether clients must present a certificate.
+    mutual: bool,
     /// The HTTP listener's configuration (ALPN `http/1.1`); also proof the files are usable.
     http: Arc<ServerConfig>,
+    /// The gRPC listener's configuration (ALPN `h2`).
+    grpc: Arc<ServerConfig>,
 }
 
 impl fmt::Debug for TlsConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TlsConfig")
-            .field("mutual", &self.client_ca_pem.is_some())
+            .field("mutual", &self.mutual)
             .finish_non_exhaustive()
     }
 }
@@ -69,22 +70,23 @@ impl TlsConfig {
         key_pem: Vec<u8>,
         client_ca_pem: Option<Vec<u8>>,
     ) -> Result<TlsConfig, TlsError> {
-        // tonic builds its rustls config with the process-wide provider: make it ring's. (An
+        // tonic's client TLS (tests, tools) uses the process-wide provider: make it ring's. (An
         // error only means one is installed already.)
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mut http = server_config(&cert_pem, &key_pem, client_ca_pem.as_deref())?;
+        let mut grpc = http.clone();
         http.alpn_protocols = vec![b"http/1.1".to_vec()];
+        grpc.alpn_protocols = vec![b"h2".to_vec()];
         Ok(TlsConfig {
-            cert_pem: cert_pem.into(),
-            key_pem: key_pem.into(),
-            client_ca_pem: client_ca_pem.map(Into::into),
+            mutual: client_ca_pem.is_some(),
             http: Arc::new(http),
+            grpc: Arc::new(grpc),
         })
     }
 
     /// Whether clients must present a certificate.
     pub fn is_mutual(&self) -> bool {
-        self.client_ca_pem.is_some()
+        self.mutual
     }
 
     /// The acceptor of the HTTP listener.
@@ -93,19 +95,10 @@ impl TlsConfig {
         tokio_rustls::TlsAcceptor::from(self.http.clone())
     }
 
-    /// The configuration of the gRPC listener (tonic negotiates `h2` itself).
+    /// The acceptor of the gRPC listener (ALPN `h2`).
     #[cfg(not(madsim))]
-    pub(crate) fn grpc(&self) -> tonic::transport::ServerTlsConfig {
-        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
-        let identity = Identity::from_pem(&*self.cert_pem, &*self.key_pem);
-        let config = ServerTlsConfig::new()
-            .identity(identity)
-            // A client that connects and never finishes the handshake must not hold a slot.
-            .timeout(std::time::Duration::from_secs(10));
-        match &self.client_ca_pem {
-            Some(ca) => config.client_ca_root(Certificate::from_pem(&**ca)),
-            None => config,
-        }
+    pub(crate) fn grpc_acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        tokio_rustls::TlsAcceptor::from(self.grpc.clone())
     }
 }
 

@@ -30,6 +30,13 @@ const VARS: &[&str] = &[
     "HOARD_TLS_CLIENT_CA",
     "HOARD_LOG",
     "HOARD_ACCESS_LOG",
+    "HOARD_MAX_CONNECTIONS",
+    "HOARD_HTTP_HEADER_TIMEOUT",
+    "HOARD_BODY_TIMEOUT",
+    "HOARD_GRPC_HANDSHAKE_TIMEOUT",
+    "HOARD_GRPC_IDLE_TIMEOUT",
+    "HOARD_GRPC_KEEPALIVE_INTERVAL",
+    "HOARD_GRPC_STREAM_WINDOW",
 ];
 
 /// Runs `test` with exactly the `env` variables of [`VARS`] set.
@@ -215,6 +222,58 @@ fn bad_files_are_refused_with_the_reason() {
     assert!(error.to_string().contains("cannot read"), "{error}");
 }
 
+/// Connection limits reach both front ends, from each source; the defaults bound slow clients.
+#[test]
+fn connection_limits_from_every_source() {
+    use std::time::Duration;
+    let (config, _) = with_env(&[], || parse(&[]).unwrap().resolve().unwrap());
+    assert!(config.http.header_timeout <= Duration::from_secs(60));
+    assert_eq!(config.http.body_timeout, Duration::from_secs(60));
+    assert_eq!(config.grpc.idle_timeout, Duration::from_secs(600));
+    assert_eq!(config.grpc.handshake_timeout, Duration::from_secs(10));
+    assert_eq!(
+        config.grpc.keepalive_interval,
+        Some(Duration::from_secs(60))
+    );
+    assert_eq!(config.http.max_connections, 4096);
+    assert_eq!(config.grpc.max_connections, 4096);
+    assert_eq!(config.grpc.stream_window, 1 << 20);
+    assert_eq!(config.grpc.connection_window, 16 << 20);
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "hoard.toml",
+        "max_connections = 100\nbody-timeout = \"5s\"\ngrpc_idle_timeout = 120\n",
+    );
+    let (config, _) = with_env(
+        &[
+            ("HOARD_HTTP_HEADER_TIMEOUT", "15s"),
+            ("HOARD_GRPC_KEEPALIVE_INTERVAL", "0"),
+            ("HOARD_GRPC_STREAM_WINDOW", "4M"),
+        ],
+        || {
+            parse(&["--config", &file, "--grpc-handshake-timeout", "500ms"])
+                .unwrap()
+                .resolve()
+                .unwrap()
+        },
+    );
+    assert_eq!(config.http.max_connections, 100);
+    assert_eq!(config.grpc.max_connections, 100);
+    assert_eq!(config.http.body_timeout, Duration::from_secs(5));
+    assert_eq!(config.grpc.body_timeout, Duration::from_secs(5));
+    assert_eq!(config.grpc.idle_timeout, Duration::from_secs(120));
+    assert_eq!(config.http.header_timeout, Duration::from_secs(15));
+    assert_eq!(config.grpc.keepalive_interval, None);
+    assert_eq!(config.grpc.handshake_timeout, Duration::from_millis(500));
+    assert_eq!(config.grpc.stream_window, 4 << 20);
+    let error = with_env(&[], || parse(&["--grpc-stream-window", "1K"]))
+        .err()
+        .unwrap();
+    assert!(error.to_string().contains("64K"), "{error}");
+}
+
 #[test]
 fn resolve_builds_auth_and_refuses_half_tls() {
     let dir = tempfile::tempdir().unwrap();
@@ -269,6 +328,7 @@ fn help_groups_options_like_bazel_remote() {
         "Storage:",
         "Listeners:",
         "Limits:",
+        "Connections:",
         "Authentication:",
         "TLS:",
         "Logging:",

@@ -303,6 +303,71 @@ async fn zstd_bomb_is_refused() {
     assert_eq!(f.engine.stats().blobs, 0);
 }
 
+/// A zstd stream whose frame declares a `1 << window_log` byte window: compressed in pieces, so
+/// zstd cannot shrink the window to the content size.
+fn zstd_with_window(data: &[u8], window_log: u32) -> Vec<u8> {
+    use std::io::Write as _;
+    use zstd::stream::raw::CParameter;
+    let mut encoder = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
+    encoder
+        .set_parameter(CParameter::WindowLog(window_log))
+        .unwrap();
+    encoder
+        .set_parameter(CParameter::EnableLongDistanceMatching(window_log > 23))
+        .unwrap();
+    for piece in data.chunks(64 << 10) {
+        encoder.write_all(piece).unwrap();
+    }
+    encoder.finish().unwrap()
+}
+
+/// One stream cannot make the server allocate a large decoder window: a frame asking for more
+/// than 8 MiB is refused with a message naming the limit, over ByteStream and in a batch; 8 MiB
+/// itself (what zstd level 19 uses) is accepted.
+#[tokio::test]
+async fn zstd_windows_over_the_limit_are_refused() {
+    let f = Fixture::start().await;
+    let data = compressible(11, 300_000);
+    let digest = Digest::of(&data);
+    for window_log in [24, 27] {
+        let stream = zstd_with_window(&data, window_log);
+        assert_eq!(unzstd(&stream), data);
+        let name = zstd_write_name("", &format!("wide-{window_log}"), &digest);
+        let status = write(&f, compressed_requests(&name, 0, &stream, 40_000, true))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains("window"), "{status:?}");
+        assert!(status.message().contains("8 MiB"), "{status:?}");
+        let batch = f
+            .cas()
+            .batch_update_blobs(BatchUpdateBlobsRequest {
+                requests: vec![item(&digest, stream, ZSTD)],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let item_status = batch.responses[0].status.clone().unwrap();
+        assert_eq!(
+            item_status.code,
+            Code::InvalidArgument as i32,
+            "{item_status:?}"
+        );
+        assert!(item_status.message.contains("window"), "{item_status:?}");
+    }
+    assert_eq!(f.engine.stats().blobs, 0);
+    let within = zstd_with_window(&data, 23);
+    let name = zstd_write_name("", "window-23", &digest);
+    assert_eq!(
+        write(&f, compressed_requests(&name, 0, &within, 40_000, true))
+            .await
+            .unwrap(),
+        within.len() as i64
+    );
+    assert!(f.engine.contains(&digest));
+}
+
 #[tokio::test]
 async fn corrupt_zstd_streams_are_invalid_argument() {
     let f = Fixture::start().await;

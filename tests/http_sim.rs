@@ -67,7 +67,7 @@ async fn round_trip_keep_alive_and_idle_timeout() {
             .unwrap();
         let listener = TcpListener::bind(SERVER).await.unwrap();
         let config = HttpConfig {
-            idle_timeout: IDLE_TIMEOUT,
+            header_timeout: IDLE_TIMEOUT,
             ..HttpConfig::default()
         };
         serve_listener(

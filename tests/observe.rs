@@ -636,3 +636,140 @@ async fn the_access_log_has_one_line_per_request_and_can_be_off() {
     let lines = access_log_of(false, &captured).await;
     assert_eq!(lines.len(), before, "access log off, yet: {lines:#?}");
 }
+
+/// Sends each message as the raw bytes given, and hands back the raw bytes of replies: a client
+/// that can send what no generated client would.
+#[derive(Clone, Copy, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Bytes,
+        buf: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(buf, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        buf: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Bytes>, tonic::Status> {
+        let len = bytes::Buf::remaining(buf);
+        Ok(Some(bytes::Buf::copy_to_bytes(buf, len)))
+    }
+}
+
+/// Not a protobuf message: a field key whose varint never ends.
+const GARBAGE: &[u8] = b"\xff\xff\xff\xff";
+
+/// A request whose message does not decode is INVALID_ARGUMENT with a message naming the type,
+/// whatever the kind of call, and it is counted and logged like any other call.
+#[tokio::test]
+async fn undecodable_requests_are_invalid_argument_counted_and_logged() {
+    use tonic::codegen::http::uri::PathAndQuery;
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(captured.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let servers = Servers::start(true).await;
+    let mut grpc = tonic::client::Grpc::new(servers.front.channel.clone());
+    let garbage = || tonic::Request::new(Bytes::from_static(GARBAGE));
+    let calls = [
+        (
+            "ContentAddressableStorage",
+            "FindMissingBlobs",
+            "build.bazel.remote.execution.v2",
+            "FindMissingBlobsRequest",
+        ),
+        (
+            "ActionCache",
+            "GetActionResult",
+            "build.bazel.remote.execution.v2",
+            "GetActionResultRequest",
+        ),
+        (
+            "Capabilities",
+            "GetCapabilities",
+            "build.bazel.remote.execution.v2",
+            "GetCapabilitiesRequest",
+        ),
+    ];
+    for (service, method, package, message) in calls {
+        grpc.ready().await.unwrap();
+        let path = PathAndQuery::try_from(format!("/{package}.{service}/{method}")).unwrap();
+        let status = grpc.unary(garbage(), path, RawCodec).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{method}: {status:?}");
+        assert!(status.message().contains(message), "{method}: {status:?}");
+    }
+    // Server streaming: the request is decoded before the service runs, as for unary calls.
+    grpc.ready().await.unwrap();
+    let path = PathAndQuery::from_static("/google.bytestream.ByteStream/Read");
+    let status = grpc
+        .server_streaming(garbage(), path, RawCodec)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "Read: {status:?}");
+    assert!(status.message().contains("ReadRequest"), "{status:?}");
+    // Client streaming: the service reads the stream and meets the bad message itself.
+    grpc.ready().await.unwrap();
+    let path = PathAndQuery::from_static("/google.bytestream.ByteStream/Write");
+    let stream = futures::stream::iter([Bytes::from_static(GARBAGE)]);
+    let status = grpc
+        .client_streaming(tonic::Request::new(stream), path, RawCodec)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "Write: {status:?}");
+    assert!(status.message().contains("WriteRequest"), "{status:?}");
+
+    let (series, text) = servers.metrics().await;
+    for (service, method) in [
+        ("ContentAddressableStorage", "FindMissingBlobs"),
+        ("ActionCache", "GetActionResult"),
+        ("Capabilities", "GetCapabilities"),
+        ("ByteStream", "Read"),
+        ("ByteStream", "Write"),
+    ] {
+        let key = format!(
+            "hoard_requests_total{{protocol=\"grpc\",service=\"{service}\",method=\"{method}\",\
+             status=\"INVALID_ARGUMENT\"}}"
+        );
+        assert_eq!(series.get(&key), Some(&1.0), "{key} in:\n{text}");
+        let logged = captured.access_lines().into_iter().any(|line| {
+            line.contains(&format!("method={service}/{method}"))
+                && line.contains("status=INVALID_ARGUMENT")
+        });
+        assert!(logged, "{service}/{method} not in the access log");
+    }
+    assert!(
+        !text.contains("status=\"INTERNAL\""),
+        "an undecodable request counted as INTERNAL:\n{text}"
+    );
+}

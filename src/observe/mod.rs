@@ -22,7 +22,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -413,6 +413,8 @@ impl Call {
         service: &'static str,
         method: &'static str,
     ) -> Call {
+        // Tells a `watching` caller (the gRPC listener) that this request is accounted for.
+        let _ = STARTED.try_with(|started| started.store(true, Ordering::Relaxed));
         Call {
             metrics: metrics.clone(),
             access_log,
@@ -426,6 +428,12 @@ impl Call {
             received: 0,
             sent: 0,
         }
+    }
+
+    /// The same call, timed from `started` (when the request arrived) rather than from now.
+    pub fn since(mut self, started: Instant) -> Call {
+        self.started = started;
+        self
     }
 
     /// Records the finished request with its final `status` (gRPC code name or HTTP status
@@ -523,6 +531,16 @@ struct Note {
 
 tokio::task_local! {
     static NOTE: Arc<Mutex<Note>>;
+    static STARTED: Arc<AtomicBool>;
+}
+
+/// Runs `future`, and says whether a [`Call`] was started inside it: a gRPC request that never
+/// reached the per-call instrumentation (tonic refused it before our service ran, e.g. a
+/// message that does not decode) must still be counted by whoever served it.
+pub async fn watching<F: std::future::Future>(future: F) -> (F::Output, bool) {
+    let started = Arc::new(AtomicBool::new(false));
+    let output = STARTED.scope(started.clone(), future).await;
+    (output, started.load(Ordering::Relaxed))
 }
 
 /// Tells the access log which blob the current request is about. Called by request handlers;

@@ -10,8 +10,9 @@
 //! Decompression bombs: output is produced in pieces of at most [`OUT_CHUNK`] bytes and every
 //! piece is checked against the upload's declared size before it is written, so a tiny input
 //! that expands past the declared size is refused (INVALID_ARGUMENT) after at most one piece.
-//! The decoder's window is capped at 2^[`WINDOW_LOG_MAX`] bytes (zstd's own default limit,
-//! stated explicitly), which bounds the memory a hostile frame header can make it allocate.
+//! The decoder's window is capped at 2^[`WINDOW_LOG_MAX`] bytes, which bounds the memory one
+//! stream's frame header can make the decoder allocate; a frame that asks for more is refused
+//! (INVALID_ARGUMENT, naming the limit) before anything is allocated for it.
 //!
 //! Every problem with the client's bytes (corrupt, truncated, trailing garbage, too long) is
 //! INVALID_ARGUMENT; compressing stored bytes cannot fail for reasons the client controls.
@@ -20,6 +21,7 @@ use std::io;
 
 use tonic::Status;
 use zstd::stream::raw::{CParameter, DParameter, Decoder, Encoder, InBuffer, Operation, OutBuffer};
+use zstd::zstd_safe::zstd_sys::ZSTD_ErrorCode;
 
 use crate::proto::reapi::compressor;
 use crate::store::BlobUpload;
@@ -32,10 +34,11 @@ pub const LEVEL: i32 = 1;
 /// Largest piece of decompressed output handled at once (and the decoder's output buffer).
 pub const OUT_CHUNK: usize = 256 << 10;
 
-/// Largest zstd window accepted from clients (log2): 128 MiB, zstd's default decoder limit.
-/// Streaming clients that do not pledge a size declare windows by level (2 MiB at level 3,
-/// 8 MiB at 19, 128 MiB only with `--long`), so a tighter cap would refuse real clients.
-pub const WINDOW_LOG_MAX: u32 = 27;
+/// Largest zstd window accepted from clients (log2): 8 MiB. Every standard level (1 to 19)
+/// declares at most this (2 MiB at level 3, 8 MiB at 19); only `--ultra` levels and `--long`
+/// ask for more, and zstd's own default limit (128 MiB) would let each concurrent upload claim
+/// that much memory.
+pub const WINDOW_LOG_MAX: u32 = 23;
 
 /// How a blob's bytes travel on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -189,7 +192,7 @@ impl Inflater {
             let hint = self
                 .decoder
                 .run(&mut input, &mut output)
-                .map_err(|e| corrupt(&e))?;
+                .map_err(|e| undecodable(&e))?;
             let produced = output.pos();
             if hint == 0 {
                 // A frame ended and all its output is out.
@@ -231,7 +234,19 @@ impl Inflater {
     }
 }
 
-fn corrupt(error: &io::Error) -> Status {
+/// Why the decoder refused the client's bytes: a window over [`WINDOW_LOG_MAX`], or corruption.
+fn undecodable(error: &io::Error) -> Status {
+    let window_too_large = error
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<zstd::Error>())
+        .is_some_and(|e| e.is(ZSTD_ErrorCode::ZSTD_error_frameParameter_windowTooLarge));
+    if window_too_large {
+        return Status::invalid_argument(format!(
+            "the zstd frame needs a window larger than this server's limit of {} MiB \
+             (window log {WINDOW_LOG_MAX}); compress at a standard level (1-19) without --long",
+            (1u32 << WINDOW_LOG_MAX) >> 20
+        ));
+    }
     Status::invalid_argument(format!("the zstd stream is corrupt: {error}"))
 }
 

@@ -85,9 +85,13 @@ impl<S> Guarded<S> {
             method,
         );
         describe(request.get_ref(), &mut call);
-        let result = match access.map(|access| self.check(&request, access)) {
-            Some(Err(refused)) => Err(refused),
-            _ => noting(&mut call, serve(request)).await,
+        let refused = match access {
+            Some(access) => self.check(&request, access).await.err(),
+            None => None,
+        };
+        let result = match refused {
+            Some(refused) => Err(refused),
+            None => noting(&mut call, serve(request)).await,
         };
         if let Ok(response) = &result {
             sent(response.get_ref(), &mut call);
@@ -121,18 +125,25 @@ impl<S> Guarded<S> {
             .await
     }
 
-    /// `UNAUTHENTICATED` unless the call's credentials allow `access`.
-    fn check<T>(&self, request: &Request<T>, access: Access) -> Result<(), Status> {
-        if !self.auth.is_enabled() {
-            return Ok(());
+    /// `UNAUTHENTICATED` unless the call's credentials allow `access`. The header is copied
+    /// out (cheaply: it shares the bytes) before the check waits, so the future does not hold
+    /// the request, whose streaming body need not be `Sync`.
+    fn check<T>(
+        &self,
+        request: &Request<T>,
+        access: Access,
+    ) -> impl Future<Output = Result<(), Status>> + Send + '_ {
+        let header = request.metadata().get("authorization").cloned();
+        let auth = &self.auth;
+        async move {
+            if !auth.is_enabled() {
+                return Ok(());
+            }
+            let header = header.as_ref().map(|value| value.as_bytes());
+            auth.check(header, access)
+                .await
+                .map_err(|denied| Status::unauthenticated(denied.to_string()))
         }
-        let header = request
-            .metadata()
-            .get("authorization")
-            .map(|value| value.as_bytes());
-        self.auth
-            .check(header, access)
-            .map_err(|denied| Status::unauthenticated(denied.to_string()))
     }
 
     /// `stream`, counting each item's bytes as sent by `method` (a stream outlives its call's

@@ -10,7 +10,11 @@ mod action_cache;
 mod bytestream;
 mod capabilities;
 mod cas;
+#[cfg(not(madsim))]
+pub(crate) mod codec;
 mod compression;
+#[cfg(not(madsim))]
+mod connections;
 mod digests;
 mod guarded;
 mod health;
@@ -18,15 +22,14 @@ mod resource;
 mod status;
 mod stream;
 mod tree;
+#[cfg(not(madsim))]
+mod unobserved;
 mod uploads;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-
-use tonic::transport::server::Router;
-use tonic::transport::Server;
 
 use action_cache::ActionCacheService;
 use bytestream::ByteStreamService;
@@ -64,6 +67,27 @@ pub struct GrpcConfig {
     pub metrics: Arc<Metrics>,
     /// Log one line per call (target `hoard::access`, INFO).
     pub access_log: bool,
+    /// Most connections open at once; more get a GOAWAY and are closed.
+    pub max_connections: usize,
+    /// How long a new connection may take to finish its TLS handshake and send the HTTP/2
+    /// preface.
+    pub handshake_timeout: Duration,
+    /// How long a connection may have no call in flight before it is sent a GOAWAY and closed.
+    pub idle_timeout: Duration,
+    /// How often an HTTP/2 PING checks that the peer still answers (`None`: never); a peer that
+    /// does not answer within 20 s is disconnected.
+    pub keepalive_interval: Option<Duration>,
+    /// How long a request stream may send nothing while a call waits for it (the call then
+    /// fails with DEADLINE_EXCEEDED).
+    pub body_timeout: Duration,
+    /// After shutdown is requested, how long calls in flight may take to finish before
+    /// [`serve`] returns without them.
+    pub drain_timeout: Duration,
+    /// HTTP/2 flow-control window of one stream: how many bytes of one upload may be buffered
+    /// before the service reads them.
+    pub stream_window: u32,
+    /// HTTP/2 flow-control window of a whole connection (all its streams together).
+    pub connection_window: u32,
 }
 
 impl Default for GrpcConfig {
@@ -77,6 +101,19 @@ impl Default for GrpcConfig {
             tls: None,
             metrics: Arc::default(),
             access_log: true,
+            max_connections: 4096,
+            handshake_timeout: Duration::from_secs(10),
+            // Bazel keeps its channel open between builds and commands; a reconnect costs little
+            // but should not be routine.
+            idle_timeout: Duration::from_secs(600),
+            keepalive_interval: Some(Duration::from_secs(60)),
+            body_timeout: Duration::from_secs(60),
+            drain_timeout: Duration::from_secs(10),
+            // Wider than the 64 KiB default, so one upload is not throttled by window updates
+            // on a fast link, and narrow enough that a server slow to read (a busy disk) holds
+            // at most 1 MiB per stream and 16 MiB per connection in buffers.
+            stream_window: 1 << 20,
+            connection_window: 16 << 20,
         }
     }
 }
@@ -98,65 +135,67 @@ macro_rules! limited {
     };
 }
 
-/// The four REAPI services over `cache`, each checked and recorded by [`Guarded`], ready to serve
-/// (over TLS if configured).
-pub fn router(
+/// Adds the four REAPI services over the store `$cache` and the health service to `$routes`
+/// (tonic's `Routes` in the real world, madsim-tonic's `Router` in the simulator): each checked
+/// and recorded by [`Guarded`], with the message limit in both directions.
+macro_rules! add_services {
+    ($routes:expr, $cache:expr, $config:expr) => {{
+        let (cache, config): (Arc<dyn Store>, &GrpcConfig) = ($cache, $config);
+        let store = stack::for_front_end(&cache, &config.metrics, Protocol::Grpc);
+        let limit = config.max_message_size;
+        let batch = config.max_batch_total_size();
+        let parked =
+            uploads::ParkedUploads::new(config.max_resumable_uploads, config.resumable_upload_ttl);
+        // Every service checked and recorded; refused calls are recorded too.
+        fn guard<S>(service: S, config: &GrpcConfig) -> Guarded<S> {
+            let metrics = config.metrics.clone();
+            Guarded::new(service, config.auth.clone(), metrics, config.access_log)
+        }
+        let capabilities = CapabilitiesService::new(batch, store.limits().max_blob_size);
+        let action_cache = ActionCacheService::new(store.clone(), config.max_inline_bytes, limit);
+        let cas = CasService::new(store.clone(), batch, limit);
+        let bytestream = ByteStreamService::new(store, parked);
+        let health = health::HealthService::new();
+        $routes
+            .add_service(limited!(
+                CapabilitiesServer::new(guard(capabilities, config)),
+                limit
+            ))
+            .add_service(limited!(
+                ActionCacheServer::new(guard(action_cache, config)),
+                limit
+            ))
+            .add_service(limited!(
+                ContentAddressableStorageServer::new(guard(cas, config)),
+                limit
+            ))
+            .add_service(limited!(
+                ByteStreamServer::new(guard(bytestream, config)),
+                limit
+            ))
+            .add_service(HealthServer::new(guard(health, config)))
+    }};
+}
+
+/// The services, routed by path, for the real world's own connection handling (see
+/// `connections`).
+#[cfg(not(madsim))]
+fn routes(cache: Arc<dyn Store>, config: &GrpcConfig) -> tonic::service::Routes {
+    add_services!(tonic::service::Routes::default(), cache, config).prepare()
+}
+
+/// The services on madsim-tonic's server (its transport has no HTTP/2: windows, timeouts and
+/// connection limits do not apply there).
+#[cfg(madsim)]
+fn router(
     cache: Arc<dyn Store>,
     config: &GrpcConfig,
-) -> Result<Router, Box<dyn std::error::Error + Send + Sync>> {
-    let store = stack::for_front_end(&cache, &config.metrics, Protocol::Grpc);
-    let limit = config.max_message_size;
-    let batch = config.max_batch_total_size();
-    let parked =
-        uploads::ParkedUploads::new(config.max_resumable_uploads, config.resumable_upload_ttl);
-    // Every service checked and recorded; refused calls are recorded too.
-    fn guard<S>(service: S, config: &GrpcConfig) -> Guarded<S> {
-        let metrics = config.metrics.clone();
-        Guarded::new(service, config.auth.clone(), metrics, config.access_log)
+) -> Result<tonic::transport::server::Router, Box<dyn std::error::Error + Send + Sync>> {
+    if config.tls.is_some() {
+        return Err("TLS is not available in the simulator".into());
     }
-    let capabilities = CapabilitiesService::new(batch, store.limits().max_blob_size);
-    let action_cache = ActionCacheService::new(store.clone(), config.max_inline_bytes, limit);
-    let cas = CasService::new(store.clone(), batch, limit);
-    let bytestream = ByteStreamService::new(store, parked);
-    let mut server = Server::builder();
-    if let Some(tls) = &config.tls {
-        #[cfg(not(madsim))]
-        {
-            server = server.tls_config(tls.grpc())?;
-        }
-        #[cfg(madsim)]
-        {
-            let _ = (tls, &mut server);
-            return Err("TLS is not available in the simulator".into());
-        }
-    }
-    Ok(server
-        // Small replies must not wait for Nagle (clients send many tiny RPCs).
-        .tcp_nodelay(true)
-        // Wider HTTP/2 flow-control windows than the 64 KiB default, so one large upload or
-        // download is not throttled by window updates.
-        .initial_stream_window_size(Some(8 << 20))
-        .initial_connection_window_size(Some(32 << 20))
-        .add_service(limited!(
-            CapabilitiesServer::new(guard(capabilities, config)),
-            limit
-        ))
-        .add_service(limited!(
-            ActionCacheServer::new(guard(action_cache, config)),
-            limit
-        ))
-        .add_service(limited!(
-            ContentAddressableStorageServer::new(guard(cas, config)),
-            limit
-        ))
-        .add_service(limited!(
-            ByteStreamServer::new(guard(bytestream, config)),
-            limit
-        ))
-        .add_service(HealthServer::new(guard(
-            health::HealthService::new(),
-            config,
-        ))))
+    let mut server = tonic::transport::Server::builder();
+    Ok(add_services!(server, cache, config))
 }
 
 /// Serves gRPC on `addr` until `shutdown` completes.
@@ -167,10 +206,18 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     tracing::info!(%addr, tls = config.tls.is_some(), "serving gRPC");
-    router(cache, &config)?
-        .serve_with_shutdown(addr, shutdown)
-        .await?;
-    Ok(())
+    #[cfg(not(madsim))]
+    {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        serve_listener(cache, config, listener, shutdown).await
+    }
+    #[cfg(madsim)]
+    {
+        router(cache, &config)?
+            .serve_with_shutdown(addr, shutdown)
+            .await?;
+        Ok(())
+    }
 }
 
 /// Serves gRPC on an already bound `listener` until `shutdown` completes (tests bind port 0 and
@@ -182,9 +229,5 @@ pub async fn serve_listener(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    router(cache, &config)?
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await?;
-    Ok(())
+    connections::serve(routes(cache, &config), &config, listener, shutdown).await
 }

@@ -8,11 +8,10 @@
 //! cache's rules (validation on the way in, completeness on the way out) are the store's layers,
 //! the same for both front ends.
 
-use hyper::body::Incoming;
 use hyper::{Response, StatusCode};
 use prost::Message as _;
 
-use super::body::{read_bounded, Body};
+use super::body::{read_bounded, Body, RequestBody};
 use super::response::{ok, HttpError};
 use super::HttpConfig;
 use crate::engine::{AcKind, HASH_LEN};
@@ -46,7 +45,7 @@ pub(super) async fn put(
     config: &HttpConfig,
     instance: &str,
     hash: [u8; HASH_LEN],
-    body: &mut Incoming,
+    body: &mut RequestBody,
 ) -> Result<Response<Body>, HttpError> {
     let value = read_bounded(body, config.max_action_result_size).await?;
     let kind = classify(&value, config.ac_strict)?;

@@ -11,6 +11,11 @@ use tokio::sync::mpsc;
 
 use super::response::HttpError;
 use crate::engine::Error;
+use crate::wire::limits::{BodyError, Progress};
+
+/// A request body as the handlers read it: it fails when the client stalls (see
+/// [`HttpConfig::body_timeout`](super::HttpConfig::body_timeout)).
+pub(super) type RequestBody = Progress<Incoming>;
 
 /// A response body: bytes already in memory, or chunks produced by another task (a blob streamed
 /// from the engine), with the exact length known up front so `Content-Length` is always sent.
@@ -93,11 +98,15 @@ impl hyper::body::Body for Body {
 }
 
 /// The next data chunk of a request body (trailers are skipped), or `None` at its end. A body
-/// cut short or malformed is a bad request: whatever it carried must not be stored.
-pub(super) async fn next_data(body: &mut Incoming) -> Result<Option<Bytes>, HttpError> {
+/// cut short or malformed is a bad request, one that stalls a `408 Request Timeout`: whatever it
+/// carried must not be stored.
+pub(super) async fn next_data(body: &mut RequestBody) -> Result<Option<Bytes>, HttpError> {
     loop {
         match poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await {
             None => return Ok(None),
+            Some(Err(e @ BodyError::Stalled(_))) => {
+                return Err(HttpError::new(StatusCode::REQUEST_TIMEOUT, e.to_string()))
+            }
             Some(Err(e)) => {
                 return Err(HttpError::new(
                     StatusCode::BAD_REQUEST,
@@ -115,7 +124,7 @@ pub(super) async fn next_data(body: &mut Incoming) -> Result<Option<Bytes>, Http
 
 /// Reads a whole request body of at most `limit` bytes into memory; a larger one is
 /// `413 Payload Too Large`, refused from its `Content-Length` before any byte is read.
-pub(super) async fn read_bounded(body: &mut Incoming, limit: usize) -> Result<Bytes, HttpError> {
+pub(super) async fn read_bounded(body: &mut RequestBody, limit: usize) -> Result<Bytes, HttpError> {
     let too_large = || {
         HttpError::new(
             StatusCode::PAYLOAD_TOO_LARGE,

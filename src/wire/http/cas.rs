@@ -1,10 +1,10 @@
 //! `/cas/{sha256}`: blobs, streamed in both directions.
 
-use hyper::body::{Body as _, Incoming};
+use hyper::body::Body as _;
 use hyper::header::{HeaderValue, CONTENT_LENGTH};
 use hyper::{HeaderMap, Response, StatusCode};
 
-use super::body::{next_data, Body, ChunkSender};
+use super::body::{next_data, Body, ChunkSender, RequestBody};
 use super::response::{ok, HttpError};
 use crate::store::{BlobRead, Digest, Store, HASH_LEN};
 
@@ -58,7 +58,7 @@ pub(super) async fn put(
     store: &dyn Store,
     hash: [u8; HASH_LEN],
     headers: &HeaderMap,
-    body: &mut Incoming,
+    body: &mut RequestBody,
 ) -> Result<Response<Body>, HttpError> {
     let size = declared_length(headers, body)?;
     // Too large, no space and busy are refused here, before a byte of the body is read.
@@ -73,7 +73,7 @@ pub(super) async fn put(
 
 /// The body's length from `Content-Length`. The store needs the size before the first byte,
 /// so a body without one (absent, or sent chunked, where the header does not count) is refused.
-fn declared_length(headers: &HeaderMap, body: &Incoming) -> Result<u64, HttpError> {
+fn declared_length(headers: &HeaderMap, body: &RequestBody) -> Result<u64, HttpError> {
     let length_required = |why: &str| {
         HttpError::new(
             StatusCode::LENGTH_REQUIRED,

@@ -5,8 +5,10 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
+use hyper::Request;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -15,6 +17,7 @@ use tokio::sync::watch;
 use super::timer::RuntimeTimer;
 use super::{handler, quick_ack, HttpConfig};
 use crate::store::Store;
+use crate::wire::limits::Progress;
 
 /// What terminates TLS on a connection (nothing does under madsim: its sockets carry no TLS).
 #[cfg(not(madsim))]
@@ -60,17 +63,18 @@ async fn serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let idle_timeout = config.idle_timeout;
-    let service = service_fn(move |request| {
+    let header_timeout = config.header_timeout;
+    let service = service_fn(move |request: Request<Incoming>| {
         let store = store.clone();
         let config = config.clone();
+        let request = request.map(|body| Progress::new(body, config.body_timeout));
         async move { Ok::<_, Infallible>(handler::handle(&store, &config, request).await) }
     });
     let connection = http1::Builder::new()
         .timer(RuntimeTimer)
         // hyper starts this clock whenever it waits for a request, so it also bounds idle
         // keep-alive connections.
-        .header_read_timeout(idle_timeout)
+        .header_read_timeout(header_timeout)
         .serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
     let stop_requested = async move {

@@ -2,10 +2,9 @@
 
 use std::sync::Arc;
 
-use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
 
-use super::body::Body;
+use super::body::{Body, RequestBody};
 use super::response::HttpError;
 use super::route::{self, Route};
 use super::{ac, cas, observe, status, HttpConfig};
@@ -15,7 +14,7 @@ use crate::store::Store;
 pub(super) async fn handle(
     store: &Arc<dyn Store>,
     config: &HttpConfig,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
 ) -> Response<Body> {
     let observation = observe::begin(config, &request);
     let response = answer(store, config, request).await;
@@ -28,11 +27,11 @@ pub(super) async fn handle(
 async fn answer(
     store: &Arc<dyn Store>,
     config: &HttpConfig,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
 ) -> Response<Body> {
     let (parts, mut body) = request.into_parts();
     // Credentials first: a refused request reads no body and stores nothing.
-    if let Some(refusal) = super::refuse_unauthorized(config, &parts) {
+    if let Some(refusal) = super::refuse_unauthorized(config, &parts).await {
         return refusal;
     }
     let route = match route::parse(parts.uri.path()) {

@@ -42,6 +42,7 @@ use crate::auth::{Access, Auth};
 use crate::observe::{Metrics, Protocol};
 use crate::store::{stack, Store};
 use crate::tls::TlsConfig;
+use crate::wire::limits::{self, ConnectionSlots};
 use body::Body;
 
 /// Settings of the HTTP front end.
@@ -50,8 +51,14 @@ pub struct HttpConfig {
     /// Largest action-cache value a `PUT` may carry (`413 Payload Too Large` beyond).
     pub max_action_result_size: usize,
     /// How long the server waits for a request's headers, including on an idle keep-alive
-    /// connection; the connection is closed after that.
-    pub idle_timeout: Duration,
+    /// connection (hyper's clock starts when it waits for a request); the connection is closed
+    /// after that.
+    pub header_timeout: Duration,
+    /// How long a request body may send nothing while the server waits for it; the request then
+    /// fails with `408 Request Timeout`, its upload is discarded and the connection closed.
+    pub body_timeout: Duration,
+    /// Most connections open at once; more are answered `503 Service Unavailable` and closed.
+    pub max_connections: usize,
     /// After shutdown is requested, how long requests in flight may take to finish before
     /// [`serve`] returns without them.
     pub drain_timeout: Duration,
@@ -73,9 +80,12 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             max_action_result_size: 16 << 20,
-            // Generous: clients pool connections across a whole build and should rarely find
-            // one closed under them.
-            idle_timeout: Duration::from_secs(300),
+            // Long enough for clients that pool connections between the actions of a build
+            // (nginx keeps idle keep-alive connections 75 s), short enough that a client
+            // dribbling its headers cannot hold a connection for long.
+            header_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(60),
+            max_connections: 4096,
             drain_timeout: Duration::from_secs(10),
             ac_strict: false,
             auth: Auth::open(),
@@ -129,6 +139,7 @@ pub async fn serve_listener(
         }
     };
     let config = Arc::new(config);
+    let slots = ConnectionSlots::new(config.max_connections);
     let (stop, stopping) = watch::channel(false);
     // Every connection task holds a sender; `recv` yields `None` once all of them are gone.
     let (open_connection, mut all_closed) = mpsc::channel::<()>(1);
@@ -153,7 +164,15 @@ pub async fn serve_listener(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "setting TCP_NODELAY failed");
         }
-        // Under madsim `Tls` is `Infallible`, which is `Copy`; the clone is needed for real TLS.
+        let Some(slot) = slots.try_take() else {
+            tracing::debug!(
+                limit = slots.limit(),
+                "too many http connections; refusing one"
+            );
+            tokio::spawn(limits::refuse(stream, too_many_connections(slots.limit())));
+            continue;
+        };
+        // Under madsim `Tls` is uninhabited, so the `Option` is `Copy`.
         #[cfg_attr(madsim, allow(clippy::clone_on_copy))]
         let task = connection::accept(
             stream,
@@ -165,7 +184,7 @@ pub async fn serve_listener(
         let open = open_connection.clone();
         tokio::spawn(async move {
             task.await;
-            drop(open);
+            drop((open, slot));
         });
     }
     drop(listener);
@@ -180,9 +199,22 @@ pub async fn serve_listener(
     }
 }
 
+/// What a connection over [`HttpConfig::max_connections`] is told before it is closed (in
+/// plain text even on a TLS listener: the refusal comes before any handshake, so an HTTPS
+/// client sees a failed handshake, and a plain one a readable reason).
+fn too_many_connections(limit: usize) -> Vec<u8> {
+    let message = format!("too many connections (this server allows {limit}); retry later\n");
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n\
+         retry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{message}",
+        message.len()
+    )
+    .into_bytes()
+}
+
 /// The refusal of a request whose credentials `config.auth` does not accept for what it does
 /// (`GET`/`HEAD` read, everything else writes), or `None` to go ahead.
-fn refuse_unauthorized(
+async fn refuse_unauthorized(
     config: &HttpConfig,
     request: &hyper::http::request::Parts,
 ) -> Option<Response<Body>> {
@@ -197,7 +229,7 @@ fn refuse_unauthorized(
         .headers
         .get(AUTHORIZATION)
         .map(HeaderValue::as_bytes);
-    let denied = config.auth.check(header, access).err()?;
+    let denied = config.auth.check(header, access).await.err()?;
     let mut response = Response::new(Body::full(format!("{denied}\n")));
     *response.status_mut() = StatusCode::UNAUTHORIZED;
     let headers = response.headers_mut();

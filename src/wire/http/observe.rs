@@ -7,11 +7,11 @@
 
 use std::borrow::Cow;
 
-use hyper::body::{Body as _, Incoming};
+use hyper::body::Body as _;
 use hyper::header::CONTENT_LENGTH;
 use hyper::{Method, Request, Response};
 
-use super::body::Body;
+use super::body::{Body, RequestBody};
 use super::route::{self, Route};
 use super::HttpConfig;
 use crate::observe::{Call, Protocol};
@@ -23,7 +23,7 @@ pub(super) struct Observation {
 }
 
 /// Starts observing `request` (before its body is read).
-pub(super) fn begin(config: &HttpConfig, request: &Request<Incoming>) -> Observation {
+pub(super) fn begin(config: &HttpConfig, request: &Request<RequestBody>) -> Observation {
     let path = request.uri().path();
     let service = match route::parse(path) {
         Ok(Route::Ac { .. }) => "ac",
