@@ -356,6 +356,16 @@ async fn metrics_count_the_traffic_of_both_front_ends() {
     expect(&cas("http", "resolve", "hit"), 1.0);
     expect(&cas("http", "resolve", "miss"), 1.0);
     expect(&cas("http", "read", "hit"), 1.0);
+    // What the gRPC listener may buffer (default windows: 1 MiB a stream plus a 4 MiB message;
+    // 16 MiB a connection).
+    expect(
+        r#"hoard_grpc_buffer_limit_bytes{scope="stream"}"#,
+        f64::from((1u32 << 20) + (4 << 20)),
+    );
+    expect(
+        r#"hoard_grpc_buffer_limit_bytes{scope="connection"}"#,
+        f64::from(16u32 << 20),
+    );
     // Upload failures by reason.
     let failures = |protocol: &str, reason: &str| {
         format!(r#"hoard_upload_failures_total{{protocol="{protocol}",reason="{reason}"}}"#)

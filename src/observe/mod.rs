@@ -30,7 +30,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
@@ -95,6 +95,11 @@ struct CasLookupLabels {
     protocol: &'static str,
     operation: &'static str,
     result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScopeLabels {
+    scope: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -188,6 +193,7 @@ impl Collector for EngineCollector {
 /// | `hoard_sent_bytes_total` | counter | `protocol`, `service`, `method` |
 /// | `hoard_ac_lookups_total` | counter | `protocol`, `result` = `hit`/`miss` |
 /// | `hoard_cas_lookups_total` | counter | `protocol`, `operation` = `find_missing`/`contains`/`read`/`resolve`, `result` = `hit`/`miss` (one per blob) |
+/// | `hoard_grpc_buffer_limit_bytes` | gauge | `scope` = `stream`/`connection` |
 /// | `hoard_upload_failures_total` | counter | `protocol`, `reason` (the store error's variant, e.g. `hash_mismatch`) |
 /// | `hoard_cas_blobs`, `hoard_cas_stored_bytes`, `hoard_ac_entries`, `hoard_disk_bytes` | gauge | |
 /// | `hoard_evictions_total`, `hoard_evicted_bytes_total` | counter | |
@@ -203,6 +209,8 @@ pub struct Metrics {
     ac_lookups: Family<AcLookupLabels, Counter>,
     cas_lookups: Family<CasLookupLabels, Counter>,
     upload_failures: Family<UploadFailureLabels, Counter>,
+    /// What one gRPC stream and one connection may buffer, by `scope`.
+    grpc_buffer_limits: Family<ScopeLabels, Gauge>,
     /// Requests served, by [`Protocol::index`] (for `/status`).
     served: [AtomicU64; 2],
     snapshot: Arc<Mutex<EngineSnapshot>>,
@@ -270,6 +278,14 @@ impl Metrics {
             "CAS blobs looked up, by store operation and hit (present) or miss (absent)",
             cas_lookups.clone(),
         );
+        let grpc_buffer_limits = Family::<ScopeLabels, Gauge>::default();
+        registry.register_with_unit(
+            "grpc_buffer_limit",
+            "Most bytes of requests the gRPC listener buffers: per stream (the HTTP/2 stream \
+             window plus one message being decoded) and per connection (its window)",
+            Unit::Bytes,
+            grpc_buffer_limits.clone(),
+        );
         let upload_failures = Family::<UploadFailureLabels, Counter>::default();
         registry.register(
             "upload_failures",
@@ -295,6 +311,7 @@ impl Metrics {
             ac_lookups,
             cas_lookups,
             upload_failures,
+            grpc_buffer_limits,
             served: [AtomicU64::new(0), AtomicU64::new(0)],
             snapshot,
         }
@@ -354,6 +371,16 @@ impl Metrics {
                 reason,
             })
             .inc();
+    }
+
+    /// Publishes the gRPC listener's buffering bounds (`hoard_grpc_buffer_limit_bytes`).
+    pub fn publish_grpc_buffer_limits(&self, per_stream: u64, per_connection: u64) {
+        for (scope, bytes) in [("stream", per_stream), ("connection", per_connection)] {
+            let gauge = self
+                .grpc_buffer_limits
+                .get_or_create(&ScopeLabels { scope });
+            gauge.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
     }
 
     /// The sent-bytes counter of one method, for bytes streamed after its call finished.

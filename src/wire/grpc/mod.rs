@@ -143,6 +143,11 @@ macro_rules! add_services {
         let (cache, config): (Arc<dyn Store>, &GrpcConfig) = ($cache, $config);
         let store = stack::for_front_end(&cache, &config.metrics, Protocol::Grpc);
         let limit = config.max_message_size;
+        let per_stream = u64::from(config.stream_window) + limit as u64;
+        let per_connection = u64::from(config.connection_window);
+        config
+            .metrics
+            .publish_grpc_buffer_limits(per_stream, per_connection);
         let batch = config.max_batch_total_size();
         let parked =
             uploads::ParkedUploads::new(config.max_resumable_uploads, config.resumable_upload_ttl);
