@@ -15,6 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// A request body that fails with [`BodyError::Stalled`] when the client sends nothing for
@@ -142,6 +143,32 @@ impl ConnectionSlots {
     /// How many connections may be open at once.
     pub fn limit(&self) -> usize {
         self.limit
+    }
+
+    /// Takes a slot for a just-accepted `stream` (with TCP_NODELAY set: replies written in
+    /// pieces must not wait on the client's delayed ACK), or refuses it in the background with
+    /// `refusal(limit)` and returns `None`. `protocol` names the listener in the log.
+    pub fn admit(
+        &self,
+        stream: TcpStream,
+        protocol: &'static str,
+        refusal: fn(usize) -> Vec<u8>,
+    ) -> Option<(TcpStream, OwnedSemaphorePermit)> {
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "setting TCP_NODELAY failed");
+        }
+        match self.try_take() {
+            Some(slot) => Some((stream, slot)),
+            None => {
+                tracing::debug!(
+                    limit = self.limit,
+                    protocol,
+                    "too many connections; refusing one"
+                );
+                tokio::spawn(refuse(stream, refusal(self.limit)));
+                None
+            }
+        }
     }
 }
 

@@ -41,7 +41,7 @@ use tonic::service::Routes;
 
 use super::{unobserved, GrpcConfig};
 use crate::observe::{self, Metrics};
-use crate::wire::limits::{self, BodyError, ConnectionSlots, Progress};
+use crate::wire::limits::{BodyError, ConnectionSlots, Progress};
 
 /// The client's connection preface (24 bytes) and the header of the SETTINGS frame that must
 /// follow it: once this much has arrived, the HTTP/2 handshake is the client's no longer.
@@ -83,15 +83,7 @@ pub(super) async fn serve(
                 continue;
             }
         };
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(error = %e, "setting TCP_NODELAY failed");
-        }
-        let Some(slot) = slots.try_take() else {
-            tracing::debug!(
-                limit = slots.limit(),
-                "too many gRPC connections; refusing one"
-            );
-            tokio::spawn(limits::refuse(stream, too_many_connections(slots.limit())));
+        let Some((stream, slot)) = slots.admit(stream, "grpc", too_many_connections) else {
             continue;
         };
         let connection = Connection {

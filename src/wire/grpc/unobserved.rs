@@ -1,4 +1,4 @@
-//! Calls that never reached the per-call instrumentation ([`crate::observe::grpc::Observed`]):
+//! Calls that never reached the per-call instrumentation (the `Guarded` wrapper):
 //! tonic answers some requests before any service method runs (a unary or server-streaming
 //! request whose message does not decode, a path no service serves). The connection's service
 //! watches each call ([`crate::observe::watching`]) and records these here, so they are counted

@@ -42,7 +42,7 @@ use crate::auth::{Access, Auth};
 use crate::observe::{Metrics, Protocol};
 use crate::store::{stack, Store};
 use crate::tls::TlsConfig;
-use crate::wire::limits::{self, ConnectionSlots};
+use crate::wire::limits::ConnectionSlots;
 use body::Body;
 
 /// Settings of the HTTP front end.
@@ -159,17 +159,7 @@ pub async fn serve_listener(
                 continue;
             }
         };
-        // Send responses at once: with Nagle, a response written in pieces (headers, then
-        // streamed chunks) could wait tens of milliseconds on the client's delayed ACK.
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(error = %e, "setting TCP_NODELAY failed");
-        }
-        let Some(slot) = slots.try_take() else {
-            tracing::debug!(
-                limit = slots.limit(),
-                "too many http connections; refusing one"
-            );
-            tokio::spawn(limits::refuse(stream, too_many_connections(slots.limit())));
+        let Some((stream, slot)) = slots.admit(stream, "http", too_many_connections) else {
             continue;
         };
         // Under madsim `Tls` is uninhabited, so the `Option` is `Copy`.
