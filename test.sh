@@ -15,8 +15,8 @@ cargo fmt --all -- --check
 step "cargo clippy (real world)"
 cargo clippy --all-targets -- -D warnings
 
-step "cargo clippy (simulated world: library, binaries, examples)"
-RUSTFLAGS="--cfg madsim" CARGO_TARGET_DIR=target/sim cargo clippy --release --lib --bins --examples -- -D warnings
+step "cargo clippy (simulated world: every target)"
+RUSTFLAGS="--cfg madsim" CARGO_TARGET_DIR=target/sim cargo clippy --release --all-targets -- -D warnings
 
 step "cargo test (real filesystem, real network on 127.0.0.1)"
 cargo test --all-targets

@@ -2,6 +2,7 @@
 //! `--config` TOML file over defaults; file keys in kebab-case or snake_case; bad files refused.
 //!
 //! The environment is process-wide, so every test here holds [`ENV`] while it runs.
+#![cfg(not(madsim))]
 
 use std::ffi::OsString;
 use std::path::Path;

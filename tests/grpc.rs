@@ -1,4 +1,5 @@
 //! One round trip per REAPI RPC, and each bad input with the exact status code it must get.
+#![cfg(not(madsim))]
 
 mod grpc_support;
 

@@ -1,5 +1,6 @@
 //! Whole-client scenarios over real gRPC: many concurrent uploads, duplicate uploads, resumed
 //! uploads, and action results whose outputs come and go.
+#![cfg(not(madsim))]
 
 mod grpc_support;
 

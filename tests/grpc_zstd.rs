@@ -1,6 +1,7 @@
 //! zstd over REAPI: ByteStream `compressed-blobs/zstd` reads and writes, compressed batch items,
 //! and every bad compressed input with the status it must get. Real tonic clients against a
 //! real server on 127.0.0.1:0.
+#![cfg(not(madsim))]
 
 mod grpc_support;
 
