@@ -49,10 +49,6 @@ impl<S> Metered<S> {
             Err(_) => {}
         }
     }
-
-    fn count_upload_failure(&self, error: &Error) {
-        self.metrics.upload_failed(self.protocol, error.kind_name());
-    }
 }
 
 impl<S: Store> Store for Metered<S> {
@@ -113,17 +109,13 @@ impl<S: Store> Store for Metered<S> {
 
     fn begin_upload(&self, digest: Digest) -> StoreFuture<'_, Box<dyn BlobUpload>> {
         Box::pin(async move {
-            match self.inner.begin_upload(digest).await {
-                Ok(inner) => Ok(Box::new(MeteredUpload {
-                    inner,
-                    metrics: self.metrics.clone(),
-                    protocol: self.protocol,
-                }) as Box<dyn BlobUpload>),
-                Err(e) => {
-                    self.count_upload_failure(&e);
-                    Err(e)
-                }
-            }
+            let begun = self.inner.begin_upload(digest).await;
+            let inner = counted(&self.metrics, self.protocol, begun)?;
+            Ok(Box::new(MeteredUpload {
+                inner,
+                metrics: self.metrics.clone(),
+                protocol: self.protocol,
+            }) as Box<dyn BlobUpload>)
         })
     }
 
@@ -151,13 +143,12 @@ struct MeteredUpload {
     protocol: Protocol,
 }
 
-impl MeteredUpload {
-    fn counted<T>(&self, result: Result<T, Error>) -> Result<T, Error> {
-        if let Err(e) = &result {
-            self.metrics.upload_failed(self.protocol, e.kind_name());
-        }
-        result
+/// `result`, counted as an upload failure by its variant when it is an error.
+fn counted<T>(metrics: &Metrics, protocol: Protocol, result: Result<T, Error>) -> Result<T, Error> {
+    if let Err(e) = &result {
+        metrics.upload_failed(protocol, e.kind_name());
     }
+    result
 }
 
 #[async_trait]
@@ -172,7 +163,7 @@ impl BlobUpload for MeteredUpload {
 
     async fn write(&mut self, data: &[u8]) -> Result<(), Error> {
         let written = self.inner.write(data).await;
-        self.counted(written)
+        counted(&self.metrics, self.protocol, written)
     }
 
     async fn commit(self: Box<Self>) -> Result<(), Error> {
@@ -181,11 +172,7 @@ impl BlobUpload for MeteredUpload {
             metrics,
             protocol,
         } = *self;
-        let committed = inner.commit().await;
-        if let Err(e) = &committed {
-            metrics.upload_failed(protocol, e.kind_name());
-        }
-        committed
+        counted(&metrics, protocol, inner.commit().await)
     }
 }
 
