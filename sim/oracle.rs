@@ -84,6 +84,22 @@ pub struct Oracle {
     state: Mutex<State>,
 }
 
+impl State {
+    /// Whether the encoded action result `value` names a blob that was ever evicted.
+    fn names_evicted_blob(&self, value: &[u8]) -> bool {
+        let result = <hoard::proto::reapi::ActionResult as prost::Message>::decode(value);
+        result.is_ok_and(|r| {
+            r.output_files
+                .iter()
+                .filter_map(|f| f.digest.as_ref())
+                .chain(r.stdout_digest.as_ref())
+                .chain(r.stderr_digest.as_ref())
+                .filter_map(|d| hoard::engine::parse_hash(&d.hash).ok())
+                .any(|h| self.evictions.contains_key(&h))
+        })
+    }
+}
+
 impl Oracle {
     fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
         f(&mut self.state.lock().expect("oracle"))
@@ -154,21 +170,43 @@ impl Oracle {
     /// may then rightly miss).
     pub fn action_outputs_evicted(&self, instance: &str, action: &Digest) -> bool {
         self.with(|s| {
-            let Some((values, _)) = s.actions.get(&(instance.to_owned(), *action)) else {
-                return false;
-            };
-            values.iter().any(|v| {
-                let result = <hoard::proto::reapi::ActionResult as prost::Message>::decode(&v[..]);
-                result.is_ok_and(|r| {
-                    r.output_files
-                        .iter()
-                        .filter_map(|f| f.digest.as_ref())
-                        .chain(r.stdout_digest.as_ref())
-                        .filter_map(|d| hoard::engine::parse_hash(&d.hash).ok())
-                        .any(|h| s.evictions.contains_key(&h))
-                })
-            })
+            s.actions
+                .get(&(instance.to_owned(), *action))
+                .is_some_and(|(values, _)| values.iter().any(|v| s.names_evicted_blob(v)))
         })
+    }
+
+    /// The cascade removed the action result of `action` under `instance`. It may only do so
+    /// when the result named a blob that is gone: every value a client stored for the key names
+    /// an evicted blob, or one that was never uploaded.
+    pub fn action_removed(&self, instance: &str, action: &[u8; 32]) {
+        self.event(format!(
+            "cascade removed {instance:?}/{}",
+            hex::encode(&action[..8])
+        ));
+        let complete = self.with(|s| {
+            let keys: Vec<_> = s
+                .actions
+                .iter()
+                .filter(|((i, a), _)| i == instance && a.hash == *action)
+                .collect();
+            let incomplete = keys.iter().all(|(key, (values, _))| {
+                s.incomplete_actions.contains(*key)
+                    || values.iter().any(|v| s.names_evicted_blob(v))
+            });
+            // Its absence from now on is explained, as by an eviction of the key.
+            *s.evictions.entry(*action).or_default() += 1;
+            !keys.is_empty() && !incomplete
+        });
+        if complete {
+            self.fail(
+                "cascade-removed-complete-action",
+                format!(
+                    "the cascade removed {instance:?}/{}, whose outputs are all stored",
+                    hex::encode(action)
+                ),
+            );
+        }
     }
 
     /// A blob upload was acknowledged; `epoch` is [`Oracle::evictions`] of its hash taken when

@@ -3,6 +3,7 @@
 //! it first, so the seed alone tells the whole story.
 
 use std::fmt;
+use std::time::Duration;
 
 use madsim::rand::{thread_rng, Rng};
 
@@ -40,6 +41,8 @@ pub struct Plan {
     /// Server stops during the run: a clean shutdown (the active segment sealed) and a restart,
     /// or, for some, a crash while the shutdown is still sealing.
     pub stops: usize,
+    /// Server: how often the cascade looks for action results whose blobs were evicted.
+    pub cascade_interval: Duration,
     /// Filesystem faults.
     pub faults: FaultConfig,
 }
@@ -68,6 +71,7 @@ impl Plan {
             ),
             crashes: *pick(&mut rng, &[0, 1, 1, 2, 4]),
             stops: *pick(&mut rng, &[0, 1, 2, 3]),
+            cascade_interval: Duration::from_millis(*pick(&mut rng, &[20, 200, 2000])),
             faults: FaultConfig::swarm(),
         }
     }
@@ -82,7 +86,7 @@ impl fmt::Display for Plan {
         write!(
             f,
             "clients={} ccache_clients={} http_clients={} rounds={} burst_max={} pool={} max_blob={} chunk={} \
-             break={} stage_limit={} segment_size={} max_size={:?} crashes={} stops={} | faults: {}",
+             break={} stage_limit={} segment_size={} max_size={:?} crashes={} stops={} cascade={:?} | faults: {}",
             self.clients,
             self.ccache_clients,
             self.http_clients,
@@ -97,6 +101,7 @@ impl fmt::Display for Plan {
             self.max_size,
             self.crashes,
             self.stops,
+            self.cascade_interval,
             self.faults
         )
     }

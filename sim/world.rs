@@ -96,6 +96,9 @@ fn engine_config(plan: &Plan, planted: Option<&str>, oracle: &Arc<Oracle>) -> En
         move |key: &RecordKey| match key {
             RecordKey::Blob(digest) => oracle.evicted(&digest.hash),
             RecordKey::Action { action, .. } => oracle.evicted(action),
+            RecordKey::ActionRemoved {
+                instance, action, ..
+            } => oracle.action_removed(instance, action),
             RecordKey::Seal => {}
         },
     )));
@@ -229,6 +232,7 @@ async fn simulate(planted: Option<String>, verbose: bool) -> Outcome {
     let engine = engine_config(&plan, planted.as_deref(), &oracle);
     let config = ServeConfig {
         stack: hoard::store::stack::StackConfig {
+            cascade_interval: plan.cascade_interval,
             #[cfg(feature = "planted-bugs")]
             planted: engine.planted,
             ..Default::default()

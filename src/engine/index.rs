@@ -39,8 +39,9 @@
 //! growth costs sequential passes (amortized 16 slot moves per insert) and never a second
 //! full-size table.
 //!
-//! Nothing iterates the tables or the instance names to decide behaviour: placement depends on
-//! a random seed, answers never do.
+//! Nothing iterates the tables or the instance names to decide an answer: placement depends on
+//! a random seed, answers never do. The one walk (`action_results_from`, for the cascade sweep)
+//! only picks candidates, each then checked on its own.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
@@ -71,6 +72,7 @@ pub struct Index {
     blob_bytes: u64,
     evictions: u64,
     evicted_bytes: u64,
+    corrupt_dropped: u64,
 }
 
 impl Default for Index {
@@ -83,6 +85,7 @@ impl Default for Index {
             blob_bytes: 0,
             evictions: 0,
             evicted_bytes: 0,
+            corrupt_dropped: 0,
         }
     }
 }
@@ -142,6 +145,13 @@ impl Index {
                     }
                 }
             }
+            RecordKey::ActionRemoved {
+                instance,
+                action,
+                value_sha256,
+            } => {
+                self.remove_action_valued(&instance, &action, &value_sha256);
+            }
             RecordKey::Seal => {}
         }
     }
@@ -152,6 +162,12 @@ impl Index {
         let slot = &mut self.blobs.slots[i];
         slot.packed.set(REFERENCED, true);
         Some(slot.entry())
+    }
+
+    /// The entry of a blob, without counting a use.
+    pub fn peek_blob(&self, digest: &Digest) -> Option<Entry> {
+        self.find_digest(digest)
+            .map(|i| self.blobs.slots[i].entry())
     }
 
     /// The digest of the blob whose bytes hash to `hash`.
@@ -175,7 +191,52 @@ impl Index {
         if let Some(i) = self.find_digest(digest) {
             self.blobs.remove_at(i);
             self.blob_bytes -= digest.size;
+            self.corrupt_dropped += 1;
         }
+    }
+
+    /// The entry of an action-cache key and what it holds, without counting a use.
+    pub fn peek_action(&self, instance: &str, action: &[u8; HASH_LEN]) -> Option<(AcKind, Entry)> {
+        let slot = &self.actions.slots[self.find_action(instance, action)?];
+        Some((slot.packed.kind(), slot.entry()))
+    }
+
+    /// Removes the action-cache entry if its value still hashes to `value_sha256` (a newer
+    /// value stays); returns whether it did.
+    pub fn remove_action_valued(
+        &mut self,
+        instance: &str,
+        action: &[u8; HASH_LEN],
+        value_sha256: &[u8; 32],
+    ) -> bool {
+        match self.find_action(instance, action) {
+            Some(i) if self.actions.slots[i].sha256 == *value_sha256 => {
+                self.remove_action_at(i);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Up to `max` keys of `ActionResult` entries from slot position `from` on, and the
+    /// position to continue from (`None` at the end). A walk of the table while it changes may
+    /// skip or repeat keys that moved; callers use it for best-effort sweeps, never for answers.
+    pub fn action_results_from(
+        &self,
+        from: usize,
+        max: usize,
+    ) -> (Vec<(String, [u8; HASH_LEN])>, Option<usize>) {
+        let slots = &self.actions.slots;
+        let mut keys = Vec::new();
+        let mut at = from;
+        while at < slots.len() && keys.len() < max {
+            let slot = &slots[at];
+            if !slot.is_vacant() && slot.packed.kind() == AcKind::ActionResult {
+                keys.push((self.instances.name(slot.instance).to_owned(), slot.action));
+            }
+            at += 1;
+        }
+        (keys, (at < slots.len()).then_some(at))
     }
 
     /// The entry of an action-cache key, and what it holds, marked as used.
@@ -239,7 +300,8 @@ impl Index {
             actions: self.actions.len as u64,
             evictions: self.evictions,
             evicted_bytes: self.evicted_bytes,
-            disk_bytes: 0,
+            corrupt_dropped: self.corrupt_dropped,
+            ..Stats::default()
         }
     }
 
@@ -279,7 +341,7 @@ impl Index {
                 .find_action(instance, action)
                 .filter(|&i| self.actions.slots[i].packed.location() == *location)
                 .map(Place::Action),
-            RecordKey::Seal => None,
+            RecordKey::ActionRemoved { .. } | RecordKey::Seal => None,
         }
     }
 
@@ -305,6 +367,10 @@ impl Instances {
     }
 
     /// The id of `name`, counting one more use of it.
+    fn name(&self, id: u32) -> &str {
+        &self.names[id as usize].0
+    }
+
     fn acquire(&mut self, name: &str) -> u32 {
         let id = match self.id(name) {
             Some(id) => id,
@@ -957,7 +1023,7 @@ mod tests {
                                 model.actions.remove(&k);
                             }
                         }
-                        RecordKey::Seal => unreachable!(),
+                        RecordKey::ActionRemoved { .. } | RecordKey::Seal => unreachable!(),
                     };
                     if rng.random() {
                         let to = location(&mut rng, len);

@@ -19,6 +19,7 @@ mod upload;
 
 use std::io;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -50,16 +51,20 @@ pub enum PlantedBug {
     /// Assemble the store stack without its completeness check, so action results whose blobs
     /// are gone are served (what HTTP did before the stack).
     IncompleteActionServed,
+    /// The cascade sweep looks the empty blob up in the index (where it never is), so it removes
+    /// complete action results that name it.
+    CascadeForgetsEmptyBlob,
 }
 
 impl PlantedBug {
     /// Every planted bug, in the order the simulator hunts them.
-    pub const ALL: [PlantedBug; 5] = [
+    pub const ALL: [PlantedBug; 6] = [
         PlantedBug::UnflushedPersist,
         PlantedBug::IndexBeforeSync,
         PlantedBug::AckBeforeIndex,
         PlantedBug::FooterBeforeSync,
         PlantedBug::IncompleteActionServed,
+        PlantedBug::CascadeForgetsEmptyBlob,
     ];
 
     /// The name `hoard-sim --planted` takes.
@@ -70,6 +75,7 @@ impl PlantedBug {
             PlantedBug::AckBeforeIndex => "ack-before-index",
             PlantedBug::FooterBeforeSync => "footer-before-sync",
             PlantedBug::IncompleteActionServed => "incomplete-action-served",
+            PlantedBug::CascadeForgetsEmptyBlob => "cascade-forgets-empty-blob",
         }
     }
 
@@ -89,7 +95,7 @@ pub struct EngineConfig {
     /// Byte budget for what the cache occupies on disk (every segment, headers and all); the
     /// least recently used records are evicted to stay within it (see [`Engine`]).
     pub max_size: Option<u64>,
-    /// Told of every eviction (the simulator's oracle listens here).
+    /// Told of every eviction and removal (the simulator's oracle listens here).
     pub on_evict: Option<EvictionObserver>,
     /// A segment is closed once it reaches about this many bytes.
     pub segment_size: u64,
@@ -130,7 +136,8 @@ impl EngineConfig {
     }
 }
 
-/// A callback told of every record evicted.
+/// A callback told of every record evicted, and of every action result removed (as the
+/// [`RecordKey::ActionRemoved`] record that removed it).
 #[derive(Clone)]
 pub struct EvictionObserver(pub Arc<dyn Fn(&RecordKey) + Send + Sync>);
 
@@ -155,6 +162,11 @@ pub struct Stats {
     pub evicted_bytes: u64,
     /// Bytes of every segment file: what the cache occupies on disk.
     pub disk_bytes: u64,
+    /// Blobs dropped because their stored bytes failed their digest, since start.
+    pub corrupt_dropped: u64,
+    /// Action results removed because a blob they name is gone (see
+    /// [`Engine::remove_action_if_value`]), since start.
+    pub cascade_removals: u64,
 }
 
 /// The storage engine. Cheap to share behind an `Arc`.
@@ -165,6 +177,8 @@ pub struct Engine {
     tmp_dir: PathBuf,
     segments: SegmentLog,
     index: Mutex<Index>,
+    /// Action results removed by [`Engine::remove_action_if_value`].
+    cascade_removals: std::sync::atomic::AtomicU64,
     uploads: upload::Tracker,
     /// One eviction pass at a time.
     evicting: tokio::sync::Mutex<()>,
@@ -254,6 +268,7 @@ impl Engine {
             tmp_dir,
             segments,
             index: Mutex::new(index),
+            cascade_removals: Default::default(),
             uploads,
             janitor,
             evicting: tokio::sync::Mutex::new(()),
@@ -270,8 +285,14 @@ impl Engine {
     pub fn stats(&self) -> Stats {
         Stats {
             disk_bytes: self.segments.disk_bytes(),
+            cascade_removals: self.cascade_removals.load(Ordering::Relaxed),
             ..self.index.lock().expect("index").stats()
         }
+    }
+
+    /// The runtime the engine runs on (for the maintenance tasks of the layers above).
+    pub fn runtime(&self) -> &Arc<dyn Runtime> {
+        &self.runtime
     }
 
     /// Clean shutdown, once the front ends have stopped: seals the active segment (flushed,
@@ -308,6 +329,17 @@ impl Engine {
         digests
             .iter()
             .filter(|d| !d.is_empty() && index.touch_blob(d).is_none())
+            .copied()
+            .collect()
+    }
+
+    /// The subset of `digests` the CAS does not hold, in request order, without counting a use
+    /// (for maintenance that must not keep blobs alive).
+    pub fn missing_untouched(&self, digests: &[Digest]) -> Vec<Digest> {
+        let index = self.index.lock().expect("index");
+        digests
+            .iter()
+            .filter(|d| !d.is_empty() && index.peek_blob(d).is_none())
             .copied()
             .collect()
     }
@@ -528,7 +560,7 @@ impl Engine {
                 Err(Error::NotFound(format!("blob {digest} not found")))
             };
         }
-        let (entry, reader) = self.lookup_blob(digest)?;
+        let (entry, reader) = self.lookup_blob(digest, Use::Touch)?;
         let reader = self.open_reader(digest, &entry, reader).await?;
         if !entry.verified {
             self.verify_blob(digest, &entry.location, reader.as_ref())
@@ -541,8 +573,27 @@ impl Engine {
         Ok(bytes)
     }
 
-    /// Opens a streaming read of `digest`; see [`BlobReader`].
+    /// Opens a streaming read of `digest`; see [`BlobReader`]. Counts as a use.
     pub fn open_blob(self: &Arc<Self>, digest: &Digest, offset: u64) -> Result<BlobReader, Error> {
+        self.open_blob_with(digest, offset, Use::Touch)
+    }
+
+    /// [`Engine::open_blob`] without counting a use (for maintenance that must not keep blobs
+    /// alive).
+    pub fn open_blob_untouched(
+        self: &Arc<Self>,
+        digest: &Digest,
+        offset: u64,
+    ) -> Result<BlobReader, Error> {
+        self.open_blob_with(digest, offset, Use::Peek)
+    }
+
+    fn open_blob_with(
+        self: &Arc<Self>,
+        digest: &Digest,
+        offset: u64,
+        usage: Use,
+    ) -> Result<BlobReader, Error> {
         if offset > digest.size {
             return Err(Error::InvalidArgument(format!(
                 "offset {offset} is past the end of {digest}"
@@ -551,7 +602,7 @@ impl Engine {
         let source = if digest.is_empty() {
             None
         } else {
-            let (entry, reader) = self.lookup_blob(digest)?;
+            let (entry, reader) = self.lookup_blob(digest, usage)?;
             Some(Source {
                 entry,
                 reader,
@@ -571,15 +622,24 @@ impl Engine {
     /// A blob's entry and its segment's read handle if open, taken together under the index
     /// lock so eviction (which forgets entries before it deletes a segment) cannot slip in
     /// between.
-    fn lookup_blob(&self, digest: &Digest) -> Result<(Entry, Option<Arc<dyn FsFile>>), Error> {
+    fn lookup_blob(
+        &self,
+        digest: &Digest,
+        usage: Use,
+    ) -> Result<(Entry, Option<Arc<dyn FsFile>>), Error> {
         let mut index = self.index.lock().expect("index");
-        let found = index.touch_blob(digest).and_then(|entry| {
-            match self.segments.reader_now(entry.location.segment) {
-                ReaderState::Open(reader) => Some((entry, Some(reader))),
-                ReaderState::Closed => Some((entry, None)),
-                ReaderState::Gone => None,
-            }
-        });
+        let entry = match usage {
+            Use::Touch => index.touch_blob(digest),
+            Use::Peek => index.peek_blob(digest),
+        };
+        let found =
+            entry.and_then(
+                |entry| match self.segments.reader_now(entry.location.segment) {
+                    ReaderState::Open(reader) => Some((entry, Some(reader))),
+                    ReaderState::Closed => Some((entry, None)),
+                    ReaderState::Gone => None,
+                },
+            );
         found.ok_or_else(|| Error::NotFound(format!("blob {digest} not found")))
     }
 
@@ -652,23 +712,44 @@ impl Engine {
         self.make_durable_and_index(key, sha, appended).await
     }
 
-    /// The stored action-cache value for `action` under `instance`, verified, if any.
+    /// The stored action-cache value for `action` under `instance`, verified, if any. Counts
+    /// as a use.
     pub async fn get_action(
         &self,
         instance: &str,
         action: &[u8; HASH_LEN],
     ) -> Result<Option<(AcKind, Bytes)>, Error> {
+        self.read_action(instance, action, Use::Touch).await
+    }
+
+    /// [`Engine::get_action`] without counting a use (for maintenance).
+    pub async fn peek_action(
+        &self,
+        instance: &str,
+        action: &[u8; HASH_LEN],
+    ) -> Result<Option<(AcKind, Bytes)>, Error> {
+        self.read_action(instance, action, Use::Peek).await
+    }
+
+    async fn read_action(
+        &self,
+        instance: &str,
+        action: &[u8; HASH_LEN],
+        usage: Use,
+    ) -> Result<Option<(AcKind, Bytes)>, Error> {
         let found = {
             let mut index = self.index.lock().expect("index");
-            index
-                .touch_action(instance, action)
-                .and_then(
-                    |(kind, entry)| match self.segments.reader_now(entry.location.segment) {
-                        ReaderState::Open(reader) => Some((kind, entry, Some(reader))),
-                        ReaderState::Closed => Some((kind, entry, None)),
-                        ReaderState::Gone => None,
-                    },
-                )
+            let found = match usage {
+                Use::Touch => index.touch_action(instance, action),
+                Use::Peek => index.peek_action(instance, action),
+            };
+            found.and_then(
+                |(kind, entry)| match self.segments.reader_now(entry.location.segment) {
+                    ReaderState::Open(reader) => Some((kind, entry, Some(reader))),
+                    ReaderState::Closed => Some((kind, entry, None)),
+                    ReaderState::Gone => None,
+                },
+            )
         };
         let Some((kind, entry, reader)) = found else {
             return Ok(None);
@@ -698,6 +779,75 @@ impl Engine {
         }
         Ok(Some((kind, bytes)))
     }
+
+    /// Up to `max` keys `(instance, action)` of stored `ActionResult`s from position `from` of
+    /// a walk over the index, and where the walk continues (`None` at its end). The walk may
+    /// skip or repeat keys written meanwhile: it finds candidates for a sweep, never answers.
+    pub fn action_results_from(
+        &self,
+        from: usize,
+        max: usize,
+    ) -> (Vec<(String, [u8; HASH_LEN])>, Option<usize>) {
+        self.index
+            .lock()
+            .expect("index")
+            .action_results_from(from, max)
+    }
+
+    /// Removes the action-cache entry for `action` under `instance` if its value still hashes
+    /// to `value_sha256` (a value written since stays), durably: a removal record is appended
+    /// and synced before the index forgets the entry, so the entry does not come back at the
+    /// next start. Returns whether it removed the entry.
+    ///
+    /// The cascade (see `store::cascade`) calls this for action results whose blobs are gone.
+    pub async fn remove_action_if_value(
+        self: &Arc<Self>,
+        instance: &str,
+        action: [u8; HASH_LEN],
+        value_sha256: [u8; 32],
+    ) -> Result<bool, Error> {
+        let holds_value = |index: &Index| {
+            index
+                .peek_action(instance, &action)
+                .is_some_and(|(_, entry)| entry.sha256 == value_sha256)
+        };
+        if !holds_value(&self.index.lock().expect("index")) {
+            return Ok(false);
+        }
+        let key = RecordKey::ActionRemoved {
+            instance: instance.to_owned(),
+            action,
+            value_sha256,
+        };
+        let (location, pin) = self
+            .segments
+            .append(&key, &Digest::EMPTY.hash, 0, Payload::Memory(&[]))
+            .await?;
+        self.segments.sync(&location).await?;
+        let removed = self.index.lock().expect("index").remove_action_valued(
+            instance,
+            &action,
+            &value_sha256,
+        );
+        drop(pin);
+        if removed {
+            self.cascade_removals.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(instance, action = %hex::encode(action), "removed an action result");
+            if let Some(observer) = &self.config.on_evict {
+                (observer.0)(&key);
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// Whether a lookup counts as a use of what it finds (its second chance against eviction).
+#[derive(Clone, Copy)]
+enum Use {
+    /// A client's request: the record is kept longer.
+    Touch,
+    /// Maintenance: the record's place in the eviction order is left as it was.
+    Peek,
 }
 
 /// Where a [`BlobReader`] reads from.

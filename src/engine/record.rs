@@ -5,6 +5,7 @@
 //! record  := "HRD2" | kind u8 | key_len u16 | payload_len u64 | payload_sha256 [32] | key | crc32 u32 | payload
 //! key     := function u8 | hash [32]                              (blob)
 //!          | function u8 | action [32] | reserved [8] | instance   (action-cache entry)
+//!          | function u8 | action [32] | value_sha256 [32] | instance   (removal of that entry)
 //! footer  := "HFT2" | count u32 | entry* | crc32 u32
 //! entry   := kind u8 | key_len u16 | payload_len u64 | payload_offset u64 | payload_sha256 [32] | key
 //! trailer := "HTL" version u8 | footer_offset u64 | footer_len u64 | crc32 u32   (the file's last 24 bytes)
@@ -65,6 +66,17 @@ pub enum RecordKey {
     /// Version 1 only: closed a segment after a successful sync (everything before it is durable
     /// and was written completely). Version 2 seals segments with a footer instead.
     Seal,
+    /// Removes the action-cache entry `(instance, action)` if its value still hashes to
+    /// `value_sha256` (no payload). Naming the value makes the removal safe against an overwrite
+    /// that lands just before it in the log: replay removes only the value it was meant for.
+    ActionRemoved {
+        /// Instance name of the removed entry.
+        instance: String,
+        /// Hash of the action.
+        action: [u8; HASH_LEN],
+        /// SHA-256 of the value removed.
+        value_sha256: [u8; HASH_LEN],
+    },
 }
 
 /// What an action-cache entry holds.
@@ -89,6 +101,7 @@ impl RecordKey {
                 kind: AcKind::Opaque,
                 ..
             } => 4,
+            RecordKey::ActionRemoved { .. } => 5,
         }
     }
 
@@ -105,6 +118,16 @@ impl RecordKey {
                 out.extend_from_slice(action);
                 // Reserved (the format once held the action's size here).
                 out.extend_from_slice(&[0; 8]);
+                out.extend_from_slice(instance.as_bytes());
+            }
+            RecordKey::ActionRemoved {
+                instance,
+                action,
+                value_sha256,
+            } => {
+                out.push(SHA256_FUNCTION);
+                out.extend_from_slice(action);
+                out.extend_from_slice(value_sha256);
                 out.extend_from_slice(instance.as_bytes());
             }
             RecordKey::Seal => {}
@@ -230,26 +253,37 @@ fn decode_key(
             hash: key_bytes.try_into().expect("32 bytes"),
             size: payload_len,
         }),
-        2 | 4 if key_len >= HASH_LEN + 8 => {
-            let instance = std::str::from_utf8(&key_bytes[HASH_LEN + 8..])
-                .map_err(|_| Torn::Corrupt("instance name is not UTF-8".into()))?;
-            RecordKey::Action {
-                instance: instance.to_owned(),
+        2 | 4 if key_len >= HASH_LEN + 8 => RecordKey::Action {
+            instance: instance_name(&key_bytes[HASH_LEN + 8..])?,
+            action: key_bytes[..HASH_LEN].try_into().expect("32 bytes"),
+            kind: if kind == 2 {
+                AcKind::ActionResult
+            } else {
+                AcKind::Opaque
+            },
+        },
+        3 if key_len == 0 && payload_len == 0 && function.is_none() => RecordKey::Seal,
+        5 if key_len >= 2 * HASH_LEN && payload_len == 0 && function.is_some() => {
+            RecordKey::ActionRemoved {
+                instance: instance_name(&key_bytes[2 * HASH_LEN..])?,
                 action: key_bytes[..HASH_LEN].try_into().expect("32 bytes"),
-                kind: if kind == 2 {
-                    AcKind::ActionResult
-                } else {
-                    AcKind::Opaque
-                },
+                value_sha256: key_bytes[HASH_LEN..2 * HASH_LEN]
+                    .try_into()
+                    .expect("32 bytes"),
             }
         }
-        3 if key_len == 0 && payload_len == 0 && function.is_none() => RecordKey::Seal,
         _ => {
             return Err(Torn::Corrupt(format!(
                 "bad kind {kind} or key length {key_len}"
             )))
         }
     })
+}
+
+fn instance_name(bytes: &[u8]) -> Result<String, Torn> {
+    std::str::from_utf8(bytes)
+        .map(str::to_owned)
+        .map_err(|_| Torn::Corrupt("instance name is not UTF-8".into()))
 }
 
 /// Whether `bytes` start like a footer (recovery stops scanning records there).
@@ -408,7 +442,8 @@ pub fn decode_footer(bytes: &[u8], footer_offset: u64) -> Result<Vec<FooterEntry
 
 /// Checks that an instance name fits in a record key.
 pub fn check_instance_name(instance: &str) -> Result<(), Error> {
-    if instance.len() > MAX_KEY_LEN - HASH_LEN - 8 {
+    // The longest key naming an instance is a removal's: function, action, value hash.
+    if instance.len() > MAX_KEY_LEN - 1 - 2 * HASH_LEN {
         return Err(Error::InvalidArgument(format!(
             "instance name of {} bytes is too long",
             instance.len()
@@ -445,6 +480,38 @@ mod tests {
             assert_eq!(header.payload_len, 5);
             assert_eq!(header.header_len, bytes.len());
         }
+    }
+
+    #[test]
+    fn removals_round_trip_in_headers_and_footers() {
+        let longest = "i".repeat(MAX_KEY_LEN - 1 - 2 * HASH_LEN);
+        check_instance_name(&longest).unwrap();
+        assert!(check_instance_name(&format!("{longest}i")).is_err());
+        for instance in [String::new(), longest] {
+            let key = RecordKey::ActionRemoved {
+                instance,
+                action: Digest::of(b"action").hash,
+                value_sha256: Digest::of(b"old value").hash,
+            };
+            let header = encode_header(&key, 0, &Digest::EMPTY.hash);
+            assert!(header.len() <= MAX_HEADER_LEN);
+            assert_eq!(decode_header(&header).unwrap().key, key);
+            let mut footer = FooterBuilder::default();
+            footer.push(&key, 100, 0, &Digest::EMPTY.hash);
+            let bytes = footer.finish(200);
+            let entries = decode_footer(&bytes[..bytes.len() - TRAILER_LEN], 200).unwrap();
+            assert_eq!(entries[0].key, key);
+        }
+        // A removal carries no payload.
+        let key = RecordKey::ActionRemoved {
+            instance: String::new(),
+            action: [1; 32],
+            value_sha256: [2; 32],
+        };
+        assert!(matches!(
+            decode_header(&encode_header(&key, 3, &[0; 32])),
+            Err(Torn::Corrupt(_))
+        ));
     }
 
     /// A version 1 header: the same layout, keys without the digest function byte.

@@ -18,7 +18,7 @@
 //! `hoard_ac_lookups_total`, `hoard_cas_lookups_total`, `hoard_upload_failures_total`, and at
 //! scrape time from the engine `hoard_cas_blobs`, `hoard_cas_stored_bytes`, `hoard_ac_entries`,
 //! `hoard_disk_bytes`, `hoard_evictions_total`, `hoard_evicted_bytes_total`,
-//! `hoard_uptime_seconds`, plus `hoard_build_info`.
+//! `hoard_corrupt_blobs_dropped_total`, `hoard_cascade_removals_total`, `hoard_uptime_seconds`, plus `hoard_build_info`.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -162,6 +162,18 @@ impl Collector for EngineCollector {
                 Some(&Unit::Bytes),
                 stats.evicted_bytes,
             ),
+            (
+                "corrupt_blobs_dropped",
+                "Blobs dropped because their stored bytes failed their digest.",
+                None,
+                stats.corrupt_dropped,
+            ),
+            (
+                "cascade_removals",
+                "Action results removed because a blob they name was evicted or dropped.",
+                None,
+                stats.cascade_removals,
+            ),
         ];
         for (name, help, unit, value) in counters {
             let counter = ConstCounter::new(value);
@@ -197,6 +209,7 @@ impl Collector for EngineCollector {
 /// | `hoard_upload_failures_total` | counter | `protocol`, `reason` (the store error's variant, e.g. `hash_mismatch`) |
 /// | `hoard_cas_blobs`, `hoard_cas_stored_bytes`, `hoard_ac_entries`, `hoard_disk_bytes` | gauge | |
 /// | `hoard_evictions_total`, `hoard_evicted_bytes_total` | counter | |
+/// | `hoard_corrupt_blobs_dropped_total`, `hoard_cascade_removals_total` | counter | |
 /// | `hoard_uptime_seconds` | gauge | |
 /// | `hoard_build_info` | gauge (always 1) | `version` |
 pub struct Metrics {

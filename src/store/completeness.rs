@@ -22,6 +22,135 @@ use crate::proto::reapi::{ActionResult, Directory};
 /// File digests checked per FindMissing call while walking a tree.
 const CHECK_BATCH: usize = 1024;
 
+/// Why an action result is incomplete.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Gap {
+    /// A blob it names (directly, or inside an output directory's tree) is not stored.
+    Missing(Digest),
+    /// It, or a tree it names, cannot be read through: malformed, or over the directory bound.
+    Unreadable(String),
+}
+
+impl std::fmt::Display for Gap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Gap::Missing(digest) => write!(f, "blob {digest} is missing"),
+            Gap::Unreadable(why) => f.write_str(why),
+        }
+    }
+}
+
+/// Where a completeness check looks blobs up: a front end's check counts as a use of them
+/// (they are about to be downloaded), a maintenance sweep must not.
+pub trait Lookup: Sync {
+    /// The subset of `digests` not stored.
+    fn missing<'a>(&'a self, digests: &'a [Digest]) -> StoreFuture<'a, Vec<Digest>>;
+
+    /// Opens a read of `digest` from its start.
+    fn open<'a>(&'a self, digest: &'a Digest) -> StoreFuture<'a, Box<dyn BlobRead>>;
+}
+
+/// A [`Store`] looked up the way its clients use it: hits are touched.
+struct Touching<'s, S>(&'s S);
+
+impl<S: Store> Lookup for Touching<'_, S> {
+    fn missing<'a>(&'a self, digests: &'a [Digest]) -> StoreFuture<'a, Vec<Digest>> {
+        self.0.find_missing_and_touch(digests)
+    }
+
+    fn open<'a>(&'a self, digest: &'a Digest) -> StoreFuture<'a, Box<dyn BlobRead>> {
+        self.0.open_blob(digest, 0)
+    }
+}
+
+/// The first gap in the encoded action result `value`, or `None` when every blob it names is
+/// present in `lookup`. A tree directory message over `max_directory_size` bytes is a gap.
+pub async fn first_gap(
+    lookup: &dyn Lookup,
+    value: &[u8],
+    max_directory_size: usize,
+) -> Result<Option<Gap>, Error> {
+    let result = match ActionResult::decode(value) {
+        Ok(result) => result,
+        Err(e) => return Ok(Some(unreadable("the stored value does not decode", e))),
+    };
+    let referenced = match referenced_digests(&result) {
+        Ok(digests) => digests,
+        Err(e) => return Ok(Some(Gap::Unreadable(e.to_string()))),
+    };
+    if let Some(missing) = lookup.missing(&referenced).await?.first() {
+        return Ok(Some(Gap::Missing(*missing)));
+    }
+    for directory in &result.output_directories {
+        let tree = match required_digest(directory.tree_digest.as_ref(), "tree_digest") {
+            Ok(tree) => tree,
+            Err(e) => return Ok(Some(Gap::Unreadable(e.to_string()))),
+        };
+        if let Some(gap) = tree_gap(lookup, &tree, max_directory_size).await? {
+            return Ok(Some(gap));
+        }
+    }
+    Ok(None)
+}
+
+fn unreadable(what: impl std::fmt::Display, why: impl std::fmt::Display) -> Gap {
+    Gap::Unreadable(format!("{what}: {why}"))
+}
+
+/// Walks the `Tree` blob `tree` (root and children directories) and checks every file in it.
+async fn tree_gap(
+    lookup: &dyn Lookup,
+    tree: &Digest,
+    max_directory_size: usize,
+) -> Result<Option<Gap>, Error> {
+    let reader = match lookup.open(tree).await {
+        Ok(reader) => reader,
+        Err(Error::NotFound(_) | Error::DataLoss(_)) => return Ok(Some(Gap::Missing(*tree))),
+        Err(e) => return Err(e),
+    };
+    let mut fields = FieldReader::new(reader);
+    let mut pending = Vec::new();
+    loop {
+        let field = match fields.next_directory(max_directory_size).await {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => break,
+            Err(Unreadable(why)) => return Ok(Some(unreadable(format!("tree {tree}"), why))),
+        };
+        let directory = match Directory::decode(field.as_slice()) {
+            Ok(directory) => directory,
+            Err(e) => return Ok(Some(unreadable(format!("a directory of tree {tree}"), e))),
+        };
+        for file in &directory.files {
+            match file
+                .digest
+                .as_ref()
+                .map(|d| parse_digest(d, "tree file digest"))
+            {
+                Some(Ok(digest)) => pending.push(digest),
+                Some(Err(e)) => return Ok(Some(Gap::Unreadable(e.to_string()))),
+                None => {
+                    return Ok(Some(unreadable(
+                        format!("tree {tree}"),
+                        "a file has no digest",
+                    )))
+                }
+            }
+        }
+        if pending.len() >= CHECK_BATCH {
+            let batch = std::mem::take(&mut pending);
+            if let Some(missing) = lookup.missing(&batch).await?.first() {
+                return Ok(Some(Gap::Missing(*missing)));
+            }
+        }
+    }
+    Ok(lookup
+        .missing(&pending)
+        .await?
+        .first()
+        .copied()
+        .map(Gap::Missing))
+}
+
 /// Checks action results against the CAS on the way out.
 pub struct CompletenessChecking<S> {
     inner: S,
@@ -36,78 +165,6 @@ impl<S> CompletenessChecking<S> {
             inner,
             max_directory_size,
         }
-    }
-}
-
-impl<S: Store> CompletenessChecking<S> {
-    /// `Ok(None)` when everything `result` names is present, else what is missing.
-    async fn first_gap(&self, result: &ActionResult) -> Result<Option<String>, Error> {
-        let referenced = match referenced_digests(result) {
-            Ok(digests) => digests,
-            Err(e) => return Ok(Some(e.to_string())),
-        };
-        if let Some(missing) = self
-            .inner
-            .find_missing_and_touch(&referenced)
-            .await?
-            .first()
-        {
-            return Ok(Some(format!("blob {missing} is missing")));
-        }
-        for directory in &result.output_directories {
-            let tree = match required_digest(directory.tree_digest.as_ref(), "tree_digest") {
-                Ok(tree) => tree,
-                Err(e) => return Ok(Some(e.to_string())),
-            };
-            if let Some(gap) = self.tree_gap(&tree).await? {
-                return Ok(Some(format!("tree {tree}: {gap}")));
-            }
-        }
-        Ok(None)
-    }
-
-    /// Walks the `Tree` blob `tree` (root and children directories) and checks every file in it.
-    async fn tree_gap(&self, tree: &Digest) -> Result<Option<String>, Error> {
-        let reader = match self.inner.open_blob(tree, 0).await {
-            Ok(reader) => reader,
-            Err(Error::NotFound(_) | Error::DataLoss(_)) => return Ok(Some("missing".into())),
-            Err(e) => return Err(e),
-        };
-        let mut fields = FieldReader::new(reader);
-        let mut pending = Vec::new();
-        loop {
-            let field = match fields.next_directory(self.max_directory_size).await {
-                Ok(Some(bytes)) => bytes,
-                Ok(None) => break,
-                Err(Gap(why)) => return Ok(Some(why)),
-            };
-            let directory = match Directory::decode(field.as_slice()) {
-                Ok(directory) => directory,
-                Err(e) => return Ok(Some(format!("a directory does not decode: {e}"))),
-            };
-            for file in &directory.files {
-                match file
-                    .digest
-                    .as_ref()
-                    .map(|d| parse_digest(d, "tree file digest"))
-                {
-                    Some(Ok(digest)) => pending.push(digest),
-                    Some(Err(e)) => return Ok(Some(e.to_string())),
-                    None => return Ok(Some("a tree file has no digest".into())),
-                }
-            }
-            if pending.len() >= CHECK_BATCH {
-                if let Some(gap) = self.missing_file(&std::mem::take(&mut pending)).await? {
-                    return Ok(Some(gap));
-                }
-            }
-        }
-        self.missing_file(&pending).await
-    }
-
-    async fn missing_file(&self, files: &[Digest]) -> Result<Option<String>, Error> {
-        let missing = self.inner.find_missing_and_touch(files).await?;
-        Ok(missing.first().map(|d| format!("file {d} is missing")))
     }
 }
 
@@ -127,11 +184,8 @@ impl<S: Store> Store for CompletenessChecking<S> {
             if value.kind == AcKind::Opaque {
                 return Ok(Some(value));
             }
-            let gap = match ActionResult::decode(value.bytes.clone()) {
-                Ok(result) => self.first_gap(&result).await?,
-                Err(e) => Some(format!("the stored value does not decode: {e}")),
-            };
-            match gap {
+            let lookup = Touching(&self.inner);
+            match first_gap(&lookup, &value.bytes, self.max_directory_size).await? {
                 None => Ok(Some(value)),
                 Some(gap) => {
                     tracing::debug!(%key, %gap, "action result is incomplete; reporting a miss");
@@ -142,8 +196,8 @@ impl<S: Store> Store for CompletenessChecking<S> {
     }
 }
 
-/// Why a tree cannot be checked (its result is then a miss).
-struct Gap(String);
+/// Why a tree cannot be read through (its result is then incomplete).
+struct Unreadable(String);
 
 /// Reads the length-delimited `Directory` fields (1: root, 2: children) of a `Tree` blob as
 /// it streams, holding one field at a time.
@@ -166,20 +220,20 @@ impl FieldReader {
 
     /// Makes at least `n` unread bytes available unless the blob ends first; returns how many
     /// there are.
-    async fn fill(&mut self, n: usize) -> Result<usize, Gap> {
+    async fn fill(&mut self, n: usize) -> Result<usize, Unreadable> {
         while self.buffer.len() - self.at < n && !self.ended {
             self.buffer.drain(..self.at);
             self.at = 0;
             match self.reader.next_chunk(1 << 20).await {
                 Ok(Some(chunk)) => self.buffer.extend_from_slice(&chunk),
                 Ok(None) => self.ended = true,
-                Err(e) => return Err(Gap(format!("reading it failed: {e}"))),
+                Err(e) => return Err(Unreadable(format!("reading it failed: {e}"))),
             }
         }
         Ok(self.buffer.len() - self.at)
     }
 
-    async fn varint(&mut self) -> Result<Option<u64>, Gap> {
+    async fn varint(&mut self) -> Result<Option<u64>, Unreadable> {
         let available = self.fill(10).await?;
         if available == 0 {
             return Ok(None);
@@ -193,12 +247,12 @@ impl FieldReader {
                 return Ok(Some(value));
             }
         }
-        Err(Gap("a field header is malformed".into()))
+        Err(Unreadable("a field header is malformed".into()))
     }
 
-    async fn take(&mut self, len: usize) -> Result<Vec<u8>, Gap> {
+    async fn take(&mut self, len: usize) -> Result<Vec<u8>, Unreadable> {
         if self.fill(len).await? < len {
-            return Err(Gap("it ends inside a field".into()));
+            return Err(Unreadable("it ends inside a field".into()));
         }
         let bytes = self.buffer[self.at..self.at + len].to_vec();
         self.at += len;
@@ -206,7 +260,7 @@ impl FieldReader {
     }
 
     /// The next directory message's bytes, skipping other fields; `None` at the end.
-    async fn next_directory(&mut self, max: usize) -> Result<Option<Vec<u8>>, Gap> {
+    async fn next_directory(&mut self, max: usize) -> Result<Option<Vec<u8>>, Unreadable> {
         loop {
             let Some(key) = self.varint().await? else {
                 return Ok(None);
@@ -223,10 +277,10 @@ impl FieldReader {
                     let len = self.varint().await?.unwrap_or(u64::MAX);
                     usize::try_from(len).unwrap_or(usize::MAX)
                 }
-                _ => return Err(Gap(format!("wire type {wire_type} is not a Tree's"))),
+                _ => return Err(Unreadable(format!("wire type {wire_type} is not a Tree's"))),
             };
             if len > max {
-                return Err(Gap(format!(
+                return Err(Unreadable(format!(
                     "a field of {len} bytes is over the {max} byte bound on a directory"
                 )));
             }

@@ -133,7 +133,7 @@ impl Store for MemoryStore {
             actions: state.actions.len() as u64,
             evictions: state.evictions,
             evicted_bytes: state.evicted_bytes,
-            disk_bytes: 0,
+            ..Stats::default()
         }
     }
 

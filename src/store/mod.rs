@@ -14,11 +14,14 @@
 //!                    │                                      path-escaping action result stored
 //!            CompletenessChecking                         completeness.rs: no action result
 //!                    │                                      served whose blobs are gone
-//!            Engine (segments on disk)                    engine/: durable storage
+//!            Engine (segments on disk)                    engine/: durable storage; cascade.rs
+//!                                                           removes action results whose
+//!                                                           blobs the engine let go of
 //!        or  MemoryStore (bounded, in memory)             memory.rs: tests and the simulator
 //! ```
 
 pub mod action_result;
+mod cascade;
 mod completeness;
 pub mod engine;
 pub mod error;

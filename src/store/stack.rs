@@ -4,7 +4,9 @@
 //! A new tier or layer is one file implementing [`Store`] plus one line in [`assemble`].
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use super::cascade::{self, CascadeConfig};
 use super::{ActionResultValidation, CompletenessChecking, EngineStore, Metered, Store};
 use crate::engine::{Engine, PlantedBug};
 use crate::observe::{Metrics, Protocol};
@@ -15,6 +17,9 @@ pub struct StackConfig {
     /// Largest single `Directory` message of an output directory's tree that the completeness
     /// check reads into memory; a tree holding a larger one makes its action result a miss.
     pub max_tree_directory_size: usize,
+    /// How often the cascade looks whether the engine forgot blobs, and if so removes the
+    /// action results naming them (see [`super::cascade`]).
+    pub cascade_interval: Duration,
     /// A planted bug (simulator only); see [`PlantedBug::IncompleteActionServed`].
     #[cfg(feature = "planted-bugs")]
     pub planted: Option<PlantedBug>,
@@ -24,6 +29,7 @@ impl Default for StackConfig {
     fn default() -> Self {
         StackConfig {
             max_tree_directory_size: 16 << 20,
+            cascade_interval: Duration::from_secs(30),
             #[cfg(feature = "planted-bugs")]
             planted: None,
         }
@@ -55,8 +61,15 @@ pub fn assemble(base: Arc<dyn Store>, config: &StackConfig) -> Arc<dyn Store> {
     store
 }
 
-/// The stack `hoard serve` runs: [`assemble`] over the segment engine.
+/// The stack `hoard serve` runs: [`assemble`] over the segment engine, with the cascade
+/// sweeping behind it.
 pub fn over_engine(engine: Arc<Engine>, config: &StackConfig) -> Arc<dyn Store> {
+    let sweep = CascadeConfig {
+        interval: config.cascade_interval,
+        max_directory_size: config.max_tree_directory_size,
+        planted_forgets_empty_blob: config.planted(PlantedBug::CascadeForgetsEmptyBlob),
+    };
+    cascade::spawn(&engine, sweep);
     assemble(Arc::new(EngineStore::new(engine)), config)
 }
 
