@@ -11,7 +11,7 @@ mod cli {
     use hoard::server;
 
     pub fn main() -> std::process::ExitCode {
-        return_large_buffers_at_once();
+        hoard::seam::return_large_buffers_at_once();
         let cli = match config::parse_from(std::env::args_os()) {
             Ok(cli) => cli,
             // `--help` and `--version` end up here too, and exit successfully.
@@ -65,19 +65,6 @@ mod cli {
                 eprintln!("hoard: {e}");
                 std::process::ExitCode::FAILURE
             }
-        }
-    }
-
-    /// Upload buffers (gRPC messages, HTTP/2 frames, staging) are freed as soon as a call ends,
-    /// but glibc raises its mmap threshold to the largest block freed (up to 32 MiB), after
-    /// which such buffers come from the heap arenas and stay resident when freed. A fixed
-    /// threshold keeps blocks of 128 KiB and more in their own mappings, returned to the system
-    /// on free (`examples/upload_memory.rs` measures it).
-    fn return_large_buffers_at_once() {
-        #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        // SAFETY: mallopt only sets an allocator parameter; called before any thread starts.
-        unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10);
         }
     }
 

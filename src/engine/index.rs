@@ -292,6 +292,13 @@ impl Index {
         }
     }
 
+    /// Makes room for `blobs` and `actions` entries in all, so a recovery that knows how many
+    /// records it will insert sizes the tables once instead of growing them step by step.
+    pub fn reserve(&mut self, blobs: usize, actions: usize) {
+        self.blobs.reserve(blobs);
+        self.actions.reserve(actions);
+    }
+
     /// Counts of what is indexed.
     pub fn stats(&self) -> Stats {
         Stats {
@@ -692,11 +699,26 @@ impl<S: Slot> Table<S> {
         }
     }
 
-    /// Adds a sixteenth more homes (at least [`MIN_GROWTH`]) and moves every slot to its new place,
-    /// in one forward pass over the extended allocation.
+    /// Adds a sixteenth more homes (at least [`MIN_GROWTH`]).
     fn grow(&mut self) {
+        self.grow_to(self.homes + (self.homes / GROWTH_DIVISOR).max(MIN_GROWTH));
+    }
+
+    /// Makes room for `len` slots in all without growing on the way, at the middle of the
+    /// load band growth keeps (so the first inserts after it do not trigger a growth either).
+    fn reserve(&mut self, len: usize) {
+        let homes = len.saturating_mul(100) / (MAX_LOAD_PERCENT - 3);
+        if homes > self.homes {
+            self.grow_to(homes);
+        }
+    }
+
+    /// Sets the number of homes to `homes` (more than now) and moves every slot to its new
+    /// place, in one forward pass over the extended allocation.
+    fn grow_to(&mut self, homes: usize) {
+        debug_assert!(homes > self.homes);
         let old_len = self.slots.len();
-        self.homes += (self.homes / GROWTH_DIVISOR).max(MIN_GROWTH);
+        self.homes = homes;
         if self.homes > old_len {
             self.slots.reserve_exact(self.homes - old_len);
             self.slots.resize(self.homes, S::VACANT);
@@ -1147,6 +1169,42 @@ mod tests {
         }
         assert_eq!(table.len, 0);
         assert!(table.slots.iter().all(Slot::is_vacant));
+    }
+
+    fn entry_at(segment: u32, len: u64) -> Entry {
+        Entry {
+            location: Location {
+                segment,
+                offset: 1,
+                len,
+            },
+            sha256: [0; 32],
+            verified: true,
+            referenced: false,
+        }
+    }
+
+    #[test]
+    fn a_reserved_table_takes_its_entries_without_growing_and_finds_them() {
+        let mut index = Index::default();
+        index.reserve(10_000, 0);
+        let homes = index.blobs.homes;
+        let digests: Vec<Digest> = (0..10_000u32)
+            .map(|i| Digest::of(&i.to_le_bytes()))
+            .collect();
+        for (i, d) in digests.iter().enumerate() {
+            index.insert(RecordKey::Blob(*d), entry_at(i as u32, d.size));
+        }
+        assert_eq!(index.blobs.homes, homes, "no growth while filling");
+        for d in &digests {
+            assert!(index.peek_blob(d).is_some());
+        }
+        // Reserving less than is there changes nothing; more regrows once and keeps everything.
+        index.reserve(5, 0);
+        assert_eq!(index.blobs.homes, homes);
+        index.reserve(40_000, 0);
+        assert!(index.blobs.homes > homes);
+        assert!(digests.iter().all(|d| index.peek_blob(d).is_some()));
     }
 
     #[test]

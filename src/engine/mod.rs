@@ -231,6 +231,8 @@ impl Engine {
         upload::sweep_temp_files(fs.as_ref(), &tmp_dir).await?;
 
         let mut index = Index::default();
+        let (blobs, actions) = segment::count_sealed_records(fs.as_ref(), &segment_dir).await;
+        index.reserve(blobs as usize, actions as usize);
         // Eviction frees whole segments, so a budget needs several of them.
         let segment_size = match config.max_size {
             Some(budget) => config.segment_size.min((budget / 8).max(MIN_SEGMENT_SIZE)),

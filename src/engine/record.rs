@@ -440,6 +440,32 @@ pub fn decode_footer(bytes: &[u8], footer_offset: u64) -> Result<Vec<FooterEntry
     Ok(entries)
 }
 
+/// How many blob and action-cache records a footer names, counted without decoding keys (a
+/// recovery sizes its index with it before inserting anything). `None` if the footer fails its
+/// checks. Removal records occupy no index entry and are not counted.
+pub fn footer_record_counts(bytes: &[u8]) -> Option<(u64, u64)> {
+    if bytes.len() < FOOTER_FIXED_LEN + CRC_LEN || bytes[..4] != FOOTER_MAGIC {
+        return None;
+    }
+    let (body, crc) = bytes.split_at(bytes.len() - CRC_LEN);
+    if crc32fast::hash(body) != u32::from_le_bytes(crc.try_into().expect("4 bytes")) {
+        return None;
+    }
+    let count = u32::from_le_bytes(body[4..8].try_into().expect("4 bytes"));
+    let (mut blobs, mut actions) = (0, 0);
+    let mut at = FOOTER_FIXED_LEN;
+    for _ in 0..count {
+        let fixed = body.get(at..at + ENTRY_FIXED_LEN)?;
+        match fixed[0] {
+            1 => blobs += 1,
+            2 | 4 => actions += 1,
+            _ => {}
+        }
+        at += ENTRY_FIXED_LEN + u16::from_le_bytes([fixed[1], fixed[2]]) as usize;
+    }
+    Some((blobs, actions))
+}
+
 /// Checks that an instance name fits in a record key.
 pub fn check_instance_name(instance: &str) -> Result<(), Error> {
     // The longest key naming an instance is a removal's: function, action, value hash.
@@ -499,8 +525,10 @@ mod tests {
             let mut footer = FooterBuilder::default();
             footer.push(&key, 100, 0, &Digest::EMPTY.hash);
             let bytes = footer.finish(200);
-            let entries = decode_footer(&bytes[..bytes.len() - TRAILER_LEN], 200).unwrap();
+            let footer_bytes = &bytes[..bytes.len() - TRAILER_LEN];
+            let entries = decode_footer(footer_bytes, 200).unwrap();
             assert_eq!(entries[0].key, key);
+            assert_eq!(footer_record_counts(footer_bytes), Some((0, 0)));
         }
         // A removal carries no payload.
         let key = RecordKey::ActionRemoved {
@@ -587,6 +615,7 @@ mod tests {
         assert_eq!(entries[0].key, key);
         assert_eq!(entries[1].key, RecordKey::Blob(blob));
         assert_eq!(entries[1].payload_offset, 200);
+        assert_eq!(footer_record_counts(&sealed[..len as usize]), Some((1, 1)));
         for i in 0..sealed.len() * 8 {
             let mut flipped = sealed.clone();
             flipped[i / 8] ^= 1 << (i % 8);

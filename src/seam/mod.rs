@@ -10,3 +10,19 @@ pub mod runtime;
 
 pub use fs::{Fs, FsFile, FsLock};
 pub use runtime::{Runtime, TokioRuntime};
+
+/// Makes the process give large freed blocks back to the system at once. Call it first thing in
+/// `main`, before any thread starts.
+///
+/// Upload buffers (gRPC messages, HTTP/2 frames, staging) and recovery's footer reads are freed
+/// as soon as they are used, but glibc raises its mmap threshold to the largest block freed (up
+/// to 32 MiB), after which such buffers come from the heap arenas and stay resident when freed.
+/// A fixed threshold keeps blocks of 128 KiB and more in their own mappings, returned to the
+/// system on free (`examples/upload_memory.rs` and `examples/bench_restart.rs` measure it).
+pub fn return_large_buffers_at_once() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; callers run it before threads start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10);
+    }
+}
