@@ -14,6 +14,7 @@
 mod digest;
 pub mod index;
 pub mod record;
+mod scrub;
 mod segment;
 mod upload;
 
@@ -97,6 +98,9 @@ pub struct EngineConfig {
     pub memory_stage_limit: u64,
     /// Uploads that may be in progress at once.
     pub max_concurrent_uploads: usize,
+    /// Re-hash cold records in the background at about this many bytes per second, dropping
+    /// those that fail (see `scrub.rs`); `None`: no background scrub.
+    pub scrub_rate: Option<u64>,
     /// A planted bug (simulator only).
     #[cfg(feature = "planted-bugs")]
     pub planted: Option<PlantedBug>,
@@ -113,6 +117,7 @@ impl EngineConfig {
             segment_size: 256 << 20,
             memory_stage_limit: 1 << 20,
             max_concurrent_uploads: 4096,
+            scrub_rate: None,
             #[cfg(feature = "planted-bugs")]
             planted: None,
         }
@@ -247,7 +252,7 @@ impl Engine {
         let uploads = upload::Tracker::new(config.max_concurrent_uploads);
         let (janitor, janitor_rx) = tokio::sync::mpsc::unbounded_channel();
         runtime.spawn(Box::pin(upload::run_janitor(fs.clone(), janitor_rx)));
-        Ok(Arc::new(Engine {
+        let engine = Arc::new(Engine {
             config,
             fs,
             runtime,
@@ -258,7 +263,9 @@ impl Engine {
             janitor,
             evicting: tokio::sync::Mutex::new(()),
             _lock: lock,
-        }))
+        });
+        engine.start_scrub();
+        Ok(engine)
     }
 
     /// The engine's settings.
