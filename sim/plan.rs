@@ -42,6 +42,9 @@ pub struct Plan {
     pub stops: usize,
     /// Filesystem faults.
     pub faults: FaultConfig,
+    /// Server: the background scrub's rate in bytes/s, if on (it must never drop an intact
+    /// record: `acknowledged-blob-lost` would catch it).
+    pub scrub_rate: Option<u64>,
 }
 
 impl Plan {
@@ -69,6 +72,8 @@ impl Plan {
             crashes: *pick(&mut rng, &[0, 1, 1, 2, 4]),
             stops: *pick(&mut rng, &[0, 1, 2, 3]),
             faults: FaultConfig::swarm(),
+            // Drawn last, so the rest of a seed's plan is what it was before the scrub existed.
+            scrub_rate: *pick(&mut rng, &[None, None, Some(64 << 10), Some(16 << 20)]),
         }
     }
 }
@@ -82,7 +87,7 @@ impl fmt::Display for Plan {
         write!(
             f,
             "clients={} ccache_clients={} http_clients={} rounds={} burst_max={} pool={} max_blob={} chunk={} \
-             break={} stage_limit={} segment_size={} max_size={:?} crashes={} stops={} | faults: {}",
+             break={} stage_limit={} segment_size={} max_size={:?} crashes={} stops={} scrub_rate={:?} | faults: {}",
             self.clients,
             self.ccache_clients,
             self.http_clients,
@@ -97,6 +102,7 @@ impl fmt::Display for Plan {
             self.max_size,
             self.crashes,
             self.stops,
+            self.scrub_rate,
             self.faults
         )
     }

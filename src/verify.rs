@@ -250,16 +250,7 @@ pub async fn verify(
             Error::io(format!("listing {}", segment_dir.display()), e)
         }
     })?;
-    let _lock = fs.lock(&dir.join("LOCK")).await.map_err(|e| {
-        if e.kind() == io::ErrorKind::WouldBlock {
-            Error::Busy(format!(
-                "{} is in use by a running hoard (it holds the LOCK); stop it first",
-                dir.display()
-            ))
-        } else {
-            Error::io(format!("locking {}", dir.display()), e)
-        }
-    })?;
+    let _lock = crate::engine::lock_data_dir(fs, dir).await?;
     let mut report = Report {
         temp_files: fs.list_dir(&dir.join("tmp")).await.unwrap_or_default(),
         ..Report::default()

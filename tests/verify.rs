@@ -76,7 +76,7 @@ fn a_flipped_byte_is_found_repaired_and_the_rest_is_served() {
     let refused = verify_command(dir.path(), true);
     assert_eq!(refused.status.code(), Some(2));
     assert!(
-        String::from_utf8_lossy(&refused.stderr).contains("in use by a running hoard"),
+        String::from_utf8_lossy(&refused.stderr).contains("is in use by another hoard process"),
         "{refused:?}"
     );
     server.stop();
@@ -157,16 +157,22 @@ async fn report(dir: &Path, repair: bool) -> verify::Report {
         .unwrap()
 }
 
-#[tokio::test]
-async fn a_torn_tail_is_left_to_recovery_and_a_bad_footer_is_damage() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = open(config(dir.path())).await;
+/// An engine on `dir` holding [`blobs`].
+async fn open_with_blobs(dir: &Path) -> Arc<Engine> {
+    let engine = open(config(dir)).await;
     for blob in blobs() {
         engine
             .put_blob(Digest::of(&blob), Bytes::from(blob))
             .await
             .unwrap();
     }
+    engine
+}
+
+#[tokio::test]
+async fn a_torn_tail_is_left_to_recovery_and_a_bad_footer_is_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open_with_blobs(dir.path()).await;
     // Busy: the engine holds the lock.
     let busy = verify::verify(&RealFs, dir.path(), false, &mut |_, _| {}).await;
     assert!(matches!(busy, Err(Error::Busy(_))), "{busy:?}");
@@ -215,13 +221,7 @@ async fn a_torn_tail_is_left_to_recovery_and_a_bad_footer_is_damage() {
 #[tokio::test]
 async fn the_background_scrub_drops_a_cold_corrupt_record() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = open(config(dir.path())).await;
-    for blob in blobs() {
-        engine
-            .put_blob(Digest::of(&blob), Bytes::from(blob))
-            .await
-            .unwrap();
-    }
+    let engine = open_with_blobs(dir.path()).await;
     engine
         .put_action(
             "ci",

@@ -51,16 +51,19 @@ pub enum PlantedBug {
     /// Assemble the store stack without its completeness check, so action results whose blobs
     /// are gone are served (what HTTP did before the stack).
     IncompleteActionServed,
+    /// The background scrub drops the cold records it reads without comparing their hash.
+    ScrubDropsUnverified,
 }
 
 impl PlantedBug {
     /// Every planted bug, in the order the simulator hunts them.
-    pub const ALL: [PlantedBug; 5] = [
+    pub const ALL: [PlantedBug; 6] = [
         PlantedBug::UnflushedPersist,
         PlantedBug::IndexBeforeSync,
         PlantedBug::AckBeforeIndex,
         PlantedBug::FooterBeforeSync,
         PlantedBug::IncompleteActionServed,
+        PlantedBug::ScrubDropsUnverified,
     ];
 
     /// The name `hoard-sim --planted` takes.
@@ -71,6 +74,7 @@ impl PlantedBug {
             PlantedBug::AckBeforeIndex => "ack-before-index",
             PlantedBug::FooterBeforeSync => "footer-before-sync",
             PlantedBug::IncompleteActionServed => "incomplete-action-served",
+            PlantedBug::ScrubDropsUnverified => "scrub-drops-unverified",
         }
     }
 
@@ -133,6 +137,21 @@ impl EngineConfig {
             false
         }
     }
+}
+
+/// Takes the lock of the data directory `dir` (one process per directory): [`Error::Busy`] if a
+/// running hoard holds it.
+pub async fn lock_data_dir(fs: &dyn Fs, dir: &std::path::Path) -> Result<Box<dyn FsLock>, Error> {
+    fs.lock(&dir.join(LOCK_FILE)).await.map_err(|e| {
+        if e.kind() == io::ErrorKind::WouldBlock {
+            Error::Busy(format!(
+                "data directory {} is in use by another hoard process",
+                dir.display()
+            ))
+        } else {
+            Error::io(format!("locking {}", dir.display()), e)
+        }
+    })
 }
 
 /// A callback told of every record evicted.
@@ -201,16 +220,7 @@ impl Engine {
                 .await
                 .map_err(|e| Error::io(format!("creating {}", d.display()), e))?;
         }
-        let lock = fs.lock(&dir.join(LOCK_FILE)).await.map_err(|e| {
-            if e.kind() == io::ErrorKind::WouldBlock {
-                Error::Busy(format!(
-                    "data directory {} is in use by another hoard process",
-                    dir.display()
-                ))
-            } else {
-                Error::io(format!("locking {}", dir.display()), e)
-            }
-        })?;
+        let lock = lock_data_dir(fs.as_ref(), &dir).await?;
         // The directories must be durable before any record in them is acknowledged.
         for d in [&dir, &tmp_dir, &segment_dir] {
             if let Some(parent) = d.parent().filter(|p| !p.as_os_str().is_empty()) {

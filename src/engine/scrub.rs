@@ -132,7 +132,8 @@ impl Engine {
             );
             read += want;
         }
-        if <[u8; 32]>::from(hasher.finalize()) == entry.sha256 {
+        let planted = self.config.planted(super::PlantedBug::ScrubDropsUnverified);
+        if <[u8; 32]>::from(hasher.finalize()) == entry.sha256 && !planted {
             return Ok(Some(true));
         }
         let mut index = self.index.lock().expect("index");
