@@ -45,6 +45,9 @@ pub struct Plan {
     pub cascade_interval: Duration,
     /// Filesystem faults.
     pub faults: FaultConfig,
+    /// Server: the background scrub's rate in bytes/s, if on (it must never drop an intact
+    /// record: `acknowledged-blob-lost` would catch it).
+    pub scrub_rate: Option<u64>,
 }
 
 impl Plan {
@@ -73,6 +76,8 @@ impl Plan {
             stops: *pick(&mut rng, &[0, 1, 2, 3]),
             cascade_interval: Duration::from_millis(*pick(&mut rng, &[20, 200, 2000])),
             faults: FaultConfig::swarm(),
+            // Drawn last, so the rest of a seed's plan is what it was before the scrub existed.
+            scrub_rate: *pick(&mut rng, &[None, None, Some(64 << 10), Some(16 << 20)]),
         }
     }
 }
@@ -86,7 +91,7 @@ impl fmt::Display for Plan {
         write!(
             f,
             "clients={} ccache_clients={} http_clients={} rounds={} burst_max={} pool={} max_blob={} chunk={} \
-             break={} stage_limit={} segment_size={} max_size={:?} crashes={} stops={} cascade={:?} | faults: {}",
+             break={} stage_limit={} segment_size={} max_size={:?} crashes={} stops={} cascade={:?} scrub_rate={:?} | faults: {}",
             self.clients,
             self.ccache_clients,
             self.http_clients,
@@ -102,6 +107,7 @@ impl fmt::Display for Plan {
             self.crashes,
             self.stops,
             self.cascade_interval,
+            self.scrub_rate,
             self.faults
         )
     }

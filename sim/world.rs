@@ -90,6 +90,7 @@ fn engine_config(plan: &Plan, planted: Option<&str>, oracle: &Arc<Oracle>) -> En
     config.memory_stage_limit = plan.memory_stage_limit;
     config.segment_size = plan.segment_size;
     config.max_size = plan.max_size;
+    config.scrub_rate = plan.scrub_rate;
     // The server's eviction log, as the oracle needs it: the one excuse for a missing record.
     let oracle = oracle.clone();
     config.on_evict = Some(EvictionObserver(Arc::new(

@@ -54,6 +54,26 @@ pub enum Command {
             --remote_header=Authorization=\"Bearer TOKEN\" (or \"Basic base64(user:password)\")."
     )]
     Serve(Box<ServeArgs>),
+    /// Check a data directory offline: every record re-hashed, footers checked against records.
+    #[command(
+        long_about = "Check a data directory offline: every record of every segment is read and \
+            re-hashed, and each sealed segment's footer is checked against the records it names. \
+            Prints what is corrupt or orphaned. Refuses a directory a running server holds.\n\n\
+            Exit status: 0 no damage, 1 damage found (repaired with --repair), 2 could not run."
+    )]
+    Verify(VerifyArgs),
+}
+
+/// The options of `hoard verify`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct VerifyArgs {
+    /// The data directory to check.
+    #[arg(long, env = "HOARD_DIR", value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Rewrite each damaged segment without its bad records (the intact ones are kept, in
+    /// order; each segment is replaced in one rename).
+    #[arg(long)]
+    pub repair: bool,
 }
 
 /// The options of `hoard serve`, grouped as in `--help`.
@@ -73,6 +93,11 @@ pub struct ServeArgs {
     /// directory: a lock file enforces it.
     #[arg(long, env = "HOARD_DIR", value_name = "DIR", help_heading = "Storage")]
     pub dir: Option<PathBuf>,
+    /// Re-hash cold records in the background at about this many bytes per second (e.g. 20M),
+    /// dropping those whose bytes went bad, so clients upload them again [default: off].
+    #[arg(long, env = "HOARD_SCRUB_RATE", value_name = "SIZE", value_parser = parse_size,
+          help_heading = "Storage")]
+    pub scrub_rate: Option<u64>,
     /// Refuse HTTP /ac/ values that are not REAPI ActionResults (by default they are kept as
     /// opaque values, which is what ccache stores).
     #[arg(long, env = "HOARD_HTTP_AC_STRICT", help_heading = "Storage")]
@@ -338,6 +363,7 @@ impl ServeArgs {
             EngineConfig::new(self.dir.clone().unwrap_or_else(server::default_data_dir));
         engine.max_size = self.max_size;
         engine.max_blob_size = self.max_blob_size;
+        engine.scrub_rate = self.scrub_rate.filter(|&rate| rate > 0);
 
         let htpasswd = self
             .htpasswd

@@ -7,7 +7,9 @@
 //! - [`engine`]: content-addressed storage, the action cache, segments and the index.
 //! - [`seam`]: the filesystem and runtime traits the engine is written against, and their real
 //!   implementations. The simulator (`sim/`) supplies a simulated world behind the same traits.
-//! - [`observe`]: metrics (`GET /metrics`), the access log, per-request instrumentation.
+//! - [`observe`]: metrics (`GET /metrics`), the status page, the access log, per-request
+//!   instrumentation.
+//! - [`verify`]: `hoard verify`, the offline scrub (and repair) of a data directory.
 
 pub mod auth;
 pub mod config;
@@ -18,4 +20,5 @@ pub mod seam;
 pub mod server;
 pub mod store;
 pub mod tls;
+pub mod verify;
 pub mod wire;

@@ -1,11 +1,14 @@
-//! The `hoard` command: `hoard serve` runs the cache. The options and where they come from
+//! The `hoard` command: `hoard serve` runs the cache, `hoard verify` checks a data directory
+//! offline. The options and where they come from
 //! (command line, `HOARD_*` environment, `--config` file) are in [`hoard::config`].
 
 #[cfg(not(madsim))]
 mod cli {
     use std::sync::Arc;
 
-    use hoard::config::{self, Command, ParseError};
+    use std::io::{IsTerminal, Write};
+
+    use hoard::config::{self, Command, ParseError, VerifyArgs};
     use hoard::seam::real_fs::RealFs;
     use hoard::seam::TokioRuntime;
     use hoard::server;
@@ -21,7 +24,10 @@ mod cli {
                 return std::process::ExitCode::from(2);
             }
         };
-        let Command::Serve(args) = cli.command;
+        let args = match cli.command {
+            Command::Serve(args) => args,
+            Command::Verify(args) => return verify(&args),
+        };
         let filter = match tracing_subscriber::EnvFilter::try_new(&args.log) {
             Ok(filter) => filter,
             Err(e) => {
@@ -64,6 +70,51 @@ mod cli {
             Err(e) => {
                 eprintln!("hoard: {e}");
                 std::process::ExitCode::FAILURE
+            }
+        }
+    }
+
+    /// `hoard verify`: the report on stdout, a progress bar on stderr when it is a terminal.
+    fn verify(args: &VerifyArgs) -> std::process::ExitCode {
+        let runtime = match tokio::runtime::Builder::new_current_thread().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("hoard: cannot start the runtime: {e}");
+                return std::process::ExitCode::from(2);
+            }
+        };
+        let terminal = std::io::stderr().is_terminal();
+        let mut shown = None;
+        let mut progress = |done: u64, total: u64| {
+            let percent = (done * 100).checked_div(total).unwrap_or(100);
+            if terminal && shown != Some(percent) {
+                shown = Some(percent);
+                let bar = "#".repeat(percent as usize / 5);
+                eprint!("\rverifying [{bar:<20}] {percent:3}% of {total} bytes");
+                let _ = std::io::stderr().flush();
+            }
+        };
+        let verified = runtime.block_on(hoard::verify::verify(
+            &RealFs,
+            &args.dir,
+            args.repair,
+            &mut progress,
+        ));
+        if terminal {
+            eprintln!();
+        }
+        match verified {
+            Ok(report) => {
+                println!("{report}");
+                if report.is_damaged() {
+                    std::process::ExitCode::from(1)
+                } else {
+                    std::process::ExitCode::SUCCESS
+                }
+            }
+            Err(e) => {
+                eprintln!("hoard verify: {e}");
+                std::process::ExitCode::from(2)
             }
         }
     }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use futures::future::{FutureExt, Shared};
 
 use crate::engine::{Engine, EngineConfig};
-use crate::observe::Metrics;
+use crate::observe::{history, Metrics};
 use crate::seam::{Fs, Runtime};
 use crate::store::stack::{self, StackConfig};
 use crate::wire::grpc::{self, GrpcConfig};
@@ -39,12 +39,20 @@ pub async fn serve(
     runtime: Arc<dyn Runtime>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let engine = Engine::open(config.engine.clone(), fs, runtime).await?;
+    let engine = Engine::open(config.engine.clone(), fs, runtime.clone()).await?;
     // One cache for both front ends: every rule of the cache applies to gRPC and HTTP alike.
     let cache = stack::over_engine(engine.clone(), &config.stack);
     let shutdown: Shared<futures::future::BoxFuture<'static, ()>> = shutdown.boxed().shared();
     // One registry for both front ends: `GET /metrics` on HTTP shows the gRPC traffic too.
     let metrics = Arc::new(Metrics::new());
+    let stats_source = cache.clone();
+    runtime.spawn(Box::pin(history::run_sampler(
+        runtime.clone(),
+        metrics.clone(),
+        move || stats_source.stats(),
+        history::SAMPLE_INTERVAL,
+        shutdown.clone(),
+    )));
     let grpc_config = GrpcConfig {
         metrics: metrics.clone(),
         ..config.grpc.clone()

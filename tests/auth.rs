@@ -477,6 +477,10 @@ async fn http_wrong_or_missing_credentials_get_401_and_store_nothing() {
             (cas_path(&data), Method::GET),
             (cas_path(&data), Method::HEAD),
             ("/status".to_owned(), Method::GET),
+            // The status page and its data are reads like any other.
+            ("/".to_owned(), Method::GET),
+            ("/ui/".to_owned(), Method::GET),
+            ("/ui/data".to_owned(), Method::GET),
         ] {
             let reply = send(&server, method.clone(), &path, credentials, data.clone()).await;
             assert_eq!(
@@ -539,6 +543,17 @@ async fn http_right_credentials_read_and_write() {
         .await;
         assert_eq!(get.status, StatusCode::OK);
         assert_eq!(get.body, data);
+        for page in ["/ui/", "/ui/data"] {
+            let reply = send_on(
+                &mut sender,
+                Method::GET,
+                page,
+                Some(credentials),
+                Bytes::new(),
+            )
+            .await;
+            assert_eq!(reply.status, StatusCode::OK, "{page} with {credentials}");
+        }
     }
     assert_eq!(server.engine.stats().blobs, 4);
 }

@@ -38,6 +38,7 @@ const VARS: &[&str] = &[
     "HOARD_GRPC_IDLE_TIMEOUT",
     "HOARD_GRPC_KEEPALIVE_INTERVAL",
     "HOARD_GRPC_STREAM_WINDOW",
+    "HOARD_SCRUB_RATE",
 ];
 
 /// Runs `test` with exactly the `env` variables of [`VARS`] set.
@@ -63,10 +64,24 @@ fn parse(args: &[&str]) -> Result<ServeArgs, ParseError> {
         .chain(args)
         .map(OsString::from)
         .collect();
-    let Cli {
-        command: Command::Serve(args),
-    } = config::parse_from(argv)?;
-    Ok(*args)
+    match config::parse_from(argv)?.command {
+        Command::Serve(args) => Ok(*args),
+        Command::Verify(_) => unreachable!("the command line says serve"),
+    }
+}
+
+#[test]
+fn verify_takes_a_directory_and_repair() {
+    let argv = ["hoard", "verify", "--dir", "/data", "--repair"];
+    let Command::Verify(args) = config::parse_from(argv).unwrap().command else {
+        panic!("not verify");
+    };
+    assert_eq!(args.dir, Path::new("/data"));
+    assert!(args.repair);
+    let scrubbing = with_env(&[], || parse(&["--scrub-rate", "20M"]).unwrap());
+    assert_eq!(scrubbing.scrub_rate, Some(20 << 20));
+    let (config, _) = scrubbing.resolve().unwrap();
+    assert_eq!(config.engine.scrub_rate, Some(20 << 20));
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> String {

@@ -462,9 +462,15 @@ async fn malformed_keys_and_paths_are_400() {
 async fn unknown_paths_and_methods() {
     let server = Server::start().await;
     assert_eq!(
-        server.send(Method::GET, "/", "").await.status,
+        server.send(Method::GET, "/favicon.ico", "").await.status,
         StatusCode::NOT_FOUND
     );
+    // `/` is the status page (an HTML file embedded in the binary).
+    let page = server.send(Method::GET, "/", "").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert_eq!(page.headers[CONTENT_TYPE], "text/html; charset=utf-8");
+    let post = server.send(Method::POST, "/ui/data", "x").await;
+    assert_eq!(post.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(
         server.send(Method::GET, "/metrics/x", "").await.status,
         StatusCode::NOT_FOUND

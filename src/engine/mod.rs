@@ -14,6 +14,7 @@
 mod digest;
 pub mod index;
 pub mod record;
+mod scrub;
 mod segment;
 mod upload;
 
@@ -54,17 +55,20 @@ pub enum PlantedBug {
     /// The cascade sweep looks the empty blob up in the index (where it never is), so it removes
     /// complete action results that name it.
     CascadeForgetsEmptyBlob,
+    /// The background scrub drops the cold records it reads without comparing their hash.
+    ScrubDropsUnverified,
 }
 
 impl PlantedBug {
     /// Every planted bug, in the order the simulator hunts them.
-    pub const ALL: [PlantedBug; 6] = [
+    pub const ALL: [PlantedBug; 7] = [
         PlantedBug::UnflushedPersist,
         PlantedBug::IndexBeforeSync,
         PlantedBug::AckBeforeIndex,
         PlantedBug::FooterBeforeSync,
         PlantedBug::IncompleteActionServed,
         PlantedBug::CascadeForgetsEmptyBlob,
+        PlantedBug::ScrubDropsUnverified,
     ];
 
     /// The name `hoard-sim --planted` takes.
@@ -76,6 +80,7 @@ impl PlantedBug {
             PlantedBug::FooterBeforeSync => "footer-before-sync",
             PlantedBug::IncompleteActionServed => "incomplete-action-served",
             PlantedBug::CascadeForgetsEmptyBlob => "cascade-forgets-empty-blob",
+            PlantedBug::ScrubDropsUnverified => "scrub-drops-unverified",
         }
     }
 
@@ -103,6 +108,9 @@ pub struct EngineConfig {
     pub memory_stage_limit: u64,
     /// Uploads that may be in progress at once.
     pub max_concurrent_uploads: usize,
+    /// Re-hash cold records in the background at about this many bytes per second, dropping
+    /// those that fail (see `scrub.rs`); `None`: no background scrub.
+    pub scrub_rate: Option<u64>,
     /// A planted bug (simulator only).
     #[cfg(feature = "planted-bugs")]
     pub planted: Option<PlantedBug>,
@@ -119,6 +127,7 @@ impl EngineConfig {
             segment_size: 256 << 20,
             memory_stage_limit: 1 << 20,
             max_concurrent_uploads: 4096,
+            scrub_rate: None,
             #[cfg(feature = "planted-bugs")]
             planted: None,
         }
@@ -134,6 +143,21 @@ impl EngineConfig {
             false
         }
     }
+}
+
+/// Takes the lock of the data directory `dir` (one process per directory): [`Error::Busy`] if a
+/// running hoard holds it.
+pub async fn lock_data_dir(fs: &dyn Fs, dir: &std::path::Path) -> Result<Box<dyn FsLock>, Error> {
+    fs.lock(&dir.join(LOCK_FILE)).await.map_err(|e| {
+        if e.kind() == io::ErrorKind::WouldBlock {
+            Error::Busy(format!(
+                "data directory {} is in use by another hoard process",
+                dir.display()
+            ))
+        } else {
+            Error::io(format!("locking {}", dir.display()), e)
+        }
+    })
 }
 
 /// A callback told of every record evicted, and of every action result removed (as the
@@ -210,16 +234,7 @@ impl Engine {
                 .await
                 .map_err(|e| Error::io(format!("creating {}", d.display()), e))?;
         }
-        let lock = fs.lock(&dir.join(LOCK_FILE)).await.map_err(|e| {
-            if e.kind() == io::ErrorKind::WouldBlock {
-                Error::Busy(format!(
-                    "data directory {} is in use by another hoard process",
-                    dir.display()
-                ))
-            } else {
-                Error::io(format!("locking {}", dir.display()), e)
-            }
-        })?;
+        let lock = lock_data_dir(fs.as_ref(), &dir).await?;
         // The directories must be durable before any record in them is acknowledged.
         for d in [&dir, &tmp_dir, &segment_dir] {
             if let Some(parent) = d.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -263,7 +278,7 @@ impl Engine {
         let uploads = upload::Tracker::new(config.max_concurrent_uploads);
         let (janitor, janitor_rx) = tokio::sync::mpsc::unbounded_channel();
         runtime.spawn(Box::pin(upload::run_janitor(fs.clone(), janitor_rx)));
-        Ok(Arc::new(Engine {
+        let engine = Arc::new(Engine {
             config,
             fs,
             runtime,
@@ -275,7 +290,9 @@ impl Engine {
             janitor,
             evicting: tokio::sync::Mutex::new(()),
             _lock: lock,
-        }))
+        });
+        engine.start_scrub();
+        Ok(engine)
     }
 
     /// The engine's settings.

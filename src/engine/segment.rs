@@ -522,6 +522,19 @@ impl SegmentLog {
             .sum()
     }
 
+    /// The first segment after `after` in log order that is neither being written nor has
+    /// records on their way into the index (the background scrub walks the log with it).
+    pub fn next_closed_after(&self, after: u32) -> Option<u32> {
+        let active = self.active.load(Ordering::Acquire);
+        let pinned: BTreeSet<u32> = self.pins.lock().expect("pins").keys().copied().collect();
+        let segments = self.segments.lock().expect("segments");
+        segments
+            .map
+            .range(after.saturating_add(1)..)
+            .map(|(id, _)| *id)
+            .find(|id| *id != active && !pinned.contains(id))
+    }
+
     /// The oldest segment, unless it is the one being written or has records on their way
     /// into the index.
     pub fn oldest_closed(&self) -> Option<u32> {

@@ -19,6 +19,14 @@
 //! scrape time from the engine `hoard_cas_blobs`, `hoard_cas_stored_bytes`, `hoard_ac_entries`,
 //! `hoard_disk_bytes`, `hoard_evictions_total`, `hoard_evicted_bytes_total`,
 //! `hoard_corrupt_blobs_dropped_total`, `hoard_cascade_removals_total`, `hoard_uptime_seconds`, plus `hoard_build_info`.
+//!
+//! The status page (`GET /ui/`) draws from the same registry: [`history`] keeps the last hour
+//! of samples, [`top`] the busiest keys per instance, [`ui`] renders both as JSON next to the
+//! embedded page.
+
+pub mod history;
+pub mod top;
+pub mod ui;
 
 use std::borrow::Cow;
 use std::fmt;
@@ -227,7 +235,16 @@ pub struct Metrics {
     /// Requests served, by [`Protocol::index`] (for `/status`).
     served: [AtomicU64; 2],
     snapshot: Arc<Mutex<EngineSnapshot>>,
+    /// The last hour, for the status page.
+    history: history::History,
+    /// The busiest keys per instance, for the status page.
+    top: top::TopKeys,
+    /// Uploads waiting for the object-store tier; [`NO_TIER`] while none is configured.
+    object_store_queue_depth: AtomicU64,
 }
+
+/// What [`Metrics::object_store_queue_depth`] holds while no object-store tier is configured.
+const NO_TIER: u64 = u64::MAX;
 
 impl fmt::Debug for Metrics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -327,7 +344,43 @@ impl Metrics {
             grpc_buffer_limits,
             served: [AtomicU64::new(0), AtomicU64::new(0)],
             snapshot,
+            history: history::History::new(history::SAMPLES_KEPT),
+            top: top::TopKeys::default(),
+            object_store_queue_depth: AtomicU64::new(NO_TIER),
         }
+    }
+
+    /// The samples of the last hour (filled by [`history::run_sampler`]).
+    pub fn history(&self) -> &history::History {
+        &self.history
+    }
+
+    /// Per-instance traffic by key (counted by [`crate::store::Metered`]).
+    pub fn top_keys(&self) -> &top::TopKeys {
+        &self.top
+    }
+
+    /// Counts a request for the action-cache entry `key` that moved `bytes` (status page).
+    pub fn count_action_traffic(&self, key: &crate::store::ActionKey, bytes: u64) {
+        self.top.count(&key.instance, &hex::encode(key.hash), bytes);
+    }
+
+    /// Counts a read or write of the blob `digest` that moved `bytes` (status page).
+    pub fn count_blob_traffic(&self, digest: &crate::engine::Digest, bytes: u64) {
+        self.top
+            .count(top::CAS_INSTANCE, &digest.to_string(), bytes);
+    }
+
+    /// Publishes how many uploads wait for the object-store tier (the status page shows it;
+    /// nothing is shown until a tier publishes a first value).
+    pub fn publish_object_store_queue_depth(&self, depth: u64) {
+        self.object_store_queue_depth
+            .store(depth.min(NO_TIER - 1), Ordering::Relaxed);
+    }
+
+    /// The last depth a tier published, `None` without a tier.
+    pub fn object_store_queue_depth(&self) -> Option<u64> {
+        Some(self.object_store_queue_depth.load(Ordering::Relaxed)).filter(|&d| d != NO_TIER)
     }
 
     /// Time since this registry was created (server start).
@@ -346,6 +399,11 @@ impl Metrics {
             stats,
             uptime: self.uptime(),
         };
+        self.encode_registry()
+    }
+
+    /// The registry in the Prometheus text format, the store's gauges as last rendered.
+    fn encode_registry(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");

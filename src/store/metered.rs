@@ -95,6 +95,10 @@ impl<S: Store> Store for Metered<S> {
         Box::pin(async move {
             let opened = self.inner.open_blob(digest, offset).await;
             self.count_lookup("read", &opened, true);
+            if opened.is_ok() {
+                self.metrics
+                    .count_blob_traffic(digest, digest.size.saturating_sub(offset));
+            }
             opened
         })
     }
@@ -103,6 +107,9 @@ impl<S: Store> Store for Metered<S> {
         Box::pin(async move {
             let read = self.inner.read_blob(digest).await;
             self.count_lookup("read", &read, true);
+            if read.is_ok() {
+                self.metrics.count_blob_traffic(digest, digest.size);
+            }
             read
         })
     }
@@ -127,12 +134,19 @@ impl<S: Store> Store for Metered<S> {
         Box::pin(async move {
             let found = self.inner.get_action(key, accept).await?;
             self.metrics.ac_lookup(self.protocol, found.is_some());
+            let bytes = found.as_ref().map_or(0, |value| value.bytes.len() as u64);
+            self.metrics.count_action_traffic(key, bytes);
             Ok(found)
         })
     }
 
     fn put_action<'a>(&'a self, key: &'a ActionKey, value: ActionValue) -> StoreFuture<'a, ()> {
-        self.inner.put_action(key, value)
+        Box::pin(async move {
+            let bytes = value.bytes.len() as u64;
+            self.inner.put_action(key, value).await?;
+            self.metrics.count_action_traffic(key, bytes);
+            Ok(())
+        })
     }
 }
 
@@ -172,7 +186,10 @@ impl BlobUpload for MeteredUpload {
             metrics,
             protocol,
         } = *self;
-        counted(&metrics, protocol, inner.commit().await)
+        let digest = inner.expected();
+        counted(&metrics, protocol, inner.commit().await)?;
+        metrics.count_blob_traffic(&digest, digest.size);
+        Ok(())
     }
 }
 

@@ -54,7 +54,11 @@ async fn answer(
         (Route::Ac { instance, hash }, &Method::PUT) => {
             ac::put(store.as_ref(), config, instance, hash, &mut body).await
         }
-        (Route::Status | Route::Metrics, method) => {
+        (Route::Page, &Method::GET | &Method::HEAD) => Ok(status::page()),
+        (Route::PageData, &Method::GET | &Method::HEAD) => {
+            Ok(status::page_data(store.as_ref(), config))
+        }
+        (Route::Status | Route::Metrics | Route::Page | Route::PageData, method) => {
             Err(HttpError::method_not_allowed(method, "GET, HEAD"))
         }
         (Route::Cas { .. } | Route::Ac { .. }, method) => {

@@ -30,6 +30,7 @@ pub(super) fn begin(config: &HttpConfig, request: &Request<RequestBody>) -> Obse
         Ok(Route::Cas { .. }) => "cas",
         Ok(Route::Status) => "status",
         Ok(Route::Metrics) => "metrics",
+        Ok(Route::Page | Route::PageData) => "ui",
         Err(_) => "other",
     };
     let method = request.method().clone();

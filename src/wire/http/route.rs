@@ -1,6 +1,7 @@
 //! Request paths: which resource a path names, parsed strictly.
 //!
-//! Accepted forms are `/status`, `/metrics`, `/{instance...}/ac/{sha256}` and
+//! Accepted forms are `/status`, `/metrics`, the status page (`/`, `/ui/`) and its data
+//! (`/ui/data`), `/{instance...}/ac/{sha256}` and
 //! `/{instance...}/cas/{sha256}`, where the instance (possibly empty) is every segment before the
 //! last `ac`/`cas` segment. The engine never turns keys into file names, but a path that looks
 //! like an attempt to (a `.` or `..` segment, an empty segment, any percent-encoding) is refused
@@ -18,6 +19,10 @@ pub(super) enum Route<'a> {
     Status,
     /// The Prometheus metrics.
     Metrics,
+    /// The status page (`/` and `/ui/`).
+    Page,
+    /// The status page's JSON (`/ui/data`).
+    PageData,
     /// A CAS blob by hash. The CAS is shared by every instance, so a prefix is accepted and
     /// ignored.
     Cas {
@@ -42,6 +47,11 @@ pub(super) fn parse(path: &str) -> Result<Route<'_>, HttpError> {
     }
     if path == "/metrics" {
         return Ok(Route::Metrics);
+    }
+    match path {
+        "/" | "/ui/" => return Ok(Route::Page),
+        "/ui/data" => return Ok(Route::PageData),
+        _ => {}
     }
     if path.contains('%') {
         return Err(bad_path(path, "percent-encoding is not accepted"));
@@ -127,6 +137,9 @@ mod tests {
         );
         assert_eq!(parse("/status").unwrap(), Route::Status);
         assert_eq!(parse("/metrics").unwrap(), Route::Metrics);
+        assert_eq!(parse("/").unwrap(), Route::Page);
+        assert_eq!(parse("/ui/").unwrap(), Route::Page);
+        assert_eq!(parse("/ui/data").unwrap(), Route::PageData);
     }
 
     #[test]
@@ -195,8 +208,8 @@ mod tests {
     #[test]
     fn other_paths_are_not_found() {
         for path in [
-            "/",
             "/favicon.ico",
+            "/ui/other",
             "/status/x",
             "/a/b/c",
             &format!("/cas/{HEX}/x"),

@@ -1,12 +1,13 @@
-//! `GET /status`: what the server holds, as JSON; `GET /metrics`: everything, for Prometheus.
+//! `GET /status`: what the server holds, as JSON; `GET /metrics`: everything, for Prometheus;
+//! `GET /` and `/ui/`: the status page, drawn from `GET /ui/data` (see [`crate::observe::ui`]).
 
-use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE};
 use hyper::Response;
 
 use super::body::Body;
 use super::response::ok;
 use super::HttpConfig;
-use crate::observe::{Protocol, METRICS_CONTENT_TYPE};
+use crate::observe::{ui, Protocol, METRICS_CONTENT_TYPE};
 use crate::store::Store;
 
 /// The store's counters and limits, the uptime, and the requests served so far.
@@ -50,6 +51,29 @@ pub(super) fn metrics(store: &dyn Store, config: &HttpConfig) -> Response<Body> 
         ok(Body::full(config.metrics.render(store.stats()))),
         METRICS_CONTENT_TYPE,
     )
+}
+
+/// The status page. Its policy lets it load nothing but itself and its data.
+pub(super) fn page() -> Response<Body> {
+    let mut response = with_type(ok(Body::full(ui::PAGE)), "text/html; charset=utf-8");
+    response.headers_mut().insert(
+        CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+             connect-src 'self'",
+        ),
+    );
+    response
+}
+
+/// The status page's data: the last hour of samples and one taken now.
+pub(super) fn page_data(store: &dyn Store, config: &HttpConfig) -> Response<Body> {
+    let json = ui::data(&config.metrics, store.stats(), store.limits());
+    let mut response = with_type(ok(Body::full(json)), "application/json");
+    response
+        .headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 fn with_type(mut response: Response<Body>, content_type: &'static str) -> Response<Body> {
