@@ -260,3 +260,27 @@ async fn the_background_scrub_drops_a_cold_corrupt_record() {
     let value = engine.get_action("ci", &[7; 32]).await.unwrap();
     assert_eq!(value.unwrap().1, Bytes::from_static(b"an action value"));
 }
+
+#[tokio::test]
+async fn a_repair_keeps_the_records_that_removed_action_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open_with_blobs(dir.path()).await;
+    let action = Digest::of(b"an action whose result the cascade removed").hash;
+    let value = Bytes::from_static(b"an action result naming a blob that is gone");
+    engine
+        .put_action("", action, AcKind::ActionResult, value.clone())
+        .await
+        .unwrap();
+    let sha = Digest::of(&value).hash;
+    assert!(engine.remove_action_if_value("", action, sha).await.unwrap());
+    engine.shutdown().await;
+    drop(engine);
+
+    corrupt(dir.path(), &blobs()[1]);
+    assert!(report(dir.path(), true).await.is_damaged());
+    assert!(!report(dir.path(), false).await.is_damaged());
+    // The removal record survived the rewrite of its segment: the entry stays removed.
+    let engine = open(config(dir.path())).await;
+    assert!(engine.peek_action("", &action).await.unwrap().is_none());
+    assert!(engine.missing(&[Digest::of(&blobs()[0])]).is_empty());
+}
