@@ -272,7 +272,10 @@ async fn a_repair_keeps_the_records_that_removed_action_results() {
         .await
         .unwrap();
     let sha = Digest::of(&value).hash;
-    assert!(engine.remove_action_if_value("", action, sha).await.unwrap());
+    assert!(engine
+        .remove_action_if_value("", action, sha)
+        .await
+        .unwrap());
     engine.shutdown().await;
     drop(engine);
 

@@ -194,6 +194,10 @@ mod tests {
         action
     }
 
+    async fn holds(engine: &Engine, action: &[u8; 32]) -> bool {
+        engine.peek_action("main", action).await.unwrap().is_some()
+    }
+
     #[tokio::test]
     async fn incomplete_results_are_removed_durably_and_complete_ones_stay() {
         let dir = tempfile::tempdir().unwrap();
@@ -219,40 +223,20 @@ mod tests {
                 removed: 1
             }
         );
-        assert!(engine
-            .peek_action("main", &incomplete)
-            .await
-            .unwrap()
-            .is_none());
-        assert!(engine
-            .peek_action("main", &complete)
-            .await
-            .unwrap()
-            .is_some());
-        assert!(engine.peek_action("main", &opaque).await.unwrap().is_some());
+        assert!(!holds(&engine, &incomplete).await);
+        assert!(holds(&engine, &complete).await);
+        assert!(holds(&engine, &opaque).await);
         assert_eq!(engine.stats().cascade_removals, 1);
 
         // The removal record outlives a restart, after a clean stop or not.
         drop(engine);
         let engine = open(dir.path()).await;
-        assert!(engine
-            .peek_action("main", &incomplete)
-            .await
-            .unwrap()
-            .is_none());
-        assert!(engine
-            .peek_action("main", &complete)
-            .await
-            .unwrap()
-            .is_some());
+        assert!(!holds(&engine, &incomplete).await);
+        assert!(holds(&engine, &complete).await);
         engine.shutdown().await;
         drop(engine);
         let engine = open(dir.path()).await;
-        assert!(engine
-            .peek_action("main", &incomplete)
-            .await
-            .unwrap()
-            .is_none());
+        assert!(!holds(&engine, &incomplete).await);
         assert_eq!(engine.stats().actions, 2);
     }
 
@@ -288,6 +272,6 @@ mod tests {
         let action = put(&engine, b"empty output", naming(&[Digest::EMPTY])).await;
         assert_eq!(sweep(&engine, &config(false)).await.unwrap().removed, 0);
         assert_eq!(sweep(&engine, &config(true)).await.unwrap().removed, 1);
-        assert!(engine.peek_action("main", &action).await.unwrap().is_none());
+        assert!(!holds(&engine, &action).await);
     }
 }
