@@ -222,8 +222,9 @@ async fn a_restart_recovers_every_acknowledged_blob_and_action() {
 #[tokio::test]
 async fn a_torn_segment_tail_recovers_to_the_last_complete_record() {
     let dir = tempfile::tempdir().unwrap();
-    let kept = blob(1, 5000);
-    let torn = blob(2, 5000);
+    // Small enough to be group-committed into the active segment.
+    let kept = blob(1, 4000);
+    let torn = blob(2, 4000);
     let segment = {
         let engine = open(dir.path()).await;
         engine
@@ -242,7 +243,7 @@ async fn a_torn_segment_tail_recovers_to_the_last_complete_record() {
         .write(true)
         .open(&segment)
         .unwrap();
-    file.set_len(len - 2500).unwrap();
+    file.set_len(len - 2000).unwrap();
     drop(file);
 
     let engine = open(dir.path()).await;
@@ -444,8 +445,9 @@ async fn open_and_close_cycles_leave_no_empty_segments_and_a_clean_restart_rehas
 #[tokio::test]
 async fn a_killed_engine_is_verified_once_and_then_sealed() {
     let dir = tempfile::tempdir().unwrap();
-    let kept = blob(8, 10_000);
-    let corrupt = blob(9, 10_000);
+    // Small enough to be group-committed into the active segment.
+    let kept = blob(8, 4000);
+    let corrupt = blob(9, 4000);
     {
         let engine = open(dir.path()).await;
         for data in [&kept, &corrupt] {
