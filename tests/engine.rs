@@ -575,8 +575,8 @@ mod gated {
     use hoard::seam::real_fs::RealFs;
     use hoard::seam::{Fs, FsFile, FsLock};
 
-    /// Which calls stall: given the call (`"sync"` or `"read_at"`) and the path its file was
-    /// opened by.
+    /// Which calls stall: given the call (`"write"`, `"sync"` or `"read_at"`) and the path its
+    /// file was opened by.
     type Rule = Box<dyn FnMut(&str, &Path) -> bool + Send>;
 
     #[derive(Default)]
@@ -700,6 +700,7 @@ mod gated {
     #[async_trait]
     impl FsFile for GatedFile {
         async fn write(&mut self, buf: &[u8]) -> io::Result<()> {
+            self.gate.pass("write", &self.path).await?;
             self.inner.write(buf).await
         }
         async fn flush(&mut self) -> io::Result<()> {
@@ -973,4 +974,32 @@ async fn a_crash_during_write_once_ingest_leaves_nothing_visible() {
     );
     assert_eq!(temp_files(image.path()), 0, "the unfinished upload swept");
     drop(upload);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_upload_whose_write_failed_takes_no_more_bytes_and_never_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, gate) = open_gated(dir.path()).await;
+    let big = blob(80, 300_000);
+    let digest = Digest::of(&big);
+    let mut upload = engine.begin_upload(digest).await.unwrap();
+    upload.write(&big[..100_000]).await.unwrap();
+    // Its file now holds bytes other than those hashed (a failed write may land partly).
+    let tmp = dir.path().join("tmp");
+    gate.stall(move |call, path| call == "write" && path.starts_with(&tmp));
+    let failing = tokio::spawn(async move {
+        let written = upload.write(&big[100_000..200_000]).await;
+        (upload, written)
+    });
+    gate.wait_stalled(1).await;
+    gate.release(true);
+    let (mut upload, written) = failing.await.unwrap();
+    assert!(written.is_err());
+    let rest = blob(80, 300_000);
+    assert!(
+        upload.write(&rest[100_000..]).await.is_err(),
+        "no more bytes"
+    );
+    assert!(upload.commit().await.is_err(), "never committed");
+    assert!(!engine.contains(&digest));
 }

@@ -27,6 +27,9 @@ pub struct Upload {
     hasher: Sha256,
     received: u64,
     stage: Stage,
+    /// A write to the file failed: its contents no longer match what was hashed, so the upload
+    /// takes no more bytes and cannot be committed.
+    broken: bool,
     _permit: Permit,
 }
 
@@ -43,6 +46,7 @@ impl Upload {
             expected,
             hasher: Sha256::new(),
             received: 0,
+            broken: false,
             stage: Stage::Memory(Vec::with_capacity(expected.size as usize)),
             _permit: permit,
         }
@@ -63,6 +67,7 @@ impl Upload {
             expected,
             hasher: Sha256::new(),
             received: 0,
+            broken: false,
             stage: Stage::Segment(Some(solo)),
             _permit: permit,
         })
@@ -88,22 +93,40 @@ impl Upload {
                 received: after,
             });
         }
+        self.check_intact()?;
         match &mut self.stage {
-            Stage::Memory(buffer) => buffer.extend_from_slice(data),
+            Stage::Memory(buffer) => {
+                buffer.extend_from_slice(data);
+                self.hasher.update(data);
+            }
             Stage::Segment(solo) => {
-                solo.as_mut()
-                    .expect("open until commit")
-                    .write(data)
-                    .await?
+                let solo = solo.as_mut().expect("open until commit");
+                // Hash while the write is under way (it goes to the file on a blocking thread).
+                let hasher = &mut self.hasher;
+                let (written, ()) = futures::join!(solo.write(data), async { hasher.update(data) });
+                if let Err(e) = written {
+                    self.broken = true;
+                    return Err(e);
+                }
             }
         }
-        self.hasher.update(data);
         self.received = after;
+        Ok(())
+    }
+
+    fn check_intact(&self) -> Result<(), Error> {
+        if self.broken {
+            return Err(Error::io(
+                format!("upload of {}", self.expected),
+                std::io::Error::other("an earlier write of this upload failed"),
+            ));
+        }
         Ok(())
     }
 
     /// Verifies size and hash, then makes the blob durable and indexed. `Ok` means acknowledged.
     pub async fn commit(mut self) -> Result<(), Error> {
+        self.check_intact()?;
         let expected = self.expected;
         if self.received != expected.size {
             return Err(Error::SizeMismatch {
