@@ -237,6 +237,18 @@ struct Segment {
     durability: Option<Arc<Durability>>,
 }
 
+impl Segment {
+    /// A segment of `len` bytes that takes no more records, its reader not yet open.
+    fn closed(len: u64) -> Segment {
+        Segment {
+            len,
+            reader: None,
+            used: 0,
+            durability: None,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Segments {
     map: BTreeMap<u32, Segment>,
@@ -370,15 +382,7 @@ impl SegmentLog {
                 removed += 1;
                 continue;
             }
-            segments.map.insert(
-                id,
-                Segment {
-                    len,
-                    reader: None,
-                    used: 0,
-                    durability: None,
-                },
-            );
+            segments.map.insert(id, Segment::closed(len));
         }
         if removed > 0 {
             fs.sync_dir(&dir)
@@ -656,10 +660,7 @@ impl SegmentLog {
             writer.file.sync().await?;
             writer.durability.mark_synced(writer.end);
         }
-        let footer = writer.footer.finish(writer.end);
-        writer.file.write(&footer).await?;
-        writer.file.sync().await?;
-        writer.end += footer.len() as u64;
+        writer.end = write_footer(writer.file.as_mut(), &writer.footer, writer.end).await?;
         writer.durability.mark_synced(writer.end);
         Ok(())
     }
@@ -918,10 +919,7 @@ impl SegmentLog {
             file.sync().await?;
             let mut footer = FooterBuilder::default();
             footer.push(&key, payload_at, payload_len, &sha256);
-            let bytes = footer.finish(end);
-            file.write(&bytes).await?;
-            file.sync().await?;
-            Ok::<_, io::Error>(end + bytes.len() as u64)
+            write_footer(file.as_mut(), &footer, end).await
         }
         .await;
         let len = match sealed {
@@ -948,15 +946,7 @@ impl SegmentLog {
         self.sealed.lock().expect("sealed set").insert(id);
         let active = self.active.load(Ordering::Acquire);
         let mut segments = self.segments.lock().expect("segments");
-        segments.map.insert(
-            id,
-            Segment {
-                len,
-                reader: None,
-                used: 0,
-                durability: None,
-            },
-        );
+        segments.map.insert(id, Segment::closed(len));
         // Flushed and synced: its own descriptor is the segment's reader from now on.
         segments.admit_reader(id, Arc::from(file), active);
         let location = Location {
@@ -986,6 +976,16 @@ fn from_footer(segment: u32, entry: record::FooterEntry) -> Recovered {
         key: entry.key,
         verified: false,
     }
+}
+
+/// Seals a segment whose records end at `end` (and are durable already: a footer must never
+/// share a sync with the records it names): writes the footer and trailer, syncs them, and
+/// returns the segment's length.
+async fn write_footer(file: &mut dyn FsFile, footer: &FooterBuilder, end: u64) -> io::Result<u64> {
+    let bytes = footer.finish(end);
+    file.write(&bytes).await?;
+    file.sync().await?;
+    Ok(end + bytes.len() as u64)
 }
 
 /// Reads `len` bytes at `offset` of the payload at `location` through `reader`.
@@ -1313,13 +1313,7 @@ async fn recover_segment(
     if footer.is_empty() {
         return Ok(0);
     }
-    let sealed = async {
-        let bytes = footer.finish(valid_end);
-        file.write(&bytes).await?;
-        file.sync().await?;
-        Ok::<_, io::Error>(valid_end + bytes.len() as u64)
-    }
-    .await;
+    let sealed = write_footer(file.as_mut(), &footer, valid_end).await;
     let len = match sealed {
         Ok(len) => len,
         Err(e) => {
