@@ -1,5 +1,10 @@
-//! Throughput of the gRPC front end over loopback, next to the machine's SHA-256 speed (every
-//! byte written is hashed at least once, so that is the ceiling to compare against).
+//! Throughput of the gRPC front end over loopback, with the server's CPU time per MB, next to
+//! the machine's SHA-256 speed (every byte written is hashed once, so that is the floor of the
+//! CPU cost) and next to the targets of issue 17.
+//!
+//! The server runs on a runtime of its own whose threads (workers and blocking pool) are named
+//! `hoard-server`: their CPU time, read from `/proc/self/task`, is the server's. The load
+//! client runs on another runtime in the same process. Numbers on a shared machine are noisy.
 //!
 //! Run: `cargo run --release --example bench_grpc` (the data directory is a temp dir under
 //! `$TMPDIR`; set `TMPDIR` to bench another disk).
@@ -9,14 +14,26 @@ fn main() {}
 
 #[cfg(not(madsim))]
 fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    tokio::runtime::Builder::new_multi_thread()
+    use std::time::Duration;
+    let server = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()?
-        .block_on(bench::run())
+        .thread_name(bench::SERVER_THREAD)
+        // Idle blocking threads must not exit mid-measurement, taking their CPU time along.
+        .thread_keep_alive(Duration::from_secs(3600))
+        .build()?;
+    let client = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("bench-client")
+        .build()?;
+    let dir = tempfile::tempdir()?;
+    let (engine, addr) = server.block_on(bench::start(dir.path()))?;
+    client.block_on(bench::run(engine, addr, server.handle().clone()))
 }
 
 #[cfg(not(madsim))]
 mod bench {
+    use std::net::SocketAddr;
+    use std::path::Path;
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
@@ -24,27 +41,40 @@ mod bench {
     use hoard::engine::{Digest, Engine, EngineConfig};
     use hoard::proto::bytestream::byte_stream_client::ByteStreamClient;
     use hoard::proto::bytestream::{ReadRequest, WriteRequest};
+    use hoard::proto::reapi::action_cache_client::ActionCacheClient;
     use hoard::proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
-    use hoard::proto::reapi::{batch_update_blobs_request, BatchUpdateBlobsRequest};
+    use hoard::proto::reapi::{
+        batch_update_blobs_request, ActionResult, BatchUpdateBlobsRequest, FindMissingBlobsRequest,
+        GetActionResultRequest, OutputFile, UpdateActionResultRequest,
+    };
     use hoard::seam::real_fs::RealFs;
     use hoard::seam::TokioRuntime;
     use hoard::wire::grpc::{self, GrpcConfig};
+    use tokio::runtime::Handle;
     use tonic::transport::Channel;
 
     type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
+    /// The name of every server thread (at most 15 bytes: Linux truncates thread names).
+    pub const SERVER_THREAD: &str = "hoard-server";
     const MIB: f64 = (1 << 20) as f64;
     const BIG: usize = 256 << 20;
     const CHUNK: usize = 1 << 20;
     const SMALL: usize = 4 << 10;
     const SMALL_PER_BATCH: usize = 256;
     const BATCHES: usize = 40;
+    const BATCH_CALLERS: usize = 4;
     const SMALL_WRITES: usize = 2000;
+    const AC_CALLERS: usize = 16;
+    const AC_GETS_PER_CALLER: usize = 2000;
+    const AC_ENTRIES: usize = 100;
+    const FIND_MISSING: usize = 10_000;
+    const FIND_MISSING_RUNS: usize = 30;
 
-    pub async fn run() -> Result<()> {
-        let dir = tempfile::tempdir()?;
+    /// Opens the engine and serves gRPC on loopback (call on the server runtime).
+    pub async fn start(dir: &Path) -> Result<(Arc<Engine>, SocketAddr)> {
         let engine = Engine::open(
-            EngineConfig::new(dir.path()),
+            EngineConfig::new(dir),
             Arc::new(RealFs),
             Arc::new(TokioRuntime),
         )
@@ -57,6 +87,60 @@ mod bench {
             listener,
             std::future::pending(),
         ));
+        Ok((engine, addr))
+    }
+
+    /// CPU time the server's threads used so far.
+    fn server_cpu() -> Duration {
+        let mut total = Duration::ZERO;
+        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+            return total;
+        };
+        for task in tasks.flatten() {
+            let path = task.path();
+            let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+            if name.trim_end() != SERVER_THREAD {
+                continue;
+            }
+            // schedstat's first field: nanoseconds on CPU.
+            let nanos = std::fs::read_to_string(path.join("schedstat"))
+                .ok()
+                .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok());
+            total += Duration::from_nanos(nanos.unwrap_or(0));
+        }
+        total
+    }
+
+    /// Wall time and server CPU time of `work`.
+    async fn measure<T>(work: impl std::future::Future<Output = T>) -> (T, Duration, Duration) {
+        let (cpu, started) = (server_cpu(), Instant::now());
+        let out = work.await;
+        (out, started.elapsed(), server_cpu() - cpu)
+    }
+
+    fn row(what: &str, value: String, target: &str, detail: String) {
+        println!("{what:<44} {value:>22}  {target:<14} {detail}");
+    }
+
+    fn throughput(what: &str, bytes: usize, elapsed: Duration, cpu: Duration, target: &str) {
+        let mb = bytes as f64 / MIB;
+        row(
+            what,
+            format!(
+                "{:.0} MB/s {:.2} ms/MB",
+                mb / elapsed.as_secs_f64(),
+                cpu.as_secs_f64() * 1000.0 / mb
+            ),
+            target,
+            format!(
+                "({:.2} s wall, {:.2} s server CPU)",
+                elapsed.as_secs_f64(),
+                cpu.as_secs_f64()
+            ),
+        );
+    }
+
+    pub async fn run(engine: Arc<Engine>, addr: SocketAddr, server: Handle) -> Result<()> {
         let channel = Channel::from_shared(format!("http://{addr}"))?
             .initial_stream_window_size(Some(8 << 20))
             .initial_connection_window_size(Some(32 << 20))
@@ -66,81 +150,215 @@ mod bench {
         let bytestream = ByteStreamClient::new(channel.clone())
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit);
-        let cas = ContentAddressableStorageClient::new(channel);
+        let cas = ContentAddressableStorageClient::new(channel.clone());
+        println!("{:<44} {:>22}  {:<14}", "what", "measured", "target");
 
         let big = pseudo_random(BIG);
         let started = Instant::now();
         let digest = Digest::of(&big);
-        report("sha256, one core", BIG, started.elapsed());
-
-        // The same work without gRPC, to show what the front end adds.
-        let direct = pseudo_random_seeded(1, BIG);
-        let direct_digest = Digest::of(&direct);
-        let started = Instant::now();
-        let mut staged = engine.begin_upload(direct_digest).await?;
-        for chunk in direct.chunks(CHUNK) {
-            staged.write(chunk).await?;
-        }
-        staged.commit().await?;
-        report("engine upload (no gRPC), 256 MiB", BIG, started.elapsed());
-        drop(direct);
-
-        let started = Instant::now();
-        upload(bytestream.clone(), "big", &big, &digest).await?;
-        report(
-            "ByteStream.Write, 256 MiB blob, 1 MiB chunks",
-            BIG,
-            started.elapsed(),
+        let elapsed = started.elapsed();
+        row(
+            "sha256, one core (the floor of CPU/MB)",
+            format!(
+                "{:.0} MB/s {:.2} ms/MB",
+                BIG as f64 / MIB / elapsed.as_secs_f64(),
+                elapsed.as_secs_f64() * 1000.0 / (BIG as f64 / MIB)
+            ),
+            "",
+            String::new(),
         );
 
-        let started = Instant::now();
-        let read = download(bytestream.clone(), &digest).await?;
-        report("ByteStream.Read, 256 MiB blob", read, started.elapsed());
-        assert_eq!(read, BIG);
+        // The same work without gRPC, to show what the front end adds.
+        let direct = Arc::new(pseudo_random_seeded(1, BIG));
+        let ((), elapsed, cpu) = measure(async {
+            let (engine, direct) = (engine.clone(), direct.clone());
+            server
+                .spawn(async move {
+                    let mut upload = engine.begin_upload(Digest::of(&direct)).await?;
+                    for chunk in direct.chunks(CHUNK) {
+                        upload.write(chunk).await?;
+                    }
+                    upload.commit().await
+                })
+                .await
+                .expect("upload task")
+                .expect("direct upload");
+        })
+        .await;
+        throughput("engine upload (no gRPC), 256 MiB", BIG, elapsed, cpu, "");
+        drop(direct);
 
-        let started = Instant::now();
-        for batch in 0..BATCHES {
-            batch_update(cas.clone(), batch).await?;
-        }
-        let blobs = BATCHES * SMALL_PER_BATCH;
-        let elapsed = started.elapsed();
-        println!(
-            "{:<48} {:>10.0} blobs/s ({} calls of {SMALL_PER_BATCH} x 4 KiB, {:.2} s)",
-            "BatchUpdateBlobs, 4 KiB blobs, one client",
-            blobs as f64 / elapsed.as_secs_f64(),
-            BATCHES,
-            elapsed.as_secs_f64()
+        let (uploaded, elapsed, cpu) =
+            measure(upload(bytestream.clone(), "big", &big, &digest)).await;
+        uploaded?;
+        throughput(
+            "ByteStream.Write, 256 MiB, 1 MiB chunks",
+            BIG,
+            elapsed,
+            cpu,
+            ">=400, <=1.2",
+        );
+
+        let (read, elapsed, cpu) = measure(download(bytestream.clone(), &digest)).await;
+        assert_eq!(read?, BIG);
+        throughput("ByteStream.Read, 256 MiB", BIG, elapsed, cpu, "");
+        drop(big);
+
+        // The engine's part of a batch: the same puts without gRPC, as many at once as the batch
+        // calls make.
+        let engine_puts = BATCHES * SMALL_PER_BATCH;
+        let ((), elapsed, cpu) = measure(async {
+            let engine = engine.clone();
+            server
+                .spawn(async move {
+                    futures::stream::iter(0..engine_puts)
+                        .map(|i| {
+                            let data =
+                                bytes::Bytes::from(pseudo_random_seeded(2 << 40 | i as u64, SMALL));
+                            let engine = engine.clone();
+                            async move { engine.put_blob(Digest::of(&data), data).await }
+                        })
+                        .buffer_unordered(BATCH_CALLERS * 16)
+                        .collect::<Vec<_>>()
+                        .await
+                        .into_iter()
+                        .collect::<std::result::Result<Vec<_>, _>>()
+                })
+                .await
+                .expect("put task")
+                .expect("engine puts");
+        })
+        .await;
+        row(
+            "engine put_blob, 4 KiB blobs (no gRPC)",
+            format!("{:.0} blobs/s", engine_puts as f64 / elapsed.as_secs_f64()),
+            "",
+            format!(
+                "({} at once, {:.1} us server CPU per blob)",
+                BATCH_CALLERS * 16,
+                cpu.as_secs_f64() * 1e6 / engine_puts as f64
+            ),
+        );
+
+        let (batches, elapsed, cpu) = measure(
+            futures::stream::iter(0..BATCHES)
+                .map(|batch| batch_update(cas.clone(), batch))
+                .buffer_unordered(BATCH_CALLERS)
+                .collect::<Vec<_>>(),
+        )
+        .await;
+        let stored: Vec<Digest> = batches
+            .into_iter()
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .flatten()
+            .collect();
+        let blobs = stored.len() as f64;
+        row(
+            "BatchUpdateBlobs, 4 KiB blobs",
+            format!("{:.0} blobs/s", blobs / elapsed.as_secs_f64()),
+            ">=40000",
+            format!(
+                "({BATCHES} calls of {SMALL_PER_BATCH}, {BATCH_CALLERS} callers, {:.1} us server CPU per blob)",
+                cpu.as_secs_f64() * 1e6 / blobs
+            ),
         );
 
         // Bazel sends every blob, however small, as its own ByteStream.Write.
-        let started = Instant::now();
-        futures::stream::iter(0..SMALL_WRITES)
-            .map(|i| {
-                let data = pseudo_random_seeded(1 << 40 | i as u64, SMALL);
-                let client = bytestream.clone();
-                async move { upload(client, &format!("small-{i}"), &data, &Digest::of(&data)).await }
-            })
-            .buffer_unordered(32)
-            .collect::<Vec<_>>()
-            .await
+        let (writes, elapsed, cpu) =
+            measure(
+                futures::stream::iter(0..SMALL_WRITES)
+                    .map(|i| {
+                        let data = pseudo_random_seeded(1 << 40 | i as u64, SMALL);
+                        let client = bytestream.clone();
+                        async move {
+                            upload(client, &format!("small-{i}"), &data, &Digest::of(&data)).await
+                        }
+                    })
+                    .buffer_unordered(32)
+                    .collect::<Vec<_>>(),
+            )
+            .await;
+        writes.into_iter().collect::<Result<Vec<_>>>()?;
+        row(
+            "ByteStream.Write, 4 KiB blobs, 32 in flight",
+            format!(
+                "{:.0} writes/s",
+                SMALL_WRITES as f64 / elapsed.as_secs_f64()
+            ),
+            "",
+            format!(
+                "({:.1} us server CPU per write)",
+                cpu.as_secs_f64() * 1e6 / SMALL_WRITES as f64
+            ),
+        );
+
+        let ac = ActionCacheClient::new(channel.clone());
+        let actions = store_actions(ac.clone(), &stored).await?;
+        let (hits, elapsed, cpu) =
+            measure(futures::future::join_all((0..AC_CALLERS).map(|caller| {
+                let (ac, actions) = (ac.clone(), actions.clone());
+                async move { get_actions(ac, &actions, caller).await }
+            })))
+            .await;
+        let hits: usize = hits
             .into_iter()
-            .collect::<Result<Vec<_>>>()?;
-        let elapsed = started.elapsed();
-        println!(
-            "{:<48} {:>10.0} writes/s ({SMALL_WRITES} writes, 32 in flight, {:.2} s)",
-            "ByteStream.Write, 4 KiB blobs",
-            SMALL_WRITES as f64 / elapsed.as_secs_f64(),
-            elapsed.as_secs_f64()
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .sum();
+        row(
+            "GetActionResult hits, 16 callers",
+            format!("{:.0} hits/s", hits as f64 / elapsed.as_secs_f64()),
+            ">=20000",
+            format!(
+                "({hits} hits, {:.1} us server CPU per hit)",
+                cpu.as_secs_f64() * 1e6 / hits as f64
+            ),
+        );
+
+        // A build's FindMissingBlobs: mostly present, some not.
+        let mut digests: Vec<Digest> = stored.iter().copied().take(FIND_MISSING * 9 / 10).collect();
+        let absent = (0..).map(|i| Digest::of(format!("absent {i}").as_bytes()));
+        digests.extend(absent.take(FIND_MISSING - digests.len()));
+        let mut latencies = Vec::new();
+        for _ in 0..FIND_MISSING_RUNS {
+            let request = FindMissingBlobsRequest {
+                blob_digests: digests
+                    .iter()
+                    .map(|d| hoard::proto::reapi::Digest {
+                        hash: d.hex(),
+                        size_bytes: d.size as i64,
+                    })
+                    .collect(),
+                ..Default::default()
+            };
+            let started = Instant::now();
+            let missing = cas.clone().find_missing_blobs(request).await?;
+            latencies.push(started.elapsed());
+            assert_eq!(
+                missing.into_inner().missing_blob_digests.len(),
+                FIND_MISSING / 10
+            );
+        }
+        latencies.sort();
+        let started = Instant::now();
+        let missing = engine.missing(&digests);
+        let engine_elapsed = started.elapsed();
+        assert_eq!(missing.len(), FIND_MISSING / 10);
+        row(
+            "FindMissingBlobs, 10k digests (90% present)",
+            format!(
+                "{:.2} ms median",
+                latencies[latencies.len() / 2].as_secs_f64() * 1000.0
+            ),
+            "<5",
+            format!(
+                "(p90 {:.2} ms, {FIND_MISSING_RUNS} calls; the engine's lookups {:.2} ms)",
+                latencies[latencies.len() * 9 / 10].as_secs_f64() * 1000.0,
+                engine_elapsed.as_secs_f64() * 1000.0
+            ),
         );
         Ok(())
-    }
-
-    fn report(what: &str, bytes: usize, elapsed: Duration) {
-        println!(
-            "{what:<48} {:>10.0} MB/s ({:.2} s)",
-            bytes as f64 / MIB / elapsed.as_secs_f64(),
-            elapsed.as_secs_f64()
-        );
     }
 
     async fn upload(
@@ -185,21 +403,22 @@ mod bench {
         Ok(read)
     }
 
+    /// One BatchUpdateBlobs call of distinct 4 KiB blobs; returns their digests.
     async fn batch_update(
         mut client: ContentAddressableStorageClient<Channel>,
         batch: usize,
-    ) -> Result<()> {
-        let requests = (0..SMALL_PER_BATCH)
-            .map(|i| {
-                let data = pseudo_random_seeded((batch * SMALL_PER_BATCH + i) as u64, SMALL);
-                batch_update_blobs_request::Request {
-                    digest: Some(hoard::proto::reapi::Digest {
-                        hash: Digest::of(&data).hex(),
-                        size_bytes: SMALL as i64,
-                    }),
-                    data: data.into(),
-                    compressor: 0,
-                }
+    ) -> Result<Vec<Digest>> {
+        let blobs: Vec<Vec<u8>> = (0..SMALL_PER_BATCH)
+            .map(|i| pseudo_random_seeded((batch * SMALL_PER_BATCH + i) as u64, SMALL))
+            .collect();
+        let digests: Vec<Digest> = blobs.iter().map(|b| Digest::of(b)).collect();
+        let requests = blobs
+            .into_iter()
+            .zip(&digests)
+            .map(|(data, digest)| batch_update_blobs_request::Request {
+                digest: Some(wire(digest)),
+                data: data.into(),
+                compressor: 0,
             })
             .collect();
         let responses = client
@@ -213,7 +432,60 @@ mod bench {
         assert!(responses
             .iter()
             .all(|r| r.status.as_ref().is_some_and(|s| s.code == 0)));
-        Ok(())
+        Ok(digests)
+    }
+
+    fn wire(digest: &Digest) -> hoard::proto::reapi::Digest {
+        hoard::proto::reapi::Digest {
+            hash: digest.hex(),
+            size_bytes: digest.size as i64,
+        }
+    }
+
+    /// Stores [`AC_ENTRIES`] action results, each naming a stored blob; returns their keys.
+    async fn store_actions(
+        mut client: ActionCacheClient<Channel>,
+        blobs: &[Digest],
+    ) -> Result<Arc<Vec<Digest>>> {
+        let mut keys = Vec::new();
+        for i in 0..AC_ENTRIES {
+            let key = Digest::of(format!("action {i}").as_bytes());
+            let result = ActionResult {
+                output_files: vec![OutputFile {
+                    path: format!("out/{i}"),
+                    digest: Some(wire(&blobs[i % blobs.len()])),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            };
+            client
+                .update_action_result(UpdateActionResultRequest {
+                    action_digest: Some(wire(&key)),
+                    action_result: Some(result),
+                    ..Default::default()
+                })
+                .await?;
+            keys.push(key);
+        }
+        Ok(Arc::new(keys))
+    }
+
+    /// [`AC_GETS_PER_CALLER`] hits, one call at a time; returns how many.
+    async fn get_actions(
+        mut client: ActionCacheClient<Channel>,
+        keys: &[Digest],
+        caller: usize,
+    ) -> Result<usize> {
+        for i in 0..AC_GETS_PER_CALLER {
+            let key = &keys[(caller * 7 + i) % keys.len()];
+            client
+                .get_action_result(GetActionResultRequest {
+                    action_digest: Some(wire(key)),
+                    ..Default::default()
+                })
+                .await?;
+        }
+        Ok(AC_GETS_PER_CALLER)
     }
 
     fn pseudo_random(len: usize) -> Vec<u8> {

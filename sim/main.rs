@@ -9,6 +9,8 @@ mod ccache;
 #[cfg(madsim)]
 mod fs;
 #[cfg(madsim)]
+mod fsync_latency;
+#[cfg(madsim)]
 mod oracle;
 #[cfg(madsim)]
 mod plan;

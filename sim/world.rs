@@ -28,6 +28,7 @@ use sha2::{Digest as _, Sha256};
 use tonic::transport::Channel;
 
 use crate::fs::SimFs;
+use crate::fsync_latency::FsyncLatency;
 pub use crate::oracle::Failure;
 use crate::oracle::{Oracle, Pool};
 use crate::plan::Plan;
@@ -150,7 +151,7 @@ fn start_server(handle: &Handle, fs: &SimFs, config: ServeConfig, stops: Arc<Sto
                     };
                     let served = server::serve(
                         config.clone(),
-                        Arc::new(fs.clone()),
+                        Arc::new(FsyncLatency::new(Arc::new(fs.clone()))),
                         Arc::new(TokioRuntime),
                         stop,
                     )

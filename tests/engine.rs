@@ -222,8 +222,9 @@ async fn a_restart_recovers_every_acknowledged_blob_and_action() {
 #[tokio::test]
 async fn a_torn_segment_tail_recovers_to_the_last_complete_record() {
     let dir = tempfile::tempdir().unwrap();
-    let kept = blob(1, 5000);
-    let torn = blob(2, 5000);
+    // Small enough to be group-committed into the active segment.
+    let kept = blob(1, 4000);
+    let torn = blob(2, 4000);
     let segment = {
         let engine = open(dir.path()).await;
         engine
@@ -242,7 +243,7 @@ async fn a_torn_segment_tail_recovers_to_the_last_complete_record() {
         .write(true)
         .open(&segment)
         .unwrap();
-    file.set_len(len - 2500).unwrap();
+    file.set_len(len - 2000).unwrap();
     drop(file);
 
     let engine = open(dir.path()).await;
@@ -444,8 +445,9 @@ async fn open_and_close_cycles_leave_no_empty_segments_and_a_clean_restart_rehas
 #[tokio::test]
 async fn a_killed_engine_is_verified_once_and_then_sealed() {
     let dir = tempfile::tempdir().unwrap();
-    let kept = blob(8, 10_000);
-    let corrupt = blob(9, 10_000);
+    // Small enough to be group-committed into the active segment.
+    let kept = blob(8, 4000);
+    let corrupt = blob(9, 4000);
     {
         let engine = open(dir.path()).await;
         for data in [&kept, &corrupt] {
@@ -558,4 +560,446 @@ async fn a_read_whose_segment_is_evicted_before_it_opened_the_file_is_a_plain_mi
     assert!(!engine.contains(&digest), "evicted meanwhile");
     let err = reader.next_chunk(10_000).await.unwrap_err();
     assert!(matches!(err, Error::NotFound(_)), "{err}");
+}
+
+/// A disk whose `sync` and `read_at` calls can be held (stalled) until the test releases them,
+/// and then fail: a slow or failing fsync on demand.
+mod gated {
+    use std::io;
+    use std::path::{Path, PathBuf};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use bytes::Bytes;
+    use hoard::seam::real_fs::RealFs;
+    use hoard::seam::{Fs, FsFile, FsLock};
+
+    /// Which calls stall: given the call (`"write"`, `"sync"` or `"read_at"`) and the path its
+    /// file was opened by.
+    type Rule = Box<dyn FnMut(&str, &Path) -> bool + Send>;
+
+    #[derive(Default)]
+    struct State {
+        rule: Option<Rule>,
+        stalled: usize,
+        /// Set by [`Gate::release`]: whether the stalled calls then fail.
+        released: Option<bool>,
+    }
+
+    /// Holds the calls its rule picks until released.
+    #[derive(Clone, Default)]
+    pub struct Gate(Arc<Mutex<State>>);
+
+    impl Gate {
+        /// From now on, calls picked by `rule` stall.
+        pub fn stall(&self, rule: impl FnMut(&str, &Path) -> bool + Send + 'static) {
+            let mut state = self.0.lock().unwrap();
+            *state = State {
+                rule: Some(Box::new(rule)),
+                ..State::default()
+            };
+        }
+
+        /// Waits (up to 10 s) until `n` calls are stalled.
+        pub async fn wait_stalled(&self, n: usize) {
+            for _ in 0..1000 {
+                if self.0.lock().unwrap().stalled >= n {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("fewer than {n} calls stalled");
+        }
+
+        /// Lets the stalled calls go on (failing with `EIO` if `fail`); later calls pass.
+        pub fn release(&self, fail: bool) {
+            let mut state = self.0.lock().unwrap();
+            state.rule = None;
+            state.released = Some(fail);
+        }
+
+        async fn pass(&self, call: &str, path: &Path) -> io::Result<()> {
+            {
+                let mut state = self.0.lock().unwrap();
+                let stalls = state.rule.as_mut().is_some_and(|rule| rule(call, path));
+                if !stalls {
+                    return Ok(());
+                }
+                state.stalled += 1;
+            }
+            loop {
+                if let Some(fail) = self.0.lock().unwrap().released {
+                    return if fail {
+                        Err(io::Error::from_raw_os_error(libc::EIO))
+                    } else {
+                        Ok(())
+                    };
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+
+    /// [`RealFs`] behind a [`Gate`].
+    pub struct GatedFs(pub Gate);
+
+    impl GatedFs {
+        fn wrap(&self, file: Box<dyn FsFile>, path: &Path) -> Box<dyn FsFile> {
+            Box::new(GatedFile {
+                inner: file,
+                path: path.to_path_buf(),
+                gate: self.0.clone(),
+            })
+        }
+    }
+
+    #[async_trait]
+    impl Fs for GatedFs {
+        async fn create(&self, path: &Path) -> io::Result<Box<dyn FsFile>> {
+            Ok(self.wrap(RealFs.create(path).await?, path))
+        }
+        async fn open_append(&self, path: &Path) -> io::Result<Box<dyn FsFile>> {
+            Ok(self.wrap(RealFs.open_append(path).await?, path))
+        }
+        async fn open_read(&self, path: &Path) -> io::Result<Box<dyn FsFile>> {
+            Ok(self.wrap(RealFs.open_read(path).await?, path))
+        }
+        async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+            RealFs.rename(from, to).await
+        }
+        async fn remove(&self, path: &Path) -> io::Result<()> {
+            RealFs.remove(path).await
+        }
+        async fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
+            RealFs.list_dir(path).await
+        }
+        async fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+            RealFs.create_dir_all(path).await
+        }
+        async fn sync_dir(&self, path: &Path) -> io::Result<()> {
+            RealFs.sync_dir(path).await
+        }
+        async fn len(&self, path: &Path) -> io::Result<u64> {
+            RealFs.len(path).await
+        }
+        async fn free_space(&self, path: &Path) -> io::Result<u64> {
+            RealFs.free_space(path).await
+        }
+        async fn lock(&self, path: &Path) -> io::Result<Box<dyn FsLock>> {
+            RealFs.lock(path).await
+        }
+    }
+
+    struct GatedFile {
+        inner: Box<dyn FsFile>,
+        path: PathBuf,
+        gate: Gate,
+    }
+
+    #[async_trait]
+    impl FsFile for GatedFile {
+        async fn write(&mut self, buf: &[u8]) -> io::Result<()> {
+            self.gate.pass("write", &self.path).await?;
+            self.inner.write(buf).await
+        }
+        async fn flush(&mut self) -> io::Result<()> {
+            self.inner.flush().await
+        }
+        async fn sync(&mut self) -> io::Result<()> {
+            self.gate.pass("sync", &self.path).await?;
+            self.inner.sync().await
+        }
+        async fn read_at(&self, offset: u64, len: usize) -> io::Result<Bytes> {
+            self.gate.pass("read_at", &self.path).await?;
+            self.inner.read_at(offset, len).await
+        }
+        async fn truncate(&mut self, len: u64) -> io::Result<()> {
+            self.inner.truncate(len).await
+        }
+        async fn len(&self) -> io::Result<u64> {
+            self.inner.len().await
+        }
+        async fn close(mut self: Box<Self>) -> io::Result<()> {
+            self.inner.close().await
+        }
+    }
+}
+
+async fn open_gated(dir: &Path) -> (Arc<Engine>, gated::Gate) {
+    let gate = gated::Gate::default();
+    let fs = Arc::new(gated::GatedFs(gate.clone()));
+    let engine = Engine::open(config(dir), fs, Arc::new(TokioRuntime))
+        .await
+        .expect("engine opens");
+    (engine, gate)
+}
+
+const PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Waits (up to [`PATIENCE`]) until the file at `path` holds at least `len` bytes.
+async fn wait_for_len(path: &Path, len: u64) {
+    for _ in 0..1000 {
+        if std::fs::metadata(path).map_or(0, |m| m.len()) >= len {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("{} never reached {len} bytes", path.display());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_large_commit_does_not_hold_up_small_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, gate) = open_gated(dir.path()).await;
+    let big = blob(30, 300_000);
+    let digest = Digest::of(&big);
+    let mut upload = engine.begin_upload(digest).await.unwrap();
+    upload.write(&big).await.unwrap();
+    // The large record's disk stalls once its bytes were synced once (its footer's sync; a
+    // copy out of a staging file would stall on reading it, under the segment writer lock).
+    let tmp = dir.path().join("tmp");
+    let mut calls = 0;
+    gate.stall(move |call, path| {
+        let counted = path.starts_with(&tmp) && (call == "sync" || call == "read_at");
+        calls += usize::from(counted);
+        counted && calls >= 2
+    });
+    let commit = tokio::spawn(upload.commit());
+    gate.wait_stalled(1).await;
+    let small = blob(31, 1000);
+    tokio::time::timeout(PATIENCE, engine.put_blob(Digest::of(&small), small.clone()))
+        .await
+        .expect("a small commit does not wait for a large one")
+        .unwrap();
+    assert!(!commit.is_finished());
+    assert!(
+        !engine.contains(&digest),
+        "not indexed before it is durable"
+    );
+    gate.release(false);
+    commit.await.unwrap().unwrap();
+    assert_eq!(read_all(&engine, &digest).await, big);
+    assert_eq!(read_all(&engine, &Digest::of(&small)).await, small);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_and_large_commits_go_on_while_a_group_commit_fsync_is_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, gate) = open_gated(dir.path()).await;
+    let segments = dir.path().join("segments");
+    let stalled_dir = segments.clone();
+    gate.stall(move |call, path| call == "sync" && path.starts_with(&stalled_dir));
+    let first = blob(40, 1000);
+    let a = tokio::spawn({
+        let (engine, first) = (engine.clone(), first.clone());
+        async move { engine.put_blob(Digest::of(&first), first).await }
+    });
+    gate.wait_stalled(1).await;
+    let segment = segments.join("0000000001.seg");
+    let before = std::fs::metadata(&segment).unwrap().len();
+    let later: Vec<Bytes> = (41..44).map(|seed| blob(seed, 1000)).collect();
+    let waiting: Vec<_> = later
+        .iter()
+        .map(|data| {
+            let (engine, data) = (engine.clone(), data.clone());
+            tokio::spawn(async move { engine.put_blob(Digest::of(&data), data).await })
+        })
+        .collect();
+    // Their records are appended (written and flushed) while the first fsync is in flight.
+    wait_for_len(&segment, before + 3 * 1000).await;
+    // A large upload commits meanwhile, into a segment of its own.
+    let big = blob(45, 300_000);
+    tokio::time::timeout(PATIENCE, engine.put_blob(Digest::of(&big), big.clone()))
+        .await
+        .expect("a large commit does not wait for the active segment's fsync")
+        .unwrap();
+    assert!(!a.is_finished());
+    for (data, task) in later.iter().zip(&waiting) {
+        assert!(!task.is_finished());
+        assert!(!engine.contains(&Digest::of(data)), "not acknowledged");
+    }
+    gate.release(false);
+    a.await.unwrap().unwrap();
+    for task in waiting {
+        task.await.unwrap().unwrap();
+    }
+    for data in later.iter().chain([&first, &big]) {
+        assert_eq!(read_all(&engine, &Digest::of(data)).await, data);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_group_commit_fsync_acknowledges_nobody() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, gate) = open_gated(dir.path()).await;
+    let segments = dir.path().join("segments");
+    let stalled_dir = segments.clone();
+    gate.stall(move |call, path| call == "sync" && path.starts_with(&stalled_dir));
+    let blobs: Vec<Bytes> = (50..53).map(|seed| blob(seed, 1000)).collect();
+    let put = |data: &Bytes| {
+        let (engine, data) = (engine.clone(), data.clone());
+        tokio::spawn(async move { engine.put_blob(Digest::of(&data), data).await })
+    };
+    let first = put(&blobs[0]);
+    gate.wait_stalled(1).await;
+    let segment = segments.join("0000000001.seg");
+    let before = std::fs::metadata(&segment).unwrap().len();
+    let others: Vec<_> = blobs[1..].iter().map(put).collect();
+    let action = tokio::spawn({
+        let engine = engine.clone();
+        async move {
+            let value = Bytes::from_static(b"result");
+            engine
+                .put_action("", [7; 32], AcKind::ActionResult, value)
+                .await
+        }
+    });
+    wait_for_len(&segment, before + 2 * 1000).await;
+    // The fsync in flight fails: the records it covered and those waiting behind it alike.
+    gate.release(true);
+    assert!(first.await.unwrap().is_err());
+    for task in others {
+        assert!(task.await.unwrap().is_err());
+    }
+    assert!(action.await.unwrap().is_err());
+    for data in &blobs {
+        assert!(!engine.contains(&Digest::of(data)));
+    }
+    assert!(engine.get_action("", &[7; 32]).await.unwrap().is_none());
+    // After the back-off, commits go to a fresh segment.
+    let retry = blob(54, 1000);
+    let mut stored = false;
+    for _ in 0..100 {
+        if engine
+            .put_blob(Digest::of(&retry), retry.clone())
+            .await
+            .is_ok()
+        {
+            stored = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(stored, "the engine recovers after the back-off");
+    assert_eq!(read_all(&engine, &Digest::of(&retry)).await, retry);
+}
+
+#[tokio::test]
+async fn a_large_upload_is_written_once_into_a_sealed_segment_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = blob(60, 300_000);
+    let digest = Digest::of(&big);
+    {
+        let engine = open(dir.path()).await;
+        engine.put_blob(digest, big.clone()).await.unwrap();
+        assert_eq!(temp_files(dir.path()), 0);
+        // Dropped without shutdown, as after kill -9.
+    }
+    let files = segment_files(dir.path());
+    assert_eq!(files, ["0000000001.seg"]);
+    let segment = dir.path().join("segments").join(&files[0]);
+    let bytes = std::fs::read(&segment).unwrap();
+    assert_eq!(
+        &bytes[bytes.len() - 24..bytes.len() - 20],
+        b"HTL\x02",
+        "sealed"
+    );
+    // Its footer is trusted: a start re-hashes nothing, so a payload corrupted behind its back
+    // is still indexed, and the read that verifies it refuses the bytes.
+    corrupt_payload(&segment, &big);
+    let engine = open(dir.path()).await;
+    assert!(engine.contains(&digest), "recovered from the footer");
+    let err = engine.read_blob(&digest, 0, digest.size).await.unwrap_err();
+    assert!(matches!(err, Error::DataLoss(_)), "{err}");
+}
+
+/// Copies a data directory as a crash would find it (the engine still running).
+fn crash_image(dir: &Path) -> tempfile::TempDir {
+    let image = tempfile::tempdir().unwrap();
+    for sub in ["segments", "tmp"] {
+        std::fs::create_dir_all(image.path().join(sub)).unwrap();
+        for entry in std::fs::read_dir(dir.join(sub)).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), image.path().join(sub).join(entry.file_name())).unwrap();
+        }
+    }
+    image
+}
+
+#[tokio::test]
+async fn a_crash_during_write_once_ingest_leaves_nothing_visible() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path()).await;
+    let torn = blob(70, 300_000);
+    let corrupt = blob(71, 300_000);
+    for data in [&torn, &corrupt] {
+        engine
+            .put_blob(Digest::of(data), data.clone())
+            .await
+            .unwrap();
+    }
+    let in_flight = blob(72, 600_000);
+    let mut upload = engine.begin_upload(Digest::of(&in_flight)).await.unwrap();
+    upload.write(&in_flight[..400_000]).await.unwrap();
+    let image = crash_image(dir.path());
+    assert_eq!(temp_files(image.path()), 1, "the upload in progress");
+    // The disk tore both finished segments: one is cut inside its payload, the other lost its
+    // footer and a payload byte.
+    let segments = image.path().join("segments");
+    let short = segments.join("0000000001.seg");
+    let len = std::fs::metadata(&short).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&short)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let unsealed = segments.join("0000000002.seg");
+    let mut bytes = std::fs::read(&unsealed).unwrap();
+    let trailer = &bytes[bytes.len() - 24..];
+    let footer_at = u64::from_le_bytes(trailer[4..12].try_into().unwrap());
+    bytes.truncate(footer_at as usize);
+    std::fs::write(&unsealed, bytes).unwrap();
+    corrupt_payload(&unsealed, &corrupt);
+
+    let recovered = open(image.path()).await;
+    for data in [&torn, &corrupt, &in_flight] {
+        assert!(!recovered.contains(&Digest::of(data)));
+    }
+    assert_eq!(recovered.stats().blobs, 0);
+    assert!(
+        segment_files(image.path()).is_empty(),
+        "both torn segments dropped"
+    );
+    assert_eq!(temp_files(image.path()), 0, "the unfinished upload swept");
+    drop(upload);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_upload_whose_write_failed_takes_no_more_bytes_and_never_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, gate) = open_gated(dir.path()).await;
+    let big = blob(80, 300_000);
+    let digest = Digest::of(&big);
+    let mut upload = engine.begin_upload(digest).await.unwrap();
+    upload.write(&big[..100_000]).await.unwrap();
+    // Its file now holds bytes other than those hashed (a failed write may land partly).
+    let tmp = dir.path().join("tmp");
+    gate.stall(move |call, path| call == "write" && path.starts_with(&tmp));
+    let failing = tokio::spawn(async move {
+        let written = upload.write(&big[100_000..200_000]).await;
+        (upload, written)
+    });
+    gate.wait_stalled(1).await;
+    gate.release(true);
+    let (mut upload, written) = failing.await.unwrap();
+    assert!(written.is_err());
+    let rest = blob(80, 300_000);
+    assert!(
+        upload.write(&rest[100_000..]).await.is_err(),
+        "no more bytes"
+    );
+    assert!(upload.commit().await.is_err(), "never committed");
+    assert!(!engine.contains(&digest));
 }

@@ -1,12 +1,15 @@
 //! The storage engine: a content-addressable store (CAS) and an action cache (AC) on segments.
 //!
 //! A blob's path to durability, and the invariants each step keeps:
-//! 1. [`Upload`] stages the bytes (in memory, or in a temp file under `tmp/` when large) while
-//!    hashing them incrementally; it refuses more bytes than declared.
-//! 2. [`Engine::commit`] checks size and hash. A temp file is **flushed, synced and closed**
-//!    before anything reopens it by path (the founding bug of this project was skipping that).
-//! 3. The bytes are appended to the active segment, re-hashed while copied, and the segment is
-//!    synced (group commit).
+//! 1. [`Upload`] receives the bytes while hashing them once; it refuses more bytes than
+//!    declared. A small blob is held in memory; a large one (over `memory_stage_limit`) is
+//!    written once, as it arrives, into a segment file of its own under `tmp/`.
+//! 2. [`Upload::commit`] checks size and hash.
+//! 3. A small blob is appended to the active segment and synced by a pipelined group commit
+//!    (appends never wait for the fsync in flight). A large one's file is **flushed, synced,
+//!    sealed with its footer and synced** before it is renamed into the log (the founding bug
+//!    of this project was persisting by path before flushing); the directory is synced and it
+//!    joins the log.
 //! 4. Only then is the index entry inserted, and only then does the caller get `Ok`.
 //!
 //! Reads go through the index to (segment, offset, len) and are verified against the digest.
@@ -30,7 +33,9 @@ pub use digest::{parse_hash, Digest, HASH_LEN};
 use index::{Entry, Index};
 pub use record::{AcKind, RecordKey};
 pub use segment::Location;
-use segment::{read_payload, LogOptions, Payload, Pin, ReaderState, SegmentLog, IO_CHUNK};
+use segment::{
+    read_payload, Finish, LogOptions, Payload, Pin, ReaderState, SegmentLog, SoloSegment, IO_CHUNK,
+};
 pub use upload::Upload;
 
 use crate::seam::{Fs, FsFile, FsLock, Runtime};
@@ -57,11 +62,17 @@ pub enum PlantedBug {
     CascadeForgetsEmptyBlob,
     /// The background scrub drops the cold records it reads without comparing their hash.
     ScrubDropsUnverified,
+    /// A large upload's own segment joins the log, and is indexed and acknowledged, with its
+    /// bytes flushed but never synced.
+    SoloIndexedBeforeSync,
+    /// A group commit's fsync marks durable everything flushed when it *ends*, so records
+    /// appended while it was in flight are acknowledged without any fsync covering them.
+    SyncWatermarkOverreach,
 }
 
 impl PlantedBug {
     /// Every planted bug, in the order the simulator hunts them.
-    pub const ALL: [PlantedBug; 7] = [
+    pub const ALL: [PlantedBug; 9] = [
         PlantedBug::UnflushedPersist,
         PlantedBug::IndexBeforeSync,
         PlantedBug::AckBeforeIndex,
@@ -69,6 +80,8 @@ impl PlantedBug {
         PlantedBug::IncompleteActionServed,
         PlantedBug::CascadeForgetsEmptyBlob,
         PlantedBug::ScrubDropsUnverified,
+        PlantedBug::SoloIndexedBeforeSync,
+        PlantedBug::SyncWatermarkOverreach,
     ];
 
     /// The name `hoard-sim --planted` takes.
@@ -81,6 +94,8 @@ impl PlantedBug {
             PlantedBug::IncompleteActionServed => "incomplete-action-served",
             PlantedBug::CascadeForgetsEmptyBlob => "cascade-forgets-empty-blob",
             PlantedBug::ScrubDropsUnverified => "scrub-drops-unverified",
+            PlantedBug::SoloIndexedBeforeSync => "solo-indexed-before-sync",
+            PlantedBug::SyncWatermarkOverreach => "sync-watermark-overreach",
         }
     }
 
@@ -104,7 +119,8 @@ pub struct EngineConfig {
     pub on_evict: Option<EvictionObserver>,
     /// A segment is closed once it reaches about this many bytes.
     pub segment_size: u64,
-    /// Uploads up to this size are staged in memory; larger ones in a temp file.
+    /// Uploads up to this size are held in memory and group-committed; larger ones are written
+    /// once into a segment of their own (as are eviction's copies of such records).
     pub memory_stage_limit: u64,
     /// Uploads that may be in progress at once.
     pub max_concurrent_uploads: usize,
@@ -158,6 +174,16 @@ pub async fn lock_data_dir(fs: &dyn Fs, dir: &std::path::Path) -> Result<Box<dyn
             Error::io(format!("locking {}", dir.display()), e)
         }
     })
+}
+
+/// The index entry of a record just written (and so hashed by its writer).
+fn fresh_entry(location: Location, sha256: [u8; 32]) -> Entry {
+    Entry {
+        location,
+        sha256,
+        verified: true,
+        referenced: false,
+    }
 }
 
 /// A callback told of every record evicted, and of every action result removed (as the
@@ -256,6 +282,7 @@ impl Engine {
         let options = LogOptions {
             target_size: segment_size,
             footer_before_sync: config.planted(PlantedBug::FooterBeforeSync),
+            sync_watermark_overreach: config.planted(PlantedBug::SyncWatermarkOverreach),
         };
         let segments = SegmentLog::open(fs.clone(), runtime.clone(), segment_dir, options, |r| {
             let entry = Entry {
@@ -388,19 +415,14 @@ impl Engine {
                 .free_space(&self.config.dir)
                 .await
                 .map_err(|e| Error::io("checking free space", e))?;
-            // The bytes are written twice (temp file, then segment) before the temp is removed.
-            if expected.size.saturating_mul(2) > free {
+            // Written once, into its final file.
+            if expected.size > free {
                 return Err(Error::NoSpace(format!(
                     "blob {expected} needs {} bytes, {free} are free",
-                    expected.size.saturating_mul(2)
+                    expected.size
                 )));
             }
-            let path = self.tmp_dir.join(format!(
-                "{:016x}{:016x}.upload",
-                self.runtime.random_u64(),
-                self.runtime.random_u64()
-            ));
-            Upload::to_file(self.clone(), expected, permit, path).await
+            Upload::to_segment(self.clone(), expected, permit, self.solo_path()).await
         } else {
             Ok(Upload::in_memory(self.clone(), expected, permit))
         }
@@ -413,24 +435,37 @@ impl Engine {
         upload.commit().await
     }
 
+    /// Where the next solo segment is written until it joins the log.
+    fn solo_path(&self) -> PathBuf {
+        self.tmp_dir.join(format!(
+            "{:016x}{:016x}.upload",
+            self.runtime.random_u64(),
+            self.runtime.random_u64()
+        ))
+    }
+
+    /// The right to commit `digest`, or `None` once it is stored: one commit per digest at a
+    /// time, the others wait and then find it indexed.
+    async fn claim_unless_stored(&self, digest: Digest) -> Option<upload::DigestClaim> {
+        loop {
+            if digest.is_empty() || self.contains(&digest) {
+                return None;
+            }
+            match self.uploads.claim_digest(digest) {
+                Ok(claim) => return Some(claim),
+                Err(wait) => wait.await,
+            }
+        }
+    }
+
     /// Makes a verified blob durable and indexes it; dedupes concurrent commits of one digest.
     async fn persist_blob(
         self: &Arc<Self>,
         digest: Digest,
         payload: Payload<'_>,
     ) -> Result<(), Error> {
-        if digest.is_empty() {
+        let Some(_turn) = self.claim_unless_stored(digest).await else {
             return Ok(());
-        }
-        let _turn = loop {
-            if self.contains(&digest) {
-                return Ok(());
-            }
-            // One commit per digest at a time; the others wait and then find it indexed.
-            match self.uploads.claim_digest(digest) {
-                Ok(claim) => break claim,
-                Err(wait) => wait.await,
-            }
         };
         let key = RecordKey::Blob(digest);
         let appended = self
@@ -441,6 +476,29 @@ impl Engine {
             .await
     }
 
+    /// Makes a verified blob written into a segment of its own durable, joins it to the log and
+    /// indexes it; dedupes like [`Engine::persist_blob`].
+    async fn persist_solo(
+        self: &Arc<Self>,
+        digest: Digest,
+        solo: SoloSegment,
+    ) -> Result<(), Error> {
+        let Some(_turn) = self.claim_unless_stored(digest).await else {
+            let _ = self.janitor.send(solo.path().to_path_buf());
+            return Ok(());
+        };
+        let finish = if self.config.planted(PlantedBug::SoloIndexedBeforeSync) {
+            Finish::Unsynced
+        } else if self.config.planted(PlantedBug::UnflushedPersist) {
+            Finish::Unflushed
+        } else {
+            Finish::Durable
+        };
+        let (location, pin) = self.segments.join(solo, finish).await?;
+        self.index_durable(RecordKey::Blob(digest), digest.hash, location, pin)
+            .await
+    }
+
     /// Syncs a just-appended record, then indexes it: the order every acknowledgement relies on.
     async fn make_durable_and_index(
         self: &Arc<Self>,
@@ -448,17 +506,24 @@ impl Engine {
         sha256: [u8; 32],
         (location, pin): (Location, Pin),
     ) -> Result<(), Error> {
-        let entry = Entry {
-            location,
-            sha256,
-            verified: true,
-            referenced: false,
-        };
         if self.config.planted(PlantedBug::IndexBeforeSync) {
+            let entry = fresh_entry(location, sha256);
             self.index.lock().expect("index").insert(key, entry);
             return self.segments.sync(&location).await;
         }
         self.segments.sync(&location).await?;
+        self.index_durable(key, sha256, location, pin).await
+    }
+
+    /// Indexes a durable record (then lets eviction run): only now may the caller be told `Ok`.
+    async fn index_durable(
+        self: &Arc<Self>,
+        key: RecordKey,
+        sha256: [u8; 32],
+        location: Location,
+        pin: Pin,
+    ) -> Result<(), Error> {
+        let entry = fresh_entry(location, sha256);
         if self.config.planted(PlantedBug::AckBeforeIndex) {
             let engine = self.clone();
             self.runtime.spawn(Box::pin(async move {
@@ -515,13 +580,8 @@ impl Engine {
             let live = self.index.lock().expect("index").live_at(&key, &from);
             match live {
                 Some(entry) if entry.referenced => {
-                    let payload = Payload::Segment {
-                        reader: reader.as_ref(),
-                        offset: from.offset,
-                    };
                     match self
-                        .segments
-                        .append(&key, &entry.sha256, from.len, payload)
+                        .copy_forward(&key, &entry.sha256, &from, reader.as_ref())
                         .await
                     {
                         Ok((to, pin)) => moved.push((key, from, to, pin)),
@@ -548,6 +608,33 @@ impl Engine {
         let freed = self.segments.remove(segment).await?;
         tracing::info!(segment, freed, kept = moved.len(), "evicted segment");
         Ok(())
+    }
+
+    /// Copies a live record out of a segment being evicted (verifying it): a large one into a
+    /// segment of its own, written outside the writer lock and durable once it returns; a small
+    /// one appended to the active segment, to be synced by the caller.
+    async fn copy_forward(
+        &self,
+        key: &RecordKey,
+        sha256: &[u8; 32],
+        from: &Location,
+        reader: &dyn FsFile,
+    ) -> Result<(Location, Pin), Error> {
+        if from.len <= self.config.memory_stage_limit {
+            let payload = Payload::Segment {
+                reader,
+                offset: from.offset,
+            };
+            return self.segments.append(key, sha256, from.len, payload).await;
+        }
+        let path = self.solo_path();
+        let mut solo =
+            SoloSegment::create(self.fs.as_ref(), path, key.clone(), from.len, *sha256).await?;
+        if let Err(e) = solo.copy_from(reader, from.offset).await {
+            let _ = self.janitor.send(solo.path().to_path_buf());
+            return Err(e);
+        }
+        self.segments.join(solo, Finish::Durable).await
     }
 
     /// Evicts one record (if it still lives at `location`), and says so.

@@ -1,12 +1,22 @@
-//! Segments: append-only files of records, one active writer, group-committed fsyncs.
+//! Segments: append-only files of records, one active writer, pipelined group commit, and
+//! segments of their own for large records (write-once ingest).
 //!
 //! Invariants this module keeps:
-//! - **Synced before indexed.** [`SegmentLog::append`] returns a location only after the record's
-//!   bytes are covered by a successful `sync` of its segment. The caller indexes it after that.
+//! - **Synced before indexed.** [`SegmentLog::append`] returns a location that the caller indexes
+//!   only after [`SegmentLog::sync`] says the record is covered by a successful `fsync`.
+//! - **Appends never wait for an fsync.** The fsync runs outside the writer lock, through a
+//!   second descriptor of the segment ([`Durability`]); at most one is in flight per segment,
+//!   and it covers exactly the records flushed before it began (the watermark is read at its
+//!   start, never at its end). Waiters it covers wait for it; the others start the next one.
 //! - **A failed sync retires the segment.** Nothing appended to it since its last good sync is
 //!   ever reported durable, and new records go to a fresh segment. A failed append is cut off
 //!   (the file is truncated back to the last good end) and the segment goes on; if the cut fails
-//!   too, the segment is retired.
+//!   too, the segment is retired. A seal or retirement waits for the fsync in flight.
+//! - **Write once.** A large record is written into a file of its own under `tmp/` as it arrives
+//!   ([`SoloSegment`]), hashed once by its writer, then flushed, synced, sealed with its footer
+//!   and synced again; only then is it renamed into the log (directory synced) and does it join
+//!   the log's readers, eviction order and size. No reader or recovery ever sees it half-written;
+//!   an abandoned one is removed with the rest of `tmp/`.
 //! - **A failing disk retires at most one segment per back-off.** After a retirement no new
 //!   segment is started before a back-off (doubling while failures go on, reset by a good sync);
 //!   a retired segment holding nothing durable is removed with its handles.
@@ -23,7 +33,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -89,8 +99,6 @@ impl Drop for Pin {
 pub enum Payload<'a> {
     /// Bytes in memory, already hashed by the caller.
     Memory(&'a [u8]),
-    /// A closed, synced staging file; re-hashed while copied and checked against the header.
-    File(&'a Path),
     /// A record's payload in another segment (eviction copying a live record forward);
     /// re-hashed while copied.
     Segment {
@@ -128,24 +136,92 @@ struct Writer {
     file: Box<dyn FsFile>,
     /// Bytes written to `file` (all of them flushed).
     end: u64,
-    /// Bytes known durable.
-    synced: u64,
-    /// The segment takes no more records: a sync failed, or a failed append could not be cut.
-    poisoned: bool,
+    /// How far the segment is durable, shared with whoever waits for a sync.
+    durability: Arc<Durability>,
     /// Every record appended so far, for the footer.
     footer: FooterBuilder,
 }
 
-/// The writer and what it needs to start the next segment.
+/// The writer; `None` until the first append after a start, a seal or a retirement.
 struct WriterState {
-    /// `None` until the first append after a start, a seal or a retirement.
     active: Option<Writer>,
-    next_segment: u32,
-    /// After a failure retired a segment: no new segment before this moment.
+}
+
+/// After a failure retired a segment, new segments wait (see [`SegmentLog::back_off`]).
+struct Backoff {
+    /// No new segment before this moment.
     retry_at: Option<SystemTime>,
-    backoff: Duration,
+    /// The next wait.
+    next: Duration,
     /// Whether that failure was a full disk (clients are told so while the back-off lasts).
     disk_full: bool,
+}
+
+/// The durability of the segment being written: its fsyncs run here, outside the writer lock.
+struct Durability {
+    /// A second descriptor of the segment, used only to fsync it. Locked across each fsync, so
+    /// at most one is in flight; `None` once the segment left the writer (sealed or retired).
+    handle: tokio::sync::Mutex<Option<Box<dyn FsFile>>>,
+    /// End of the last record written and flushed (set by the writer, under its lock).
+    flushed: AtomicU64,
+    /// How far the segment is known durable, and whether it failed.
+    state: Mutex<Synced>,
+}
+
+#[derive(Default)]
+struct Synced {
+    /// Bytes known durable.
+    end: u64,
+    /// The segment takes no more records: a sync failed, or a failed append could not be cut.
+    /// `Some(disk_full)`.
+    failed: Option<bool>,
+}
+
+impl Durability {
+    fn new(handle: Box<dyn FsFile>) -> Durability {
+        Durability {
+            handle: tokio::sync::Mutex::new(Some(handle)),
+            flushed: AtomicU64::new(0),
+            state: Mutex::default(),
+        }
+    }
+
+    fn synced(&self) -> u64 {
+        self.state.lock().expect("durability").end
+    }
+
+    /// The failure that poisoned the segment, if any (`Some(disk_full)`).
+    fn failure(&self) -> Option<bool> {
+        self.state.lock().expect("durability").failed
+    }
+
+    fn mark_synced(&self, end: u64) {
+        let mut state = self.state.lock().expect("durability");
+        state.end = state.end.max(end);
+    }
+
+    fn poison(&self, disk_full: bool) {
+        self.state
+            .lock()
+            .expect("durability")
+            .failed
+            .get_or_insert(disk_full);
+    }
+
+    /// The answer for a waiter whose record ends at `end`, if it is already known: durable, or
+    /// never to be (the segment failed first).
+    fn settled(&self, segment: u32, end: u64) -> Option<Result<(), Error>> {
+        let state = self.state.lock().expect("durability");
+        if state.end >= end {
+            return Some(Ok(()));
+        }
+        state.failed.map(|_| {
+            Err(Error::io(
+                format!("segment {segment}"),
+                io::Error::other("segment was poisoned by an earlier failed write or sync"),
+            ))
+        })
+    }
 }
 
 /// A segment file as the log knows it.
@@ -157,6 +233,20 @@ struct Segment {
     reader: Option<Arc<dyn FsFile>>,
     /// When the reader was last handed out (a tick of [`Segments::clock`]).
     used: u64,
+    /// While the segment is being written: where its syncs run.
+    durability: Option<Arc<Durability>>,
+}
+
+impl Segment {
+    /// A segment of `len` bytes that takes no more records, its reader not yet open.
+    fn closed(len: u64) -> Segment {
+        Segment {
+            len,
+            reader: None,
+            used: 0,
+            durability: None,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -182,9 +272,14 @@ pub struct SegmentLog {
     /// Segments this process sealed: every byte in them is durable.
     sealed: Mutex<BTreeSet<u32>>,
     writer: tokio::sync::Mutex<WriterState>,
+    /// The id the next segment gets (the active writer's or a solo one's).
+    next_segment: AtomicU32,
+    backoff: Mutex<Backoff>,
     /// The planted bug `footer-before-sync`: footers are written without syncing (or, in
     /// recovery, re-hashing) the records they name first.
     footer_before_sync: bool,
+    /// The planted bug `sync-watermark-overreach`.
+    sync_watermark_overreach: bool,
 }
 
 fn segment_name(id: u32) -> String {
@@ -204,12 +299,51 @@ fn is_disk_full(e: &Error) -> bool {
     matches!(e, Error::NoSpace(_))
 }
 
+fn retired(segment: u32) -> Error {
+    Error::io(
+        format!("segment {segment}"),
+        io::Error::other("segment was retired after a failed write or sync"),
+    )
+}
+
+impl Segments {
+    /// Registers `reader` as the open handle of `segment`, closing the least recently used
+    /// other reader (never `active`'s) when too many are open; reads holding it keep their clone.
+    fn admit_reader(&mut self, segment: u32, reader: Arc<dyn FsFile>, active: u32) {
+        self.clock += 1;
+        let now = self.clock;
+        let Some(s) = self.map.get_mut(&segment) else {
+            return;
+        };
+        s.reader = Some(reader);
+        s.used = now;
+        self.open += 1;
+        if self.open <= MAX_OPEN_READERS {
+            return;
+        }
+        let victim = self
+            .map
+            .iter()
+            .filter(|(id, s)| s.reader.is_some() && **id != active && **id != segment)
+            .min_by_key(|(_, s)| s.used)
+            .map(|(id, _)| *id);
+        if let Some(victim) = victim {
+            self.map.get_mut(&victim).expect("listed").reader = None;
+            self.open -= 1;
+        }
+    }
+}
+
 /// Settings of a [`SegmentLog`].
 pub struct LogOptions {
     /// A segment is sealed once it reaches about this many bytes.
     pub target_size: u64,
     /// The planted bug `footer-before-sync` (always `false` outside the simulator).
     pub footer_before_sync: bool,
+    /// The planted bug `sync-watermark-overreach`: a sync marks durable everything flushed when
+    /// it *ends*, including records written while it was in flight (always `false` outside the
+    /// simulator).
+    pub sync_watermark_overreach: bool,
 }
 
 impl SegmentLog {
@@ -248,14 +382,7 @@ impl SegmentLog {
                 removed += 1;
                 continue;
             }
-            segments.map.insert(
-                id,
-                Segment {
-                    len,
-                    reader: None,
-                    used: 0,
-                },
-            );
+            segments.map.insert(id, Segment::closed(len));
         }
         if removed > 0 {
             fs.sync_dir(&dir)
@@ -273,14 +400,15 @@ impl SegmentLog {
             active: AtomicU32::new(0),
             pins: Arc::default(),
             sealed: Mutex::new(BTreeSet::new()),
-            writer: tokio::sync::Mutex::new(WriterState {
-                active: None,
-                next_segment,
+            writer: tokio::sync::Mutex::new(WriterState { active: None }),
+            next_segment: AtomicU32::new(next_segment),
+            backoff: Mutex::new(Backoff {
                 retry_at: None,
-                backoff: FIRST_BACKOFF,
+                next: FIRST_BACKOFF,
                 disk_full: false,
             }),
             footer_before_sync: options.footer_before_sync,
+            sync_watermark_overreach: options.sync_watermark_overreach,
         })
     }
 
@@ -288,8 +416,8 @@ impl SegmentLog {
     /// The segment cannot be evicted while the returned [`Pin`] lives: hold it until the record
     /// is indexed.
     ///
-    /// For [`Payload::File`] the bytes are hashed again while copied; a mismatch with
-    /// `payload_sha256` fails the append (the staging file changed under us).
+    /// For [`Payload::Segment`] the bytes are hashed again while copied; a mismatch with
+    /// `payload_sha256` fails the append with [`Error::DataLoss`].
     pub async fn append(
         &self,
         key: &RecordKey,
@@ -300,34 +428,35 @@ impl SegmentLog {
         let header = record::encode_header(key, payload_len, payload_sha256);
         let record_len = header.len() as u64 + payload_len;
         let mut state = self.writer.lock().await;
+        if let Some(disk_full) = state.active.as_ref().and_then(|w| w.durability.failure()) {
+            // A sync failed while no append was running: retire it now.
+            self.fail(&mut state, disk_full).await;
+        }
         let full = |w: &Writer| w.end > 0 && w.end + record_len > self.target_size;
         if state.active.as_ref().is_some_and(full) && self.retire(&mut state).await {
-            self.back_off(&mut state, false);
+            self.back_off(false);
         }
         if state.active.is_none() {
             self.start_segment(&mut state).await?;
         }
         let writer = state.active.as_mut().expect("a segment was just started");
         let start = writer.end;
-        let written = write_record(
-            writer,
-            &header,
-            payload_sha256,
-            payload_len,
-            payload,
-            self.fs.as_ref(),
-        )
-        .await;
+        let written = write_record(writer, &header, payload_sha256, payload_len, payload).await;
         if let Err(e) = written {
             // Reclaim the failed append's bytes; a segment that cannot be cut back is retired.
             if let Err(cut) = writer.file.truncate(start).await {
                 tracing::warn!(segment = writer.segment, error = %cut, "cutting a failed append failed");
-                writer.poisoned = true;
+                writer.durability.poison(is_disk_full(&e));
                 self.fail(&mut state, is_disk_full(&e)).await;
             }
             return Err(e);
         }
         writer.end = start + record_len;
+        // Flushed: the next fsync to start covers it.
+        writer
+            .durability
+            .flushed
+            .store(writer.end, Ordering::Release);
         let offset = start + header.len() as u64;
         writer.footer.push(key, offset, payload_len, payload_sha256);
         let segment = writer.segment;
@@ -340,43 +469,61 @@ impl SegmentLog {
         Ok((location, Pin::new(self.pins.clone(), segment)))
     }
 
-    /// Returns once the record at `location` is durable. Concurrent callers share one `fsync`
-    /// (group commit): whoever takes the writer first syncs everything appended so far.
+    /// Returns once the record at `location` is durable (pipelined group commit). The fsync runs
+    /// outside the writer lock, so appends go on meanwhile; one in flight covers every record
+    /// flushed before it began, and its waiters share it; a waiter it does not cover starts the
+    /// next one once it is done.
     pub async fn sync(&self, location: &Location) -> Result<(), Error> {
         let (segment, end) = (location.segment, location.offset + location.len);
-        let mut state = self.writer.lock().await;
-        let Some(writer) = state.active.as_mut().filter(|w| w.segment == segment) else {
+        let durability = {
+            let segments = self.segments.lock().expect("segments");
+            segments
+                .map
+                .get(&segment)
+                .and_then(|s| s.durability.clone())
+        };
+        let Some(durability) = durability else {
             // Sealed since (every byte synced), or retired after a failure.
             return if self.is_sealed_durable(segment) {
                 Ok(())
             } else {
-                Err(Error::io(
-                    format!("segment {segment}"),
-                    io::Error::other("segment was retired after a failed write or sync"),
-                ))
+                Err(retired(segment))
             };
         };
-        if writer.synced >= end {
-            return Ok(());
+        if let Some(done) = durability.settled(segment, end) {
+            return done;
         }
-        if writer.poisoned {
-            return Err(Error::io(
-                format!("segment {segment}"),
-                io::Error::other("segment was poisoned by an earlier failed write or sync"),
-            ));
+        let mut handle = durability.handle.lock().await;
+        // The fsync that was in flight may have covered this record, or failed.
+        if let Some(done) = durability.settled(segment, end) {
+            return done;
         }
-        let target = writer.end;
-        match writer.file.sync().await {
+        let Some(file) = handle.as_mut() else {
+            return Err(retired(segment));
+        };
+        let mut covered = durability.flushed.load(Ordering::Acquire);
+        let synced = file.sync().await;
+        if self.sync_watermark_overreach {
+            covered = durability.flushed.load(Ordering::Acquire);
+        }
+        match synced {
             Ok(()) => {
-                writer.synced = target;
-                state.retry_at = None;
-                state.backoff = FIRST_BACKOFF;
+                durability.mark_synced(covered);
+                let mut backoff = self.backoff.lock().expect("backoff");
+                backoff.retry_at = None;
+                backoff.next = FIRST_BACKOFF;
                 Ok(())
             }
             Err(e) => {
-                writer.poisoned = true;
                 let e = Error::io(format!("syncing segment {segment}"), e);
-                self.fail(&mut state, is_disk_full(&e)).await;
+                durability.poison(is_disk_full(&e));
+                drop(handle);
+                // Retire it now (unless an append or a seal got there first): new records go to
+                // a fresh segment.
+                let mut state = self.writer.lock().await;
+                if state.active.as_ref().is_some_and(|w| w.segment == segment) {
+                    self.fail(&mut state, is_disk_full(&e)).await;
+                }
                 Err(e)
             }
         }
@@ -395,44 +542,53 @@ impl SegmentLog {
         }
     }
 
+    /// The id of the next segment (the active writer's or a solo one's).
+    fn reserve_id(&self) -> u32 {
+        self.next_segment.fetch_add(1, Ordering::Relaxed)
+    }
+
     /// Starts the next segment, unless a recent failure's back-off is still running.
     async fn start_segment(&self, state: &mut WriterState) -> Result<(), Error> {
-        if let Some(at) = state.retry_at {
-            if let Ok(left) = at.duration_since(self.runtime.now()) {
-                let why = format!(
-                    "the disk failed recently; no new segment for another {} ms",
-                    left.as_millis()
-                );
-                return Err(if state.disk_full {
-                    Error::NoSpace(format!("disk full: {why}"))
-                } else {
-                    Error::io("starting a segment", io::Error::other(why))
-                });
+        {
+            let backoff = self.backoff.lock().expect("backoff");
+            if let Some(at) = backoff.retry_at {
+                if let Ok(left) = at.duration_since(self.runtime.now()) {
+                    let why = format!(
+                        "the disk failed recently; no new segment for another {} ms",
+                        left.as_millis()
+                    );
+                    return Err(if backoff.disk_full {
+                        Error::NoSpace(format!("disk full: {why}"))
+                    } else {
+                        Error::io("starting a segment", io::Error::other(why))
+                    });
+                }
             }
         }
-        let id = state.next_segment;
+        let id = self.reserve_id();
         match create_segment(self.fs.as_ref(), &self.dir, id).await {
             Ok((writer, reader)) => {
-                state.next_segment += 1;
                 let mut segments = self.segments.lock().expect("segments");
-                segments.clock += 1;
-                segments.open += 1;
-                let used = segments.clock;
                 segments.map.insert(
                     id,
                     Segment {
                         len: 0,
-                        reader: Some(reader),
-                        used,
+                        reader: None,
+                        used: 0,
+                        durability: Some(writer.durability.clone()),
                     },
                 );
+                segments.admit_reader(id, reader, id);
                 self.active.store(id, Ordering::Release);
                 state.active = Some(writer);
                 Ok(())
             }
             Err(e) => {
-                // The id is reused by the next try (`create` truncates), so nothing leaks.
-                self.back_off(state, is_disk_full(&e));
+                // The id is skipped; a file the failed start left behind goes.
+                if let Err(e) = self.fs.remove(&self.dir.join(segment_name(id))).await {
+                    tracing::debug!(segment = id, error = %e, "removing a segment that failed to start");
+                }
+                self.back_off(is_disk_full(&e));
                 Err(e)
             }
         }
@@ -441,26 +597,29 @@ impl SegmentLog {
     /// A write or sync failed: the active segment is retired at once, and the next one waits.
     async fn fail(&self, state: &mut WriterState, disk_full: bool) {
         self.retire(state).await;
-        self.back_off(state, disk_full);
+        self.back_off(disk_full);
     }
 
-    fn back_off(&self, state: &mut WriterState, disk_full: bool) {
-        state.retry_at = Some(self.runtime.now() + state.backoff);
-        state.backoff = (state.backoff * 2).min(MAX_BACKOFF);
-        state.disk_full = disk_full;
+    fn back_off(&self, disk_full: bool) {
+        let mut backoff = self.backoff.lock().expect("backoff");
+        backoff.retry_at = Some(self.runtime.now() + backoff.next);
+        backoff.next = (backoff.next * 2).min(MAX_BACKOFF);
+        backoff.disk_full = disk_full;
     }
 
-    /// Closes the active segment: a healthy one with records is sealed; one with nothing durable
-    /// in it is removed with its handles; the next append starts a new segment. Returns whether
-    /// the segment had failed (or its seal did).
+    /// Closes the active segment once no fsync is in flight on it: a healthy one with records
+    /// is sealed; one with nothing durable in it is removed with its handles; the next append
+    /// starts a new segment. Returns whether the segment had failed (or its seal did).
     async fn retire(&self, state: &mut WriterState) -> bool {
         let Some(mut writer) = state.active.take() else {
             return false;
         };
         let old = writer.segment;
         self.active.store(0, Ordering::Release);
+        let durability = writer.durability.clone();
+        let mut handle = durability.handle.lock().await;
         let mut sealed = false;
-        if !writer.poisoned && !writer.footer.is_empty() {
+        if durability.failure().is_none() && !writer.footer.is_empty() {
             match self.seal(&mut writer).await {
                 Ok(()) => {
                     sealed = true;
@@ -469,33 +628,40 @@ impl SegmentLog {
                 }
                 Err(e) => {
                     tracing::warn!(segment = old, error = %e, "sealing segment failed");
-                    writer.poisoned = true;
+                    durability.poison(false);
                 }
             }
+        }
+        if let Some(sync_handle) = handle.take() {
+            if let Err(e) = sync_handle.close().await {
+                tracing::debug!(segment = old, error = %e, "closing a sync handle failed");
+            }
+        }
+        drop(handle);
+        if let Some(s) = self.segments.lock().expect("segments").map.get_mut(&old) {
+            s.durability = None;
         }
         if let Err(e) = writer.file.close().await {
             tracing::warn!(segment = old, error = %e, "closing segment failed");
         }
-        let holds_nothing = writer.footer.is_empty() || writer.synced == 0;
+        let holds_nothing = writer.footer.is_empty() || durability.synced() == 0;
         if !sealed && holds_nothing {
             if let Err(e) = self.remove(old).await {
                 tracing::warn!(segment = old, error = %e, "removing an empty segment failed");
             }
         }
-        writer.poisoned
+        durability.failure().is_some()
     }
 
-    /// Syncs the records, then writes the footer and trailer and syncs them.
+    /// Syncs the records, then writes the footer and trailer and syncs them. The caller holds
+    /// the segment's sync handle: no other fsync is in flight.
     async fn seal(&self, writer: &mut Writer) -> io::Result<()> {
-        if !self.footer_before_sync && writer.synced < writer.end {
+        if !self.footer_before_sync && writer.durability.synced() < writer.end {
             writer.file.sync().await?;
-            writer.synced = writer.end;
+            writer.durability.mark_synced(writer.end);
         }
-        let footer = writer.footer.finish(writer.end);
-        writer.file.write(&footer).await?;
-        writer.file.sync().await?;
-        writer.end += footer.len() as u64;
-        writer.synced = writer.end;
+        writer.end = write_footer(writer.file.as_mut(), &writer.footer, writer.end).await?;
+        writer.durability.mark_synced(writer.end);
         Ok(())
     }
 
@@ -587,22 +753,7 @@ impl SegmentLog {
             s.used = now;
             return Ok(Some(open.clone()));
         }
-        s.reader = Some(reader.clone());
-        s.used = now;
-        segments.open += 1;
-        if segments.open > MAX_OPEN_READERS {
-            // Close the least recently used; reads holding it keep their clone.
-            let victim = segments
-                .map
-                .iter()
-                .filter(|(id, s)| s.reader.is_some() && **id != active && **id != segment)
-                .min_by_key(|(_, s)| s.used)
-                .map(|(id, _)| *id);
-            if let Some(victim) = victim {
-                segments.map.get_mut(&victim).expect("listed").reader = None;
-                segments.open -= 1;
-            }
-        }
+        segments.admit_reader(segment, reader.clone(), active);
         Ok(Some(reader))
     }
 
@@ -666,6 +817,167 @@ impl SegmentLog {
     }
 }
 
+/// How [`SegmentLog::join`] finishes a solo segment. Anything but [`Finish::Durable`] is a
+/// planted bug for the simulator to catch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Finish {
+    /// Flushed, synced, sealed with its footer and synced again before it joins the log.
+    Durable,
+    /// `solo-indexed-before-sync`: joins the log (and so gets indexed) flushed but never synced.
+    Unsynced,
+    /// `unflushed-persist`: renamed into the log with its bytes still in the writer's buffer.
+    Unflushed,
+}
+
+/// A record written into a segment file of its own, outside the writer lock (write-once
+/// ingest: a large upload, or eviction copying a large record forward). It is built under
+/// `tmp/` and joins the log through [`SegmentLog::join`] only once complete, synced and sealed;
+/// dropped instead, its file must be removed (the engine's janitor does, or the next start's
+/// sweep of `tmp/`).
+pub struct SoloSegment {
+    path: PathBuf,
+    file: Box<dyn FsFile>,
+    key: RecordKey,
+    sha256: [u8; 32],
+    payload_at: u64,
+    payload_len: u64,
+}
+
+impl SoloSegment {
+    /// Creates the file at `path` and writes the record's header first: the payload's length
+    /// and digest are declared before its bytes arrive.
+    pub async fn create(
+        fs: &dyn Fs,
+        path: PathBuf,
+        key: RecordKey,
+        payload_len: u64,
+        sha256: [u8; 32],
+    ) -> Result<SoloSegment, Error> {
+        let header = record::encode_header(&key, payload_len, &sha256);
+        let mut file = fs
+            .create(&path)
+            .await
+            .map_err(io_error(format!("creating {}", path.display())))?;
+        if let Err(e) = file.write(&header).await {
+            drop(file);
+            if let Err(e) = fs.remove(&path).await {
+                tracing::warn!(path = %path.display(), error = %e, "removing an unfinished segment failed");
+            }
+            return Err(Error::io(format!("writing {}", path.display()), e));
+        }
+        Ok(SoloSegment {
+            path,
+            file,
+            key,
+            sha256,
+            payload_at: header.len() as u64,
+            payload_len,
+        })
+    }
+
+    /// Where the file is until it joins the log.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends the next payload bytes (the caller bounds and hashes them).
+    pub async fn write(&mut self, data: &[u8]) -> Result<(), Error> {
+        self.file
+            .write(data)
+            .await
+            .map_err(io_error(format!("writing {}", self.path.display())))
+    }
+
+    /// Copies the whole payload from the record at `offset` of another segment, verifying it
+    /// against the declared digest ([`Error::DataLoss`] if it does not match).
+    pub async fn copy_from(&mut self, reader: &dyn FsFile, offset: u64) -> Result<(), Error> {
+        copy_verified(
+            self.file.as_mut(),
+            reader,
+            offset,
+            self.payload_len,
+            &self.sha256,
+        )
+        .await
+        .map_err(|e| e.context(&self.path.display().to_string()))
+    }
+}
+
+impl SegmentLog {
+    /// Makes a complete solo segment durable and part of the log: flush, sync, footer, sync
+    /// (so no restart re-hashes it), rename into the log under a fresh id, directory sync; then
+    /// it joins the readers, the eviction order and the log's size, pinned until the caller
+    /// indexed its record. The caller checked size and hash first. On failure its file is
+    /// removed.
+    pub async fn join(&self, solo: SoloSegment, finish: Finish) -> Result<(Location, Pin), Error> {
+        let SoloSegment {
+            path,
+            mut file,
+            key,
+            sha256,
+            payload_at,
+            payload_len,
+        } = solo;
+        let end = payload_at + payload_len;
+        let sealed = async {
+            match finish {
+                Finish::Unflushed => return Ok(end),
+                Finish::Unsynced => {
+                    file.flush().await?;
+                    return Ok(end);
+                }
+                Finish::Durable => {}
+            }
+            file.flush().await?;
+            file.sync().await?;
+            let mut footer = FooterBuilder::default();
+            footer.push(&key, payload_at, payload_len, &sha256);
+            write_footer(file.as_mut(), &footer, end).await
+        }
+        .await;
+        let len = match sealed {
+            Ok(len) => len,
+            Err(e) => {
+                let e = Error::io(format!("finishing {}", path.display()), e);
+                self.discard(&path).await;
+                return Err(e);
+            }
+        };
+        let id = self.reserve_id();
+        let to = self.dir.join(segment_name(id));
+        if let Err(e) = self.fs.rename(&path, &to).await {
+            let e = Error::io(format!("moving {} into the log", path.display()), e);
+            self.discard(&path).await;
+            return Err(e);
+        }
+        if let Err(e) = self.fs.sync_dir(&self.dir).await {
+            let e = Error::io(format!("syncing {}", self.dir.display()), e);
+            self.discard(&to).await;
+            return Err(e);
+        }
+        let pin = Pin::new(self.pins.clone(), id);
+        self.sealed.lock().expect("sealed set").insert(id);
+        let active = self.active.load(Ordering::Acquire);
+        let mut segments = self.segments.lock().expect("segments");
+        segments.map.insert(id, Segment::closed(len));
+        // Flushed and synced: its own descriptor is the segment's reader from now on.
+        segments.admit_reader(id, Arc::from(file), active);
+        let location = Location {
+            segment: id,
+            offset: payload_at,
+            len: payload_len,
+        };
+        Ok((location, pin))
+    }
+
+    /// Removes a solo segment's file that will not join the log.
+    async fn discard(&self, path: &Path) {
+        if let Err(e) = self.fs.remove(path).await {
+            tracing::warn!(path = %path.display(), error = %e, "removing an unfinished segment failed");
+        }
+    }
+}
+
 fn from_footer(segment: u32, entry: record::FooterEntry) -> Recovered {
     Recovered {
         location: Location {
@@ -677,6 +989,16 @@ fn from_footer(segment: u32, entry: record::FooterEntry) -> Recovered {
         key: entry.key,
         verified: false,
     }
+}
+
+/// Seals a segment whose records end at `end` (and are durable already: a footer must never
+/// share a sync with the records it names): writes the footer and trailer, syncs them, and
+/// returns the segment's length.
+async fn write_footer(file: &mut dyn FsFile, footer: &FooterBuilder, end: u64) -> io::Result<u64> {
+    let bytes = footer.finish(end);
+    file.write(&bytes).await?;
+    file.sync().await?;
+    Ok(end + bytes.len() as u64)
 }
 
 /// Reads `len` bytes at `offset` of the payload at `location` through `reader`.
@@ -697,39 +1019,23 @@ async fn write_record(
     payload_sha256: &[u8; 32],
     payload_len: u64,
     payload: Payload<'_>,
-    fs: &dyn Fs,
 ) -> Result<(), Error> {
     let segment = writer.segment;
     let append_err = || io_error(format!("appending to segment {segment}"));
     writer.file.write(header).await.map_err(append_err())?;
     match payload {
         Payload::Memory(bytes) => writer.file.write(bytes).await.map_err(append_err())?,
-        Payload::File(path) => {
-            let staged = fs.open_read(path).await.map_err(io_error(format!(
-                "opening staged upload {}",
-                path.display()
-            )))?;
-            let source = format!("staged upload {}", path.display());
-            if !copy_verified(
-                writer,
-                staged.as_ref(),
-                0,
+        Payload::Segment { reader, offset } => {
+            let copied = copy_verified(
+                writer.file.as_mut(),
+                reader,
+                offset,
                 payload_len,
                 payload_sha256,
-                &source,
-            )
-            .await?
-            {
-                return Err(Error::Internal(format!(
-                    "{source} changed after it was verified"
-                )));
-            }
-        }
-        Payload::Segment { reader, offset } => {
-            let source = format!("a record at {offset}");
-            if !copy_verified(writer, reader, offset, payload_len, payload_sha256, &source).await? {
-                return Err(Error::DataLoss(format!("{source} fails its checksum")));
-            }
+            );
+            copied
+                .await
+                .map_err(|e| e.context(&format!("segment {segment}")))?;
         }
     }
     writer
@@ -739,16 +1045,36 @@ async fn write_record(
         .map_err(io_error(format!("flushing segment {segment}")))
 }
 
-/// Copies `len` bytes at `start` of `source` to the writer, hashing them; returns whether they
-/// hash to `sha256`.
+/// Why a copy of a record's payload failed.
+enum CopyError {
+    /// Reading the source failed.
+    Read(io::Error),
+    /// Writing the copy failed.
+    Write(io::Error),
+    /// The source ended early, or its bytes do not hash to the record's digest.
+    Corrupt(String),
+}
+
+impl CopyError {
+    /// The engine's error, naming the copy's destination.
+    fn context(self, destination: &str) -> Error {
+        match self {
+            CopyError::Read(e) => Error::io("reading a record to copy it", e),
+            CopyError::Write(e) => Error::io(format!("copying a record into {destination}"), e),
+            CopyError::Corrupt(why) => Error::DataLoss(why),
+        }
+    }
+}
+
+/// Copies the `len` payload bytes at `start` of `source` to `to`, hashing them: they must hash
+/// to `sha256`.
 async fn copy_verified(
-    writer: &mut Writer,
+    to: &mut dyn FsFile,
     source: &dyn FsFile,
     start: u64,
     len: u64,
     sha256: &[u8; 32],
-    describe: &str,
-) -> Result<bool, Error> {
+) -> Result<(), CopyError> {
     let mut hasher = Sha256::new();
     let mut copied = 0u64;
     while copied < len {
@@ -756,21 +1082,22 @@ async fn copy_verified(
         let chunk = source
             .read_at(start + copied, want)
             .await
-            .map_err(io_error(format!("reading {describe}")))?;
+            .map_err(CopyError::Read)?;
         if chunk.is_empty() {
-            return Err(Error::Internal(format!(
-                "{describe} holds {copied} bytes, expected {len}"
+            return Err(CopyError::Corrupt(format!(
+                "the record at {start} holds {copied} bytes, expected {len}"
             )));
         }
         hasher.update(&chunk);
-        writer
-            .file
-            .write(&chunk)
-            .await
-            .map_err(io_error(format!("appending to segment {}", writer.segment)))?;
+        to.write(&chunk).await.map_err(CopyError::Write)?;
         copied += chunk.len() as u64;
     }
-    Ok(<[u8; 32]>::from(hasher.finalize()) == *sha256)
+    if <[u8; 32]>::from(hasher.finalize()) != *sha256 {
+        return Err(CopyError::Corrupt(format!(
+            "the record at {start} fails its checksum"
+        )));
+    }
+    Ok(())
 }
 
 async fn create_segment(
@@ -786,17 +1113,19 @@ async fn create_segment(
     fs.sync_dir(dir)
         .await
         .map_err(io_error(format!("syncing {}", dir.display())))?;
-    let reader: Arc<dyn FsFile> = Arc::from(
-        fs.open_read(&path)
-            .await
-            .map_err(io_error(format!("opening {}", path.display())))?,
-    );
+    let opened = async {
+        let reader: Arc<dyn FsFile> = Arc::from(fs.open_read(&path).await?);
+        let sync_handle = fs.open_append(&path).await?;
+        Ok::<_, io::Error>((reader, sync_handle))
+    };
+    let (reader, sync_handle) = opened
+        .await
+        .map_err(io_error(format!("opening {}", path.display())))?;
     let writer = Writer {
         segment: id,
         file,
         end: 0,
-        synced: 0,
-        poisoned: false,
+        durability: Arc::new(Durability::new(sync_handle)),
         footer: FooterBuilder::default(),
     };
     Ok((writer, reader))
@@ -1036,13 +1365,7 @@ async fn recover_segment(
     if footer.is_empty() {
         return Ok(0);
     }
-    let sealed = async {
-        let bytes = footer.finish(valid_end);
-        file.write(&bytes).await?;
-        file.sync().await?;
-        Ok::<_, io::Error>(valid_end + bytes.len() as u64)
-    }
-    .await;
+    let sealed = write_footer(file.as_mut(), &footer, valid_end).await;
     let len = match sealed {
         Ok(len) => len,
         Err(e) => {

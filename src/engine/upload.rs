@@ -1,7 +1,9 @@
-//! Uploads: staging a blob's bytes while hashing them, then committing it.
+//! Uploads: receiving a blob's bytes while hashing them (once), then committing it.
 //!
-//! Invariant (the reason this project exists): a staged temp file is flushed, synced and closed
-//! before anything reopens it by path to persist it. The simulator's filesystem records a
+//! A small upload is held in memory and group-committed into the active segment. A large one is
+//! written once, as it arrives, into a segment of its own under `tmp/` ([`SoloSegment`]) that
+//! joins the log at commit. Invariant (the reason this project exists): that file is flushed
+//! and synced before it is renamed into the log by path; the simulator's filesystem records a
 //! `persist-before-flush` violation whenever that order is broken.
 
 use std::collections::HashMap;
@@ -13,9 +15,10 @@ use std::sync::{Arc, Mutex};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
-use super::segment::Payload;
-use super::{Digest, Engine, Error, PlantedBug};
-use crate::seam::{Fs, FsFile};
+use super::record::RecordKey;
+use super::segment::{Payload, SoloSegment};
+use super::{Digest, Engine, Error};
+use crate::seam::Fs;
 
 /// A blob being received. Dropping it without [`Upload::commit`] discards the bytes.
 pub struct Upload {
@@ -24,16 +27,16 @@ pub struct Upload {
     hasher: Sha256,
     received: u64,
     stage: Stage,
+    /// A write to the file failed: its contents no longer match what was hashed, so the upload
+    /// takes no more bytes and cannot be committed.
+    broken: bool,
     _permit: Permit,
 }
 
 enum Stage {
     Memory(Vec<u8>),
-    File {
-        path: PathBuf,
-        /// `None` once closed.
-        file: Option<Box<dyn FsFile>>,
-    },
+    /// Written into its final file; `None` once commit took it.
+    Segment(Option<SoloSegment>),
 }
 
 impl Upload {
@@ -43,31 +46,29 @@ impl Upload {
             expected,
             hasher: Sha256::new(),
             received: 0,
+            broken: false,
             stage: Stage::Memory(Vec::with_capacity(expected.size as usize)),
             _permit: permit,
         }
     }
 
-    pub(super) async fn to_file(
+    /// An upload written straight into a segment of its own at `path`.
+    pub(super) async fn to_segment(
         engine: Arc<Engine>,
         expected: Digest,
         permit: Permit,
         path: PathBuf,
     ) -> Result<Upload, Error> {
-        let file = engine
-            .fs
-            .create(&path)
-            .await
-            .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+        let key = RecordKey::Blob(expected);
+        let solo = SoloSegment::create(engine.fs.as_ref(), path, key, expected.size, expected.hash)
+            .await?;
         Ok(Upload {
             engine,
             expected,
             hasher: Sha256::new(),
             received: 0,
-            stage: Stage::File {
-                path,
-                file: Some(file),
-            },
+            broken: false,
+            stage: Stage::Segment(Some(solo)),
             _permit: permit,
         })
     }
@@ -92,22 +93,40 @@ impl Upload {
                 received: after,
             });
         }
+        self.check_intact()?;
         match &mut self.stage {
-            Stage::Memory(buffer) => buffer.extend_from_slice(data),
-            Stage::File { path, file } => {
-                let file = file.as_mut().expect("open until commit");
-                file.write(data)
-                    .await
-                    .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+            Stage::Memory(buffer) => {
+                buffer.extend_from_slice(data);
+                self.hasher.update(data);
+            }
+            Stage::Segment(solo) => {
+                let solo = solo.as_mut().expect("open until commit");
+                // Hash while the write is under way (it goes to the file on a blocking thread).
+                let hasher = &mut self.hasher;
+                let (written, ()) = futures::join!(solo.write(data), async { hasher.update(data) });
+                if let Err(e) = written {
+                    self.broken = true;
+                    return Err(e);
+                }
             }
         }
-        self.hasher.update(data);
         self.received = after;
+        Ok(())
+    }
+
+    fn check_intact(&self) -> Result<(), Error> {
+        if self.broken {
+            return Err(Error::io(
+                format!("upload of {}", self.expected),
+                std::io::Error::other("an earlier write of this upload failed"),
+            ));
+        }
         Ok(())
     }
 
     /// Verifies size and hash, then makes the blob durable and indexed. `Ok` means acknowledged.
     pub async fn commit(mut self) -> Result<(), Error> {
+        self.check_intact()?;
         let expected = self.expected;
         if self.received != expected.size {
             return Err(Error::SizeMismatch {
@@ -125,35 +144,20 @@ impl Upload {
         let engine = self.engine.clone();
         match &mut self.stage {
             Stage::Memory(buffer) => engine.persist_blob(expected, Payload::Memory(buffer)).await,
-            Stage::File { path, file } => {
-                let file = file.take().expect("open until commit");
-                if engine.config.planted(PlantedBug::UnflushedPersist) {
-                    // The founding bug: persist from the path while bytes sit in the handle.
-                    drop(file);
-                } else {
-                    seal_staged(file, path).await?;
-                }
-                engine.persist_blob(expected, Payload::File(path)).await
+            Stage::Segment(solo) => {
+                let solo = solo.take().expect("open until commit");
+                engine.persist_solo(expected, solo).await
             }
         }
-        // Dropping `self` removes the temp file.
     }
-}
-
-/// Flush, sync, close: after this, any descriptor opened by path sees every byte.
-async fn seal_staged(mut file: Box<dyn FsFile>, path: &Path) -> Result<(), Error> {
-    let context = || format!("finishing staged upload {}", path.display());
-    file.flush().await.map_err(|e| Error::io(context(), e))?;
-    file.sync().await.map_err(|e| Error::io(context(), e))?;
-    file.close().await.map_err(|e| Error::io(context(), e))
 }
 
 impl Drop for Upload {
     fn drop(&mut self) {
-        if let Stage::File { path, .. } = &self.stage {
-            // Drop cannot await: the janitor task removes it. If the janitor is gone (the process
-            // is going down), the next start sweeps it.
-            let _ = self.engine.janitor.send(path.clone());
+        if let Stage::Segment(Some(solo)) = &self.stage {
+            // Abandoned before commit. Drop cannot await: the janitor task removes the file. If
+            // the janitor is gone (the process is going down), the next start sweeps it.
+            let _ = self.engine.janitor.send(solo.path().to_path_buf());
         }
     }
 }
