@@ -828,6 +828,88 @@ pub struct SoloSegment {
     sha256: [u8; 32],
     payload_at: u64,
     payload_len: u64,
+    writeback: Option<Writeback>,
+}
+
+/// Early writeback of a large record while it is still arriving: every `every` bytes, an fsync
+/// of what reached the file so far starts in the background (one at a time, through a second
+/// descriptor), so the disk writes during the upload and the commit's own sync has only the
+/// tail left. Only a speed-up: the commit's sync still covers every byte, and a failed early
+/// sync fails the commit (after a failed fsync a later one may succeed without the bytes).
+pub struct Writeback {
+    runtime: Arc<dyn Runtime>,
+    every: u64,
+    /// Bytes written when the last early sync started.
+    started_at: u64,
+    written: u64,
+    /// The second descriptor while idle; while a sync runs, where it comes back with its result.
+    state: WritebackState,
+}
+
+enum WritebackState {
+    Idle(Box<dyn FsFile>),
+    Running(tokio::sync::oneshot::Receiver<(Box<dyn FsFile>, io::Result<()>)>),
+    /// An early sync failed (or its task was lost): the commit must fail.
+    Failed(String),
+}
+
+impl Writeback {
+    /// Early writeback every `every` bytes, its syncs spawned on `runtime`.
+    pub fn new(runtime: Arc<dyn Runtime>, every: u64) -> Writeback {
+        Writeback {
+            runtime,
+            every,
+            started_at: 0,
+            written: 0,
+            // Replaced by the descriptor once the file exists.
+            state: WritebackState::Failed("not opened".into()),
+        }
+    }
+
+    /// Counts `len` more bytes and starts an early sync if one is due and none is running.
+    fn wrote(&mut self, len: u64) {
+        self.written += len;
+        if self.written - self.started_at < self.every {
+            return;
+        }
+        if let WritebackState::Running(done) = &mut self.state {
+            match done.try_recv() {
+                Ok((handle, Ok(()))) => self.state = WritebackState::Idle(handle),
+                Ok((_, Err(e))) => self.state = WritebackState::Failed(e.to_string()),
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => return,
+                Err(_) => self.state = WritebackState::Failed("the sync task was lost".into()),
+            }
+        }
+        let WritebackState::Idle(_) = &self.state else {
+            return;
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let WritebackState::Idle(mut handle) =
+            std::mem::replace(&mut self.state, WritebackState::Running(rx))
+        else {
+            unreachable!("checked above");
+        };
+        self.started_at = self.written;
+        self.runtime.spawn(Box::pin(async move {
+            let synced = handle.sync().await;
+            let _ = tx.send((handle, synced));
+        }));
+    }
+
+    /// Waits for the early sync in flight; fails if any failed.
+    async fn settle(&mut self) -> io::Result<()> {
+        let state = std::mem::replace(&mut self.state, WritebackState::Failed(String::new()));
+        let why = match state {
+            WritebackState::Idle(_) => return Ok(()),
+            WritebackState::Running(done) => match done.await {
+                Ok((_, Ok(()))) => return Ok(()),
+                Ok((_, Err(e))) => e.to_string(),
+                Err(_) => "the sync task was lost".into(),
+            },
+            WritebackState::Failed(why) => why,
+        };
+        Err(io::Error::other(format!("an early sync failed: {why}")))
+    }
 }
 
 impl SoloSegment {
@@ -839,13 +921,25 @@ impl SoloSegment {
         key: RecordKey,
         payload_len: u64,
         sha256: [u8; 32],
+        mut writeback: Option<Writeback>,
     ) -> Result<SoloSegment, Error> {
         let header = record::encode_header(&key, payload_len, &sha256);
         let mut file = fs
             .create(&path)
             .await
             .map_err(io_error(format!("creating {}", path.display())))?;
-        if let Err(e) = file.write(&header).await {
+        let mut started = Ok(());
+        if let Some(writeback) = &mut writeback {
+            // Opened before any byte is written: nothing unflushed is reopened by path.
+            match fs.open_append(&path).await {
+                Ok(handle) => writeback.state = WritebackState::Idle(handle),
+                Err(e) => started = Err(e),
+            }
+        }
+        if let Err(e) = match started {
+            Ok(()) => file.write(&header).await,
+            Err(e) => Err(e),
+        } {
             drop(file);
             if let Err(e) = fs.remove(&path).await {
                 tracing::warn!(path = %path.display(), error = %e, "removing an unfinished segment failed");
@@ -859,6 +953,7 @@ impl SoloSegment {
             sha256,
             payload_at: header.len() as u64,
             payload_len,
+            writeback,
         })
     }
 
@@ -872,7 +967,11 @@ impl SoloSegment {
         self.file
             .write(data)
             .await
-            .map_err(io_error(format!("writing {}", self.path.display())))
+            .map_err(io_error(format!("writing {}", self.path.display())))?;
+        if let Some(writeback) = &mut self.writeback {
+            writeback.wrote(data.len() as u64);
+        }
+        Ok(())
     }
 
     /// Copies the whole payload from the record at `offset` of another segment, verifying it
@@ -904,6 +1003,7 @@ impl SegmentLog {
             sha256,
             payload_at,
             payload_len,
+            mut writeback,
         } = solo;
         let end = payload_at + payload_len;
         let sealed = async {
@@ -916,6 +1016,9 @@ impl SegmentLog {
                 Finish::Durable => {}
             }
             file.flush().await?;
+            if let Some(writeback) = &mut writeback {
+                writeback.settle().await?;
+            }
             file.sync().await?;
             let mut footer = FooterBuilder::default();
             footer.push(&key, payload_at, payload_len, &sha256);
