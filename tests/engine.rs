@@ -1003,3 +1003,28 @@ async fn a_large_upload_whose_write_failed_takes_no_more_bytes_and_never_commits
     assert!(upload.commit().await.is_err(), "never committed");
     assert!(!engine.contains(&digest));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_early_sync_of_a_large_upload_fails_its_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, gate) = open_gated(dir.path()).await;
+    let big = blob(90, 300_000);
+    let digest = Digest::of(&big);
+    let tmp = dir.path().join("tmp");
+    let mut failed_one = false;
+    // The first sync of the upload's file (the early writeback, started as its bytes arrive)
+    // stalls and then fails; after a failed fsync a later one may succeed without the bytes.
+    gate.stall(move |call, path| {
+        let first = call == "sync" && path.starts_with(&tmp) && !failed_one;
+        failed_one |= first;
+        first
+    });
+    let mut upload = engine.begin_upload(digest).await.unwrap();
+    upload.write(&big).await.unwrap();
+    gate.wait_stalled(1).await;
+    gate.release(true);
+    assert!(upload.commit().await.is_err());
+    assert!(!engine.contains(&digest));
+    engine.put_blob(digest, big.clone()).await.unwrap();
+    assert_eq!(read_all(&engine, &digest).await, big);
+}

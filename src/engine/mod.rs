@@ -34,7 +34,8 @@ use index::{Entry, Index};
 pub use record::{AcKind, RecordKey};
 pub use segment::Location;
 use segment::{
-    read_payload, Finish, LogOptions, Payload, Pin, ReaderState, SegmentLog, SoloSegment, IO_CHUNK,
+    read_payload, Finish, LogOptions, Payload, Pin, ReaderState, SegmentLog, SoloSegment,
+    Writeback, IO_CHUNK,
 };
 pub use upload::Upload;
 
@@ -238,6 +239,10 @@ pub struct Engine {
 }
 
 const TMP_DIR: &str = "tmp";
+/// A large upload starts an early sync of what it wrote every this many stage limits (and at
+/// least every [`MIN_WRITEBACK`] bytes).
+const WRITEBACK_STAGE_LIMITS: u64 = 8;
+const MIN_WRITEBACK: u64 = 64 << 10;
 /// The smallest segment a small budget may shrink segments to.
 const MIN_SEGMENT_SIZE: u64 = 64 << 10;
 const SEGMENT_DIR: &str = "segments";
@@ -435,6 +440,14 @@ impl Engine {
         upload.commit().await
     }
 
+    /// Early writeback for a large upload (see [`Writeback`]).
+    fn writeback(&self) -> Writeback {
+        let every = (self.config.memory_stage_limit)
+            .saturating_mul(WRITEBACK_STAGE_LIMITS)
+            .max(MIN_WRITEBACK);
+        Writeback::new(self.runtime.clone(), every)
+    }
+
     /// Where the next solo segment is written until it joins the log.
     fn solo_path(&self) -> PathBuf {
         self.tmp_dir.join(format!(
@@ -629,7 +642,8 @@ impl Engine {
         }
         let path = self.solo_path();
         let mut solo =
-            SoloSegment::create(self.fs.as_ref(), path, key.clone(), from.len, *sha256).await?;
+            SoloSegment::create(self.fs.as_ref(), path, key.clone(), from.len, *sha256, None)
+                .await?;
         if let Err(e) = solo.copy_from(reader, from.offset).await {
             let _ = self.janitor.send(solo.path().to_path_buf());
             return Err(e);

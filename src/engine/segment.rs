@@ -8,6 +8,9 @@
 //!   second descriptor of the segment ([`Durability`]); at most one is in flight per segment,
 //!   and it covers exactly the records flushed before it began (the watermark is read at its
 //!   start, never at its end). Waiters it covers wait for it; the others start the next one.
+//!   An append only buffers its record; the first waiter to sync pushes every buffered record
+//!   to the file in one write, under the writer lock but outside any fsync. A write that fails
+//!   while others' records were buffered retires the segment: it is never cut back over them.
 //! - **A failed sync retires the segment.** Nothing appended to it since its last good sync is
 //!   ever reported durable, and new records go to a fresh segment. A failed append is cut off
 //!   (the file is truncated back to the last good end) and the segment goes on; if the cut fails
@@ -162,7 +165,7 @@ struct Durability {
     /// A second descriptor of the segment, used only to fsync it. Locked across each fsync, so
     /// at most one is in flight; `None` once the segment left the writer (sealed or retired).
     handle: tokio::sync::Mutex<Option<Box<dyn FsFile>>>,
-    /// End of the last record written and flushed (set by the writer, under its lock).
+    /// End of the last record pushed to the file (set under the writer lock).
     flushed: AtomicU64,
     /// How far the segment is known durable, and whether it failed.
     state: Mutex<Synced>,
@@ -412,7 +415,8 @@ impl SegmentLog {
         })
     }
 
-    /// Appends one record (written and flushed, not yet durable: see [`SegmentLog::sync`]).
+    /// Appends one record (written to the writer's buffer; flushed and made durable by
+    /// [`SegmentLog::sync`], so concurrent appends share one write as well as one fsync).
     /// The segment cannot be evicted while the returned [`Pin`] lives: hold it until the record
     /// is indexed.
     ///
@@ -443,20 +447,25 @@ impl SegmentLog {
         let start = writer.end;
         let written = write_record(writer, &header, payload_sha256, payload_len, payload).await;
         if let Err(e) = written {
-            // Reclaim the failed append's bytes; a segment that cannot be cut back is retired.
-            if let Err(cut) = writer.file.truncate(start).await {
-                tracing::warn!(segment = writer.segment, error = %cut, "cutting a failed append failed");
+            // A failed write may have lost the buffered records of others too (a handle's
+            // buffer goes with a failed write): then the segment is retired, never cut back
+            // over their offsets. Otherwise the failed append's bytes are cut off; a segment
+            // that cannot be cut back is retired too.
+            let others_lost = !matches!(e, Error::DataLoss(_))
+                && writer.durability.flushed.load(Ordering::Acquire) < start;
+            let cut = if others_lost {
+                Err(io::Error::other("records of other appends were buffered"))
+            } else {
+                writer.file.truncate(start).await
+            };
+            if let Err(cut) = cut {
+                tracing::warn!(segment = writer.segment, error = %cut, "cannot cut a failed append off; retiring the segment");
                 writer.durability.poison(is_disk_full(&e));
                 self.fail(&mut state, is_disk_full(&e)).await;
             }
             return Err(e);
         }
         writer.end = start + record_len;
-        // Flushed: the next fsync to start covers it.
-        writer
-            .durability
-            .flushed
-            .store(writer.end, Ordering::Release);
         let offset = start + header.len() as u64;
         writer.footer.push(key, offset, payload_len, payload_sha256);
         let segment = writer.segment;
@@ -493,6 +502,7 @@ impl SegmentLog {
         if let Some(done) = durability.settled(segment, end) {
             return done;
         }
+        self.flush_through(&durability, segment, end).await?;
         let mut handle = durability.handle.lock().await;
         // The fsync that was in flight may have covered this record, or failed.
         if let Some(done) = durability.settled(segment, end) {
@@ -524,6 +534,52 @@ impl SegmentLog {
                 if state.active.as_ref().is_some_and(|w| w.segment == segment) {
                     self.fail(&mut state, is_disk_full(&e)).await;
                 }
+                Err(e)
+            }
+        }
+    }
+
+    /// Pushes the records buffered in the writer of `segment` to the file if the one ending at
+    /// `end` is among them: one write for every record appended since the last push, so the
+    /// next fsync covers them. The writer lock is held for that write only, never for an fsync.
+    /// A segment no longer being written was flushed by its seal, or failed.
+    async fn flush_through(
+        &self,
+        durability: &Durability,
+        segment: u32,
+        end: u64,
+    ) -> Result<(), Error> {
+        if durability.flushed.load(Ordering::Acquire) >= end {
+            return Ok(());
+        }
+        let mut state = self.writer.lock().await;
+        let Some(writer) = state.active.as_mut().filter(|w| w.segment == segment) else {
+            return Ok(());
+        };
+        if durability.flushed.load(Ordering::Acquire) >= end {
+            return Ok(()); // another waiter pushed it meanwhile
+        }
+        match writer.file.flush().await {
+            Ok(()) => {
+                durability.flushed.store(writer.end, Ordering::Release);
+                Ok(())
+            }
+            Err(e) => {
+                // The buffered records are lost: nobody waiting for them may be acknowledged.
+                // What part of them landed is cut off, so the file holds what the log counts.
+                let e = Error::io(format!("flushing segment {segment}"), e);
+                let pushed = durability.flushed.load(Ordering::Acquire);
+                match writer.file.truncate(pushed).await {
+                    Ok(()) => {
+                        writer.end = pushed;
+                        self.note_len(segment, pushed);
+                    }
+                    Err(cut) => {
+                        tracing::warn!(segment, error = %cut, "cutting lost records off failed")
+                    }
+                }
+                durability.poison(is_disk_full(&e));
+                self.fail(&mut state, is_disk_full(&e)).await;
                 Err(e)
             }
         }
@@ -841,6 +897,88 @@ pub struct SoloSegment {
     sha256: [u8; 32],
     payload_at: u64,
     payload_len: u64,
+    writeback: Option<Writeback>,
+}
+
+/// Early writeback of a large record while it is still arriving: every `every` bytes, an fsync
+/// of what reached the file so far starts in the background (one at a time, through a second
+/// descriptor), so the disk writes during the upload and the commit's own sync has only the
+/// tail left. Only a speed-up: the commit's sync still covers every byte, and a failed early
+/// sync fails the commit (after a failed fsync a later one may succeed without the bytes).
+pub struct Writeback {
+    runtime: Arc<dyn Runtime>,
+    every: u64,
+    /// Bytes written when the last early sync started.
+    started_at: u64,
+    written: u64,
+    /// The second descriptor while idle; while a sync runs, where it comes back with its result.
+    state: WritebackState,
+}
+
+enum WritebackState {
+    Idle(Box<dyn FsFile>),
+    Running(tokio::sync::oneshot::Receiver<(Box<dyn FsFile>, io::Result<()>)>),
+    /// An early sync failed (or its task was lost): the commit must fail.
+    Failed(String),
+}
+
+impl Writeback {
+    /// Early writeback every `every` bytes, its syncs spawned on `runtime`.
+    pub fn new(runtime: Arc<dyn Runtime>, every: u64) -> Writeback {
+        Writeback {
+            runtime,
+            every,
+            started_at: 0,
+            written: 0,
+            // Replaced by the descriptor once the file exists.
+            state: WritebackState::Failed("not opened".into()),
+        }
+    }
+
+    /// Counts `len` more bytes and starts an early sync if one is due and none is running.
+    fn wrote(&mut self, len: u64) {
+        self.written += len;
+        if self.written - self.started_at < self.every {
+            return;
+        }
+        if let WritebackState::Running(done) = &mut self.state {
+            match done.try_recv() {
+                Ok((handle, Ok(()))) => self.state = WritebackState::Idle(handle),
+                Ok((_, Err(e))) => self.state = WritebackState::Failed(e.to_string()),
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => return,
+                Err(_) => self.state = WritebackState::Failed("the sync task was lost".into()),
+            }
+        }
+        let WritebackState::Idle(_) = &self.state else {
+            return;
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let WritebackState::Idle(mut handle) =
+            std::mem::replace(&mut self.state, WritebackState::Running(rx))
+        else {
+            unreachable!("checked above");
+        };
+        self.started_at = self.written;
+        self.runtime.spawn(Box::pin(async move {
+            let synced = handle.sync().await;
+            let _ = tx.send((handle, synced));
+        }));
+    }
+
+    /// Waits for the early sync in flight; fails if any failed.
+    async fn settle(&mut self) -> io::Result<()> {
+        let state = std::mem::replace(&mut self.state, WritebackState::Failed(String::new()));
+        let why = match state {
+            WritebackState::Idle(_) => return Ok(()),
+            WritebackState::Running(done) => match done.await {
+                Ok((_, Ok(()))) => return Ok(()),
+                Ok((_, Err(e))) => e.to_string(),
+                Err(_) => "the sync task was lost".into(),
+            },
+            WritebackState::Failed(why) => why,
+        };
+        Err(io::Error::other(format!("an early sync failed: {why}")))
+    }
 }
 
 impl SoloSegment {
@@ -852,13 +990,25 @@ impl SoloSegment {
         key: RecordKey,
         payload_len: u64,
         sha256: [u8; 32],
+        mut writeback: Option<Writeback>,
     ) -> Result<SoloSegment, Error> {
         let header = record::encode_header(&key, payload_len, &sha256);
         let mut file = fs
             .create(&path)
             .await
             .map_err(io_error(format!("creating {}", path.display())))?;
-        if let Err(e) = file.write(&header).await {
+        let mut started = Ok(());
+        if let Some(writeback) = &mut writeback {
+            // Opened before any byte is written: nothing unflushed is reopened by path.
+            match fs.open_append(&path).await {
+                Ok(handle) => writeback.state = WritebackState::Idle(handle),
+                Err(e) => started = Err(e),
+            }
+        }
+        if let Err(e) = match started {
+            Ok(()) => file.write(&header).await,
+            Err(e) => Err(e),
+        } {
             drop(file);
             if let Err(e) = fs.remove(&path).await {
                 tracing::warn!(path = %path.display(), error = %e, "removing an unfinished segment failed");
@@ -872,6 +1022,7 @@ impl SoloSegment {
             sha256,
             payload_at: header.len() as u64,
             payload_len,
+            writeback,
         })
     }
 
@@ -885,7 +1036,11 @@ impl SoloSegment {
         self.file
             .write(data)
             .await
-            .map_err(io_error(format!("writing {}", self.path.display())))
+            .map_err(io_error(format!("writing {}", self.path.display())))?;
+        if let Some(writeback) = &mut self.writeback {
+            writeback.wrote(data.len() as u64);
+        }
+        Ok(())
     }
 
     /// Copies the whole payload from the record at `offset` of another segment, verifying it
@@ -917,6 +1072,7 @@ impl SegmentLog {
             sha256,
             payload_at,
             payload_len,
+            mut writeback,
         } = solo;
         let end = payload_at + payload_len;
         let sealed = async {
@@ -929,6 +1085,9 @@ impl SegmentLog {
                 Finish::Durable => {}
             }
             file.flush().await?;
+            if let Some(writeback) = &mut writeback {
+                writeback.settle().await?;
+            }
             file.sync().await?;
             let mut footer = FooterBuilder::default();
             footer.push(&key, payload_at, payload_len, &sha256);
@@ -1038,11 +1197,7 @@ async fn write_record(
                 .map_err(|e| e.context(&format!("segment {segment}")))?;
         }
     }
-    writer
-        .file
-        .flush()
-        .await
-        .map_err(io_error(format!("flushing segment {segment}")))
+    Ok(())
 }
 
 /// Why a copy of a record's payload failed.

@@ -60,8 +60,16 @@ impl Upload {
         path: PathBuf,
     ) -> Result<Upload, Error> {
         let key = RecordKey::Blob(expected);
-        let solo = SoloSegment::create(engine.fs.as_ref(), path, key, expected.size, expected.hash)
-            .await?;
+        let writeback = Some(engine.writeback());
+        let solo = SoloSegment::create(
+            engine.fs.as_ref(),
+            path,
+            key,
+            expected.size,
+            expected.hash,
+            writeback,
+        )
+        .await?;
         Ok(Upload {
             engine,
             expected,
