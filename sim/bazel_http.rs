@@ -22,7 +22,7 @@ use madsim::rand::{thread_rng, Rng};
 use prost::Message;
 
 use crate::ccache::{connect, send};
-use crate::oracle::{Oracle, Pool};
+use crate::oracle::{Invariant, Oracle, Pool};
 use crate::plan::Plan;
 use hoard::engine::Digest;
 use hoard::proto::reapi;
@@ -134,7 +134,7 @@ async fn build(
         // Only a result whose outputs were all stored is a promise the audit may hold.
         StatusCode::OK if complete => oracle.action_acked(INSTANCE, action, epoch),
         s if is_unexpected_server_error(s) => oracle.fail(
-            "internal-on-request",
+            Invariant::InternalOnRequest,
             format!(
                 "PUT /ac/ of {action}: {s} {}",
                 String::from_utf8_lossy(&body)
@@ -177,12 +177,12 @@ async fn upload(
     ));
     match status {
         StatusCode::OK if wrong => oracle.fail(
-            "bad-input-accepted",
+            Invariant::BadInputAccepted,
             format!("PUT /cas/ of {digest} with bytes hashing elsewhere was accepted"),
         ),
         StatusCode::OK => oracle.blob_acked(*digest, epoch),
         s if is_unexpected_server_error(s) => oracle.fail(
-            "internal-on-request",
+            Invariant::InternalOnRequest,
             format!(
                 "PUT /cas/ of {digest}: {s} {}",
                 String::from_utf8_lossy(&reply)
@@ -211,7 +211,7 @@ async fn read_action(
     ));
     if is_unexpected_server_error(status) {
         oracle.fail(
-            "internal-on-request",
+            Invariant::InternalOnRequest,
             format!("GET /ac/ of {action}: {status}"),
         );
     }
@@ -220,7 +220,7 @@ async fn read_action(
     }
     if !oracle.action_value_known(INSTANCE, action, &body) {
         oracle.fail(
-            "ac-returns-unknown-value",
+            Invariant::AcReturnsUnknownValue,
             format!(
                 "GET /ac/ of {action} returned {} bytes nobody stored",
                 body.len()
@@ -244,12 +244,13 @@ async fn read_action(
         match status {
             StatusCode::OK => oracle.check_read(pool, &digest, 0, &data),
             StatusCode::NOT_FOUND if oracle.total_evictions() == evictions_before => oracle.fail(
-                "ac-hit-references-missing-blob",
+                Invariant::AcHitReferencesMissingBlob,
                 format!("GET /ac/ of {action} hit, but its output {digest} is not in the CAS"),
             ),
-            s if is_unexpected_server_error(s) => {
-                oracle.fail("internal-on-request", format!("GET /cas/ of {digest}: {s}"))
-            }
+            s if is_unexpected_server_error(s) => oracle.fail(
+                Invariant::InternalOnRequest,
+                format!("GET /cas/ of {digest}: {s}"),
+            ),
             _ => {}
         }
     }

@@ -15,7 +15,7 @@ use hyper_util::rt::TokioIo;
 use madsim::rand::{thread_rng, Rng};
 use tokio::net::TcpStream;
 
-use crate::oracle::Oracle;
+use crate::oracle::{Invariant, Oracle};
 use crate::plan::Plan;
 
 /// The server's HTTP address inside the simulated network.
@@ -107,7 +107,7 @@ pub fn check_get(
     oracle.event(format!("ccache get {shown} {}", status.as_u16()));
     match status {
         StatusCode::OK if !oracle.opaque_value_known(key, body) => oracle.fail(
-            "ac-returns-unknown-value",
+            Invariant::AcReturnsUnknownValue,
             format!(
                 "GET /ac/ of ccache key {shown} returned {} bytes nobody stored",
                 body.len()
@@ -115,7 +115,7 @@ pub fn check_get(
         ),
         StatusCode::OK => {}
         StatusCode::NOT_FOUND if oracle.miss_breaks(key, promise) => oracle.fail(
-            "acknowledged-action-lost",
+            Invariant::AcknowledgedActionLost,
             format!("acknowledged ccache entry {shown} not found"),
         ),
         s if s.is_server_error()
@@ -123,7 +123,7 @@ pub fn check_get(
             && s != StatusCode::INSUFFICIENT_STORAGE =>
         {
             oracle.fail(
-                "internal-on-request",
+                Invariant::InternalOnRequest,
                 format!("GET of ccache key {shown}: {s}"),
             )
         }
@@ -189,7 +189,7 @@ async fn compile(
                 && s != StatusCode::INSUFFICIENT_STORAGE =>
             {
                 oracle.fail(
-                    "internal-on-request",
+                    Invariant::InternalOnRequest,
                     format!(
                         "PUT of a ccache entry: {s} {}",
                         String::from_utf8_lossy(&body)

@@ -1,27 +1,6 @@
 //! The oracle: what the clients were promised, and the named invariants checked against it.
 //!
-//! Invariants (each failure carries one of these names):
-//! - `read-hashes-to-digest`: every byte a read returns is the blob's true content at that offset.
-//! - `acknowledged-blob-lost`: a blob whose upload was acknowledged (OK) is readable forever after,
-//!   across any number of crashes.
-//! - `find-missing-lies`: FindMissingBlobs never reports an acknowledged blob missing, and a blob
-//!   it once reported present stays readable (both unless a logged eviction took it since).
-//! - `acknowledged-action-lost`: an acknowledged action-cache update stays retrievable.
-//! - `ac-hit-references-missing-blob`: an action-cache hit never names a blob the CAS lacks.
-//! - `ac-returns-unknown-value`: an action-cache hit (gRPC, or an opaque value over HTTP) is a
-//!   value some client stored for that key.
-//! - `opaque-value-over-grpc`: gRPC GetActionResult never serves an opaque (ccache) value.
-//! - `internal-on-request`: no request, valid or not, gets INTERNAL.
-//! - `bad-input-accepted`: a wrong upload is rejected with INVALID_ARGUMENT, not stored.
-//! - `temp-file-leak`: no temp file outlives its upload or survives a restart.
-//! - `persist-before-flush` (from the simulated filesystem): nothing reopens a file by path
-//!   while bytes of it sit unflushed in a handle.
-//! - `footer-names-unsynced-record` (from the simulated filesystem): a footer is made durable
-//!   only after every record it names is.
-//! - `footer-vouches-for-corrupt-record` (an audit of the disk whenever the server is down): a
-//!   segment footer whose checksums match names only records whose payloads hash as it says.
-//! - `server-panic`: the server never panics.
-//! - `liveness`: a seed finishes within its virtual time limit (a hang fails it).
+//! Every failure names one [`Invariant`]; the README lists them (a test checks it does).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -30,11 +9,114 @@ use bytes::Bytes;
 use hoard::engine::Digest;
 use sha2::{Digest as _, Sha256};
 
+/// The invariants a seed is held to. Their names are stable: they appear in reports, in the
+/// replay output and in the README.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Invariant {
+    /// Every byte a read returns is the blob's true content at that offset.
+    ReadHashesToDigest,
+    /// A blob whose upload was acknowledged (OK) is readable forever after, across any number
+    /// of crashes (unless a logged eviction took it).
+    AcknowledgedBlobLost,
+    /// FindMissingBlobs never reports an acknowledged blob missing, and a blob it once reported
+    /// present stays readable (both unless a logged eviction took it since).
+    FindMissingLies,
+    /// An acknowledged action-cache update stays retrievable.
+    AcknowledgedActionLost,
+    /// An action-cache hit never names a blob the CAS lacks.
+    AcHitReferencesMissingBlob,
+    /// An action-cache hit (gRPC, or an opaque value over HTTP) is a value some client stored
+    /// for that key.
+    AcReturnsUnknownValue,
+    /// gRPC GetActionResult never serves an opaque (ccache) value.
+    OpaqueValueOverGrpc,
+    /// No request, valid or not, gets INTERNAL (HTTP 500).
+    InternalOnRequest,
+    /// A wrong upload is rejected with INVALID_ARGUMENT, not stored.
+    BadInputAccepted,
+    /// No temp file outlives its upload or survives a restart.
+    TempFileLeak,
+    /// Nothing reopens a file by path while bytes of it sit unflushed in a handle (asserted by
+    /// the simulated disk).
+    PersistBeforeFlush,
+    /// A footer is made durable only after every record it names is (asserted by the simulated
+    /// disk at every sync).
+    FooterNamesUnsyncedRecord,
+    /// A segment footer whose checksums match names only records whose payloads hash as it says
+    /// (the disk audited whenever the server is down).
+    FooterVouchesForCorruptRecord,
+    /// The server never panics.
+    ServerPanic,
+    /// A seed finishes within its virtual time limit (a hang fails it).
+    Liveness,
+    /// Two runs of one seed give the same trace.
+    Determinism,
+    /// The simulator process itself did not crash (out of memory, say) while running a seed.
+    SimulatorCrash,
+}
+
+impl Invariant {
+    /// Every invariant, in report order.
+    pub const ALL: [Invariant; 17] = [
+        Invariant::ReadHashesToDigest,
+        Invariant::AcknowledgedBlobLost,
+        Invariant::FindMissingLies,
+        Invariant::AcknowledgedActionLost,
+        Invariant::AcHitReferencesMissingBlob,
+        Invariant::AcReturnsUnknownValue,
+        Invariant::OpaqueValueOverGrpc,
+        Invariant::InternalOnRequest,
+        Invariant::BadInputAccepted,
+        Invariant::TempFileLeak,
+        Invariant::PersistBeforeFlush,
+        Invariant::FooterNamesUnsyncedRecord,
+        Invariant::FooterVouchesForCorruptRecord,
+        Invariant::ServerPanic,
+        Invariant::Liveness,
+        Invariant::Determinism,
+        Invariant::SimulatorCrash,
+    ];
+
+    /// The invariant's stable name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Invariant::ReadHashesToDigest => "read-hashes-to-digest",
+            Invariant::AcknowledgedBlobLost => "acknowledged-blob-lost",
+            Invariant::FindMissingLies => "find-missing-lies",
+            Invariant::AcknowledgedActionLost => "acknowledged-action-lost",
+            Invariant::AcHitReferencesMissingBlob => "ac-hit-references-missing-blob",
+            Invariant::AcReturnsUnknownValue => "ac-returns-unknown-value",
+            Invariant::OpaqueValueOverGrpc => "opaque-value-over-grpc",
+            Invariant::InternalOnRequest => "internal-on-request",
+            Invariant::BadInputAccepted => "bad-input-accepted",
+            Invariant::TempFileLeak => "temp-file-leak",
+            Invariant::PersistBeforeFlush => "persist-before-flush",
+            Invariant::FooterNamesUnsyncedRecord => "footer-names-unsynced-record",
+            Invariant::FooterVouchesForCorruptRecord => "footer-vouches-for-corrupt-record",
+            Invariant::ServerPanic => "server-panic",
+            Invariant::Liveness => "liveness",
+            Invariant::Determinism => "determinism",
+            Invariant::SimulatorCrash => "simulator-crash",
+        }
+    }
+
+    /// The invariant called `name`.
+    pub fn from_name(name: &str) -> Option<Invariant> {
+        Invariant::ALL.into_iter().find(|i| i.name() == name)
+    }
+}
+
+impl std::fmt::Display for Invariant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// A broken invariant.
 #[derive(Clone, Debug)]
 pub struct Failure {
-    /// The invariant's name.
-    pub invariant: &'static str,
+    /// The invariant broken.
+    pub invariant: Invariant,
     /// What was seen.
     pub detail: String,
 }
@@ -104,7 +186,7 @@ impl Oracle {
     }
 
     /// Records a broken invariant.
-    pub fn fail(&self, invariant: &'static str, detail: impl Into<String>) {
+    pub fn fail(&self, invariant: Invariant, detail: impl Into<String>) {
         let detail = detail.into();
         self.event(format!("FAIL {invariant} {detail}"));
         self.with(|s| {
@@ -307,7 +389,7 @@ impl Oracle {
             start + data.len() <= content.len() && content[start..start + data.len()] == *data;
         if !matches {
             self.fail(
-                "read-hashes-to-digest",
+                Invariant::ReadHashesToDigest,
                 format!(
                     "read of {digest} at {offset} returned {} wrong bytes",
                     data.len()

@@ -20,7 +20,7 @@ use prost::Message;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
-use crate::oracle::{Oracle, Pool};
+use crate::oracle::{Invariant, Oracle, Pool};
 use crate::plan::Plan;
 
 /// The server's gRPC address inside the simulated network.
@@ -113,7 +113,7 @@ impl Client {
             .event(format!("{} {op} {digest} {:?}", self.id, status.code()));
         if status.code() == Code::Internal {
             self.oracle.fail(
-                "internal-on-request",
+                Invariant::InternalOnRequest,
                 format!("{op} of {digest}: {}", status.message()),
             );
         }
@@ -149,7 +149,7 @@ impl Client {
             .event(format!("{} write {digest} ok {committed}", self.id));
         if committed != digest.size as i64 {
             self.oracle.fail(
-                "read-hashes-to-digest",
+                Invariant::ReadHashesToDigest,
                 format!("write of {digest} acknowledged with committed_size {committed}"),
             );
             return;
@@ -168,7 +168,7 @@ impl Client {
                         && self.oracle.miss_breaks(&digest.hash, promise) =>
                 {
                     self.oracle.fail(
-                        "find-missing-lies",
+                        Invariant::FindMissingLies,
                         format!("{digest} reported missing right after its write was acknowledged"),
                     )
                 }
@@ -298,7 +298,7 @@ impl Client {
                     return Some(digest.size as i64);
                 }
                 self.oracle.fail(
-                    "read-hashes-to-digest",
+                    Invariant::ReadHashesToDigest,
                     format!(
                         "zstd write of {digest} from {offset} acknowledged with committed_size \
                          {committed}, not -1 or {end}"
@@ -366,7 +366,7 @@ impl Client {
                 let offset = status.committed_size.max(0) as u64;
                 if offset > digest.size {
                     self.oracle.fail(
-                        "read-hashes-to-digest",
+                        Invariant::ReadHashesToDigest,
                         format!("QueryWriteStatus of {digest} reports {offset} bytes committed"),
                     );
                     return Err(None);
@@ -468,11 +468,11 @@ impl Client {
             match (code, corrupt) {
                 (0, false) => self.oracle.blob_acked(*digest, epochs[i]),
                 (0, true) => self.oracle.fail(
-                    "bad-input-accepted",
+                    Invariant::BadInputAccepted,
                     format!("BatchUpdateBlobs stored corrupt bytes for {digest}"),
                 ),
                 (13, _) => self.oracle.fail(
-                    "internal-on-request",
+                    Invariant::InternalOnRequest,
                     format!("BatchUpdateBlobs item {digest} got INTERNAL"),
                 ),
                 _ => {}
@@ -535,7 +535,7 @@ impl Client {
                     };
                     if data.len() as u64 != want {
                         self.oracle.fail(
-                            "read-hashes-to-digest",
+                            Invariant::ReadHashesToDigest,
                             format!(
                                 "read of {digest} at {offset} limit {limit} gave {} bytes",
                                 data.len()
@@ -550,7 +550,7 @@ impl Client {
                         && self.oracle.miss_breaks(&digest.hash, promise)
                     {
                         self.oracle.fail(
-                            "acknowledged-blob-lost",
+                            Invariant::AcknowledgedBlobLost,
                             format!("read of acknowledged {digest}: {}", status.message()),
                         );
                     }
@@ -587,13 +587,13 @@ impl Client {
         .await;
         match result {
             Ok(_) if limit != 0 => self.oracle.fail(
-                "bad-input-accepted",
+                Invariant::BadInputAccepted,
                 format!("a compressed read of {digest} with read_limit {limit} was served"),
             ),
             Ok(compressed) => {
                 let Ok(data) = zstd::stream::decode_all(&compressed[..]) else {
                     return self.oracle.fail(
-                        "read-hashes-to-digest",
+                        Invariant::ReadHashesToDigest,
                         format!(
                             "compressed read of {digest} at {offset} is not a valid zstd stream"
                         ),
@@ -606,7 +606,7 @@ impl Client {
                 ));
                 if data.len() as u64 != digest.size - offset {
                     self.oracle.fail(
-                        "read-hashes-to-digest",
+                        Invariant::ReadHashesToDigest,
                         format!(
                             "compressed read of {digest} at {offset} gave {} bytes",
                             data.len()
@@ -622,7 +622,7 @@ impl Client {
                     && self.oracle.miss_breaks(&digest.hash, promise)
                 {
                     self.oracle.fail(
-                        "acknowledged-blob-lost",
+                        Invariant::AcknowledgedBlobLost,
                         format!(
                             "compressed read of acknowledged {digest}: {}",
                             status.message()
@@ -667,7 +667,7 @@ impl Client {
                 .and_then(|d| Digest::parse(&d.hash, d.size_bytes).ok())
             else {
                 self.oracle.fail(
-                    "read-hashes-to-digest",
+                    Invariant::ReadHashesToDigest,
                     "BatchReadBlobs answered a malformed digest",
                 );
                 continue;
@@ -680,13 +680,13 @@ impl Client {
                     match zstd::stream::decode_all(&item.data[..]) {
                         Ok(data) => self.oracle.check_read(&self.pool, &digest, 0, &data),
                         Err(_) => self.oracle.fail(
-                            "read-hashes-to-digest",
+                            Invariant::ReadHashesToDigest,
                             format!("BatchReadBlobs: {digest} is not a valid zstd frame"),
                         ),
                     }
                 }
                 0 if item.compressor != IDENTITY => self.oracle.fail(
-                    "read-hashes-to-digest",
+                    Invariant::ReadHashesToDigest,
                     format!(
                         "BatchReadBlobs: {digest} came with compressor {} it was not asked for",
                         item.compressor
@@ -699,13 +699,14 @@ impl Client {
                     .any(|(d, p)| *d == digest && self.oracle.miss_breaks(&d.hash, *p)) =>
                 {
                     self.oracle.fail(
-                        "acknowledged-blob-lost",
+                        Invariant::AcknowledgedBlobLost,
                         format!("BatchReadBlobs: acknowledged {digest} not found"),
                     )
                 }
-                13 => self
-                    .oracle
-                    .fail("internal-on-request", format!("BatchReadBlobs {digest}")),
+                13 => self.oracle.fail(
+                    Invariant::InternalOnRequest,
+                    format!("BatchReadBlobs {digest}"),
+                ),
                 _ => {}
             }
         }
@@ -742,7 +743,7 @@ impl Client {
                         self.oracle.blob_acked(*digest, epoch);
                     } else if self.oracle.miss_breaks(&digest.hash, promise) {
                         self.oracle.fail(
-                            "find-missing-lies",
+                            Invariant::FindMissingLies,
                             format!("acknowledged {digest} reported missing"),
                         );
                     }
@@ -833,7 +834,7 @@ impl Client {
         let mut client = ByteStreamClient::new(channel.clone());
         match client.write(futures::stream::iter(requests)).await {
             Ok(_) => self.oracle.fail(
-                "bad-input-accepted",
+                Invariant::BadInputAccepted,
                 format!("a write of other bytes under {wrong} was acknowledged"),
             ),
             Err(status) => {
@@ -846,7 +847,7 @@ impl Client {
                 ];
                 if !expected.contains(&status.code()) {
                     self.oracle.fail(
-                        "bad-input-accepted",
+                        Invariant::BadInputAccepted,
                         format!(
                             "a mismatched write got {:?}: {}",
                             status.code(),
@@ -885,7 +886,7 @@ pub async fn check_action(
             ));
             if status.code() == Code::Internal {
                 oracle.fail(
-                    "internal-on-request",
+                    Invariant::InternalOnRequest,
                     format!("GetActionResult: {}", status.message()),
                 );
             }
@@ -894,7 +895,7 @@ pub async fn check_action(
                 && !oracle.action_outputs_evicted(instance, action)
             {
                 oracle.fail(
-                    "acknowledged-action-lost",
+                    Invariant::AcknowledgedActionLost,
                     format!("acknowledged action {action} in {instance:?} not found"),
                 );
             }
@@ -904,7 +905,7 @@ pub async fn check_action(
     oracle.event(format!("{tag} get-action {instance:?} {action} hit"));
     if !oracle.action_value_known(instance, action, &result.encode_to_vec()) {
         oracle.fail(
-            "ac-returns-unknown-value",
+            Invariant::AcReturnsUnknownValue,
             format!("action {action} in {instance:?} returned a value nobody stored"),
         );
     }
@@ -926,7 +927,7 @@ pub async fn check_action(
         }
         for missing in response.into_inner().missing_blob_digests {
             oracle.fail(
-                "ac-hit-references-missing-blob",
+                Invariant::AcHitReferencesMissingBlob,
                 format!(
                     "action {action} in {instance:?} names missing {}/{}",
                     missing.hash, missing.size_bytes

@@ -29,7 +29,7 @@ use tonic::transport::Channel;
 
 use crate::fs::SimFs;
 pub use crate::oracle::Failure;
-use crate::oracle::{Oracle, Pool};
+use crate::oracle::{Invariant, Oracle, Pool};
 use crate::plan::Plan;
 use crate::workload::{check_action, connect, wire_digest, Client};
 use crate::{bazel_http, ccache};
@@ -68,9 +68,9 @@ pub fn run_seed(seed: u64, planted: Option<&str>, verbose: bool) -> Outcome {
             .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
             .unwrap_or_else(|| "unknown panic".into());
         let invariant = if message.contains("time limit") {
-            "liveness"
+            Invariant::Liveness
         } else {
-            "server-panic"
+            Invariant::ServerPanic
         };
         Outcome {
             config: "(panicked before the plan was printed)".into(),
@@ -223,7 +223,10 @@ async fn simulate(planted: Option<String>, verbose: bool) -> Outcome {
     }
     let handle = Handle::current();
     let fs = SimFs::new(plan.faults.clone());
-    fs.set_sync_check("footer-names-unsynced-record", footer_names_unsynced_record);
+    fs.set_sync_check(
+        Invariant::FooterNamesUnsyncedRecord.name(),
+        footer_names_unsynced_record,
+    );
     let oracle = Arc::new(Oracle::default());
     let pool = Arc::new(draw_pool(&plan));
     let engine = engine_config(&plan, planted.as_deref(), &oracle);
@@ -301,7 +304,7 @@ async fn simulate(planted: Option<String>, verbose: bool) -> Outcome {
     };
     let (finished, ()) = futures::join!(join_all(clients), crasher);
     if finished.iter().any(Result::is_err) {
-        oracle.fail("server-panic", "a client task panicked");
+        oracle.fail(Invariant::ServerPanic, "a client task panicked");
     }
 
     // The audit speaks to the server over the simulated network, so it runs on a node of its own.
@@ -315,7 +318,7 @@ async fn simulate(planted: Option<String>, verbose: bool) -> Outcome {
         auditor.spawn(async move { audit(&handle, &server, &fs, &oracle, &pool).await })
     };
     if audited.await.is_err() {
-        oracle.fail("server-panic", "the audit task panicked");
+        oracle.fail(Invariant::ServerPanic, "the audit task panicked");
     }
     // The disk's own record of injected faults is part of what must replay identically.
     for event in fs.events() {
@@ -350,7 +353,7 @@ async fn audit(handle: &Handle, server: &NodeHandle, fs: &SimFs, oracle: &Oracle
     let leftovers = temp_files(fs);
     if leftovers.len() > oracle.abandoned_uploads() {
         oracle.fail(
-            "temp-file-leak",
+            Invariant::TempFileLeak,
             format!(
                 "{} temp files remain with {} uploads abandoned: {leftovers:?}",
                 leftovers.len(),
@@ -370,7 +373,7 @@ async fn audit(handle: &Handle, server: &NodeHandle, fs: &SimFs, oracle: &Oracle
     let leftovers = temp_files(fs);
     if !leftovers.is_empty() {
         oracle.fail(
-            "temp-file-leak",
+            Invariant::TempFileLeak,
             format!("temp files survived a restart: {leftovers:?}"),
         );
     }
@@ -385,7 +388,7 @@ async fn audit(handle: &Handle, server: &NodeHandle, fs: &SimFs, oracle: &Oracle
         Ok(response) => {
             for missing in response.into_inner().missing_blob_digests {
                 oracle.fail(
-                    "acknowledged-blob-lost",
+                    Invariant::AcknowledgedBlobLost,
                     format!(
                         "{}/{} missing after the final restart",
                         missing.hash, missing.size_bytes
@@ -394,7 +397,7 @@ async fn audit(handle: &Handle, server: &NodeHandle, fs: &SimFs, oracle: &Oracle
             }
         }
         Err(status) => oracle.fail(
-            "internal-on-request",
+            Invariant::InternalOnRequest,
             format!("final FindMissingBlobs: {status}"),
         ),
     }
@@ -406,8 +409,15 @@ async fn audit(handle: &Handle, server: &NodeHandle, fs: &SimFs, oracle: &Oracle
     }
     audit_opaque(&channel, oracle).await;
     for violation in fs.violations() {
+        // The disk names its rules by the invariants' names.
+        let invariant = Invariant::from_name(violation.name).unwrap_or_else(|| {
+            unreachable!(
+                "the disk reports a rule the oracle does not know: {}",
+                violation.name
+            )
+        });
         oracle.fail(
-            violation.name,
+            invariant,
             format!("{}: {}", violation.path.display(), violation.detail),
         );
     }
@@ -462,7 +472,7 @@ fn audit_footers(fs: &SimFs, oracle: &Oracle) {
             let payload = &bytes[start..start + entry.payload_len as usize];
             if <[u8; 32]>::from(Sha256::digest(payload)) != entry.payload_sha256 {
                 oracle.fail(
-                    "footer-vouches-for-corrupt-record",
+                    Invariant::FooterVouchesForCorruptRecord,
                     format!(
                         "{}: the footer names a record at {start} whose bytes do not hash",
                         path.display()
@@ -493,12 +503,12 @@ async fn audit_blob(channel: &Channel, oracle: &Oracle, pool: &Pool, digest: &Di
         Ok(data) => {
             oracle.check_read(pool, digest, 0, &data);
             oracle.fail(
-                "read-hashes-to-digest",
+                Invariant::ReadHashesToDigest,
                 format!("final read of {digest} gave {} bytes", data.len()),
             );
         }
         Err(status) => oracle.fail(
-            "acknowledged-blob-lost",
+            Invariant::AcknowledgedBlobLost,
             format!(
                 "final read of {digest}: {:?} {}",
                 status.code(),
@@ -516,7 +526,7 @@ async fn audit_opaque(channel: &Channel, oracle: &Oracle) {
     }
     let Some(mut sender) = ccache::connect().await else {
         oracle.fail(
-            "acknowledged-action-lost",
+            Invariant::AcknowledgedActionLost,
             "the HTTP listener is gone after the final restart",
         );
         return;
@@ -530,7 +540,7 @@ async fn audit_opaque(channel: &Channel, oracle: &Oracle) {
                 ccache::check_get(oracle, &key, status, &body, promise)
             }
             None => oracle.fail(
-                "acknowledged-action-lost",
+                Invariant::AcknowledgedActionLost,
                 "HTTP connection lost during the audit",
             ),
         }
@@ -541,7 +551,7 @@ async fn audit_opaque(channel: &Channel, oracle: &Oracle) {
         };
         match ac.get_action_result(request).await {
             Ok(_) => oracle.fail(
-                "opaque-value-over-grpc",
+                Invariant::OpaqueValueOverGrpc,
                 format!(
                     "GetActionResult served the ccache entry {}",
                     hex::encode(key)
@@ -549,7 +559,7 @@ async fn audit_opaque(channel: &Channel, oracle: &Oracle) {
             ),
             Err(status) if status.code() == tonic::Code::NotFound => {}
             Err(status) => oracle.fail(
-                "internal-on-request",
+                Invariant::InternalOnRequest,
                 format!("GetActionResult of a ccache key: {status}"),
             ),
         }
