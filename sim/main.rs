@@ -7,8 +7,6 @@ mod bazel_http;
 #[cfg(madsim)]
 mod ccache;
 #[cfg(madsim)]
-mod fs;
-#[cfg(madsim)]
 mod oracle;
 #[cfg(madsim)]
 mod plan;

@@ -27,12 +27,12 @@ use madsim::runtime::{Handle, NodeHandle, Runtime};
 use sha2::{Digest as _, Sha256};
 use tonic::transport::Channel;
 
-use crate::fs::SimFs;
 pub use crate::oracle::Failure;
 use crate::oracle::{Invariant, Oracle, Pool};
 use crate::plan::Plan;
 use crate::workload::{check_action, connect, wire_digest, Client};
 use crate::{bazel_http, ccache};
+use hoard::seam::sim_fs::SimFs;
 
 const DATA_DIR: &str = "/data";
 const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);

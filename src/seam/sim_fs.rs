@@ -1,4 +1,5 @@
-//! The simulated disk behind [`hoard::seam::Fs`].
+//! The simulated disk behind [`Fs`] (only under `--cfg madsim`: the simulator and the tests
+//! that run on madsim use it).
 //!
 //! Three layers are modelled explicitly, because the bugs hoard hunts live between them:
 //! 1. **Handle buffers**: [`FsFile::write`] only appends to the handle's pending buffer. Nobody
@@ -24,9 +25,9 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use super::{Fs, FsFile, FsLock};
 use async_trait::async_trait;
 use bytes::Bytes;
-use hoard::seam::{Fs, FsFile, FsLock};
 use madsim::rand::{thread_rng, Rng};
 
 /// Granularity of torn writes on a crash.
@@ -131,7 +132,6 @@ pub struct FaultConfig {
 
 impl FaultConfig {
     /// No faults: buffers drain only on flush and dropped bytes land at the next call.
-    #[cfg(test)]
     pub fn none() -> Self {
         Self {
             lazy_flush: 0.0,
