@@ -243,10 +243,15 @@ async fn read_action(
         let (status, data) = send(sender, Method::GET, &path, Bytes::new()).await?;
         match status {
             StatusCode::OK => oracle.check_read(pool, &digest, 0, &data),
-            StatusCode::NOT_FOUND if oracle.total_evictions() == evictions_before => oracle.fail(
-                Invariant::AcHitReferencesMissingBlob,
-                format!("GET /ac/ of {action} hit, but its output {digest} is not in the CAS"),
-            ),
+            StatusCode::NOT_FOUND
+                if oracle.total_evictions() == evictions_before
+                    && !oracle.damaged_ever(&digest.hash) =>
+            {
+                oracle.fail(
+                    Invariant::AcHitReferencesMissingBlob,
+                    format!("GET /ac/ of {action} hit, but its output {digest} is not in the CAS"),
+                )
+            }
             s if is_unexpected_server_error(s) => oracle.fail(
                 Invariant::InternalOnRequest,
                 format!("GET /cas/ of {digest}: {s}"),

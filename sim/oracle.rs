@@ -144,8 +144,11 @@ struct State {
     /// Acknowledged blobs, each with its epoch: the blob's eviction count when the acknowledged
     /// request started. An eviction since then excuses its absence.
     acked_blobs: BTreeMap<Digest, u64>,
-    /// Evictions the server reported, per key (blob digests; action and ccache keys by hash).
+    /// Evictions the server reported, per key (blob digests; action and ccache keys by hash),
+    /// and silent damage the disk did to the key's record (which excuses a miss just the same).
     evictions: BTreeMap<[u8; 32], u64>,
+    /// Silent damage the disk did, per key.
+    damage: BTreeMap<[u8; 32], u64>,
     /// Every value any client tried to store per (instance, action), and the epoch of the last
     /// acknowledged one.
     actions: BTreeMap<(String, Digest), (Vec<Bytes>, Option<u64>)>,
@@ -204,6 +207,24 @@ impl Oracle {
         self.with(|s| *s.evictions.entry(*key).or_default() += 1);
     }
 
+    /// The disk silently damaged the record with this key (see `spoiled_records` in the world):
+    /// like an eviction, it excuses the record's absence from then on, never a wrong byte.
+    pub fn damaged(&self, key: &[u8; 32]) {
+        self.event(format!("damaged {}", hex::encode(&key[..8])));
+        self.with(|s| {
+            *s.evictions.entry(*key).or_default() += 1;
+            *s.damage.entry(*key).or_default() += 1;
+        });
+    }
+
+    /// Whether the disk ever silently damaged `key`'s record. Such a key's promises are void
+    /// for good: a later upload of the same digest is deduplicated against the damaged record
+    /// (the engine cannot know), and a ranged read, which cannot be hashed against the digest,
+    /// trusts a record the engine checked once (a whole-blob read is still never wrong).
+    pub fn damaged_ever(&self, key: &[u8; 32]) -> bool {
+        self.with(|s| s.damage.contains_key(key))
+    }
+
     /// Evictions of `key` so far: taken before a request, compared after it, it tells whether a
     /// miss may be explained by an eviction in between.
     pub fn evictions(&self, key: &[u8; 32]) -> u64 {
@@ -229,7 +250,7 @@ impl Oracle {
     /// Whether a miss of `key` now breaks `promise`: it was acknowledged and nothing evicted it
     /// since the acknowledged request began (a logged eviction is the only excuse).
     pub fn miss_breaks(&self, key: &[u8; 32], promise: Option<u64>) -> bool {
-        promise.is_some_and(|epoch| self.evictions(key) == epoch)
+        promise.is_some_and(|epoch| self.evictions(key) == epoch) && !self.damaged_ever(key)
     }
 
     /// Whether any blob named by any value stored for the action was ever evicted (its GetActionResult
@@ -265,6 +286,7 @@ impl Oracle {
             s.acked_blobs
                 .iter()
                 .filter(|(d, epoch)| s.evictions.get(&d.hash).copied().unwrap_or(0) == **epoch)
+                .filter(|(d, _)| !s.damage.contains_key(&d.hash))
                 .map(|(d, _)| *d)
                 .collect()
         })
@@ -314,6 +336,7 @@ impl Oracle {
                     let (_, action) = key;
                     *epoch == Some(s.evictions.get(&action.hash).copied().unwrap_or(0))
                         && !s.incomplete_actions.contains(*key)
+                        && !s.damage.contains_key(&action.hash)
                 })
                 .map(|(k, _)| k.clone())
                 .collect()
@@ -354,6 +377,7 @@ impl Oracle {
             s.opaque
                 .iter()
                 .filter(|(k, (_, epoch))| *epoch == Some(s.evictions.get(*k).copied().unwrap_or(0)))
+                .filter(|(k, _)| !s.damage.contains_key(*k))
                 .map(|(k, _)| *k)
                 .collect()
         })

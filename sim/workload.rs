@@ -542,7 +542,10 @@ impl Client {
                             ),
                         );
                     }
-                    self.oracle.check_read(&self.pool, &digest, offset, &data);
+                    let ranged = offset > 0 || (limit != 0 && limit < digest.size);
+                    if !ranged || !self.oracle.damaged_ever(&digest.hash) {
+                        self.oracle.check_read(&self.pool, &digest, offset, &data);
+                    }
                 }
                 Err(status) => {
                     self.status("read", &digest, &status);
@@ -613,7 +616,9 @@ impl Client {
                         ),
                     );
                 }
-                self.oracle.check_read(&self.pool, &digest, offset, &data);
+                if offset == 0 || !self.oracle.damaged_ever(&digest.hash) {
+                    self.oracle.check_read(&self.pool, &digest, offset, &data);
+                }
             }
             Err(status) => {
                 self.status("zstd-read", &digest, &status);
@@ -926,6 +931,11 @@ pub async fn check_action(
             return;
         }
         for missing in response.into_inner().missing_blob_digests {
+            let damaged = hoard::engine::parse_hash(&missing.hash)
+                .is_ok_and(|hash| oracle.damaged_ever(&hash));
+            if damaged {
+                continue; // the disk spoiled it; the engine found out after the hit
+            }
             oracle.fail(
                 Invariant::AcHitReferencesMissingBlob,
                 format!(

@@ -228,6 +228,14 @@ async fn simulate(planted: Option<String>, verbose: bool) -> Outcome {
         footer_names_unsynced_record,
     );
     let oracle = Arc::new(Oracle::default());
+    {
+        let oracle = oracle.clone();
+        fs.set_damage_hook(Arc::new(move |path: &Path, image: &[u8], range| {
+            for key in spoiled_records(path, image, range) {
+                oracle.damaged(&key);
+            }
+        }));
+    }
     let pool = Arc::new(draw_pool(&plan));
     let engine = engine_config(&plan, planted.as_deref(), &oracle);
     let config = ServeConfig {
@@ -449,6 +457,38 @@ fn footer_names_unsynced_record(before: &[u8], after: &[u8]) -> Option<String> {
     })
 }
 
+/// The keys (blob hashes, action keys) of the records a silent damage of `range` in the segment
+/// whose intended contents are `image` may cost: the records it touches and every record after
+/// them, since a scan of an unsealed segment stops at the first record that fails its checks and
+/// the tail from there is cut off. Files outside the segment directory hold no records.
+fn spoiled_records(path: &Path, image: &[u8], range: std::ops::Range<u64>) -> Vec<[u8; 32]> {
+    if !path.starts_with(Path::new(DATA_DIR).join("segments")) {
+        return Vec::new();
+    }
+    let mut keys = Vec::new();
+    let mut at = 0usize;
+    while at < image.len() {
+        let Ok(header) = record::decode_header(&image[at..]) else {
+            // Damaged or not a record: look for the next record header after it.
+            match image[at + 1..].windows(4).position(|w| w == b"HRD2") {
+                Some(next) => at += 1 + next,
+                None => break,
+            }
+            continue;
+        };
+        let end = at + header.header_len + header.payload_len as usize;
+        if end as u64 > range.start {
+            match header.key {
+                RecordKey::Blob(digest) => keys.push(digest.hash),
+                RecordKey::Action { action, .. } => keys.push(action),
+                RecordKey::Seal => {}
+            }
+        }
+        at = end.min(image.len()).max(at + 1);
+    }
+    keys
+}
+
 /// What the disk holds while the server is down: every segment footer whose checksums match
 /// (the ones recovery will trust) names only records whose payloads are on disk and intact.
 fn audit_footers(fs: &SimFs, oracle: &Oracle) {
@@ -467,8 +507,16 @@ fn audit_footers(fs: &SimFs, oracle: &Oracle) {
         let Ok(entries) = record::decode_footer(footer, offset) else {
             continue;
         };
+        let damaged = fs.damaged(&path);
         for entry in entries {
             let start = entry.payload_offset as usize;
+            let end = (entry.payload_offset + entry.payload_len) as u64;
+            if damaged
+                .iter()
+                .any(|d| d.start < end && d.end > start as u64)
+            {
+                continue; // the disk spoiled it, not the seal
+            }
             let payload = &bytes[start..start + entry.payload_len as usize];
             if <[u8; 32]>::from(Sha256::digest(payload)) != entry.payload_sha256 {
                 oracle.fail(

@@ -400,7 +400,9 @@ impl Engine {
         let entry = Entry {
             location,
             sha256,
-            verified: true,
+            // Hashed on the way in, never read back: the first ranged read re-hashes what the
+            // disk holds (a write that landed elsewhere is caught there, not served).
+            verified: false,
             referenced: false,
         };
         if self.config.planted(PlantedBug::IndexBeforeSync) {

@@ -707,9 +707,9 @@ async fn write_record(
             )
             .await?
             {
-                return Err(Error::Internal(format!(
-                    "{source} changed after it was verified"
-                )));
+                // The disk gave back other bytes than it was given: a disk fault, worth a retry.
+                let why = format!("{source} changed after it was verified");
+                return Err(Error::io(why, io::ErrorKind::InvalidData.into()));
             }
         }
         Payload::Segment { reader, offset } => {
@@ -745,9 +745,8 @@ async fn copy_verified(
             .await
             .map_err(io_error(format!("reading {describe}")))?;
         if chunk.is_empty() {
-            return Err(Error::Internal(format!(
-                "{describe} holds {copied} bytes, expected {len}"
-            )));
+            let why = format!("{describe} holds {copied} bytes, expected {len}");
+            return Err(Error::io(why, io::ErrorKind::UnexpectedEof.into()));
         }
         hasher.update(&chunk);
         writer
