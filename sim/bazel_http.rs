@@ -117,7 +117,7 @@ async fn build(
         ..Default::default()
     };
     let value = Bytes::from(result.encode_to_vec());
-    oracle.action_attempted(INSTANCE, action, value.clone());
+    let number = oracle.action_attempted(INSTANCE, action, value.clone());
     if !complete {
         oracle.action_may_be_incomplete(INSTANCE, action);
     }
@@ -126,6 +126,8 @@ async fn build(
     let Some((status, body)) = send(sender, Method::PUT, &path, value).await else {
         return false;
     };
+    oracle.action_answered(INSTANCE, action, number, status == StatusCode::OK);
+    crate::ccache::check_full_disk(oracle, "PUT /ac/", status, &body);
     oracle.event(format!(
         "{tag} http put-action {action} {} complete={complete}",
         status.as_u16()
@@ -171,6 +173,7 @@ async fn upload(
     let epoch = oracle.evictions(&digest.hash);
     let path = format!("/cas/{}", digest.hex());
     let (status, reply) = send(sender, Method::PUT, &path, body).await?;
+    crate::ccache::check_full_disk(oracle, "PUT /cas/", status, &reply);
     oracle.event(format!(
         "{tag} http put-blob {digest} wrong={wrong} {}",
         status.as_u16()

@@ -94,6 +94,17 @@ async fn exchange(
     Some((status, body))
 }
 
+/// A full disk must answer 507 (the HTTP side of RESOURCE_EXHAUSTED), never 503 or 500.
+pub fn check_full_disk(oracle: &Oracle, what: &str, status: StatusCode, body: &[u8]) {
+    let message = String::from_utf8_lossy(body);
+    if crate::workload::is_full_disk(&message) && status != StatusCode::INSUFFICIENT_STORAGE {
+        oracle.fail(
+            Invariant::FullDiskNotResourceExhausted,
+            format!("{what}: {status} {message}"),
+        );
+    }
+}
+
 /// Checks a `GET /ac/` answer for a ccache key against what clients stored there. `promise`
 /// is [`Oracle::opaque_promise`] taken before the request was sent.
 pub fn check_get(
@@ -182,6 +193,7 @@ async fn compile(
             hex::encode(&key[..8]),
             status.as_u16()
         ));
+        check_full_disk(oracle, "PUT of a ccache entry", status, &body);
         match status {
             StatusCode::OK => oracle.opaque_acked(key, epoch),
             s if s.is_server_error()

@@ -45,6 +45,16 @@ pub enum Invariant {
     /// A segment footer whose checksums match names only records whose payloads hash as it says
     /// (the disk audited whenever the server is down).
     FooterVouchesForCorruptRecord,
+    /// A request refused for want of disk space is RESOURCE_EXHAUSTED (HTTP 507), not
+    /// UNAVAILABLE or INTERNAL: a client must not retry it at once.
+    FullDiskNotResourceExhausted,
+    /// Once the writes of an action-cache key are quiet, it holds the newest acknowledged value
+    /// (or one written concurrently with or after it), across crashes: never one an acknowledged
+    /// later write replaced.
+    StaleActionValue,
+    /// A blob that fails verification is never served whole and, once a read found it corrupt,
+    /// is reported missing (until uploaded again).
+    CorruptBlobStillPresent,
     /// The server never panics.
     ServerPanic,
     /// A seed finishes within its virtual time limit (a hang fails it).
@@ -57,7 +67,7 @@ pub enum Invariant {
 
 impl Invariant {
     /// Every invariant, in report order.
-    pub const ALL: [Invariant; 17] = [
+    pub const ALL: [Invariant; 20] = [
         Invariant::ReadHashesToDigest,
         Invariant::AcknowledgedBlobLost,
         Invariant::FindMissingLies,
@@ -68,6 +78,9 @@ impl Invariant {
         Invariant::InternalOnRequest,
         Invariant::BadInputAccepted,
         Invariant::TempFileLeak,
+        Invariant::FullDiskNotResourceExhausted,
+        Invariant::StaleActionValue,
+        Invariant::CorruptBlobStillPresent,
         Invariant::PersistBeforeFlush,
         Invariant::FooterNamesUnsyncedRecord,
         Invariant::FooterVouchesForCorruptRecord,
@@ -93,6 +106,9 @@ impl Invariant {
             Invariant::PersistBeforeFlush => "persist-before-flush",
             Invariant::FooterNamesUnsyncedRecord => "footer-names-unsynced-record",
             Invariant::FooterVouchesForCorruptRecord => "footer-vouches-for-corrupt-record",
+            Invariant::FullDiskNotResourceExhausted => "full-disk-not-resource-exhausted",
+            Invariant::StaleActionValue => "stale-action-value",
+            Invariant::CorruptBlobStillPresent => "corrupt-blob-still-present",
             Invariant::ServerPanic => "server-panic",
             Invariant::Liveness => "liveness",
             Invariant::Determinism => "determinism",
@@ -155,12 +171,26 @@ struct State {
     /// Actions some client stored a result for whose outputs it did not all upload: the last
     /// writer wins, so from then on a miss of the action is no broken promise.
     incomplete_actions: std::collections::BTreeSet<(String, Digest)>,
+    /// Every update of an action key in the order they were sent, for the newest-value rule.
+    writes: BTreeMap<(String, Digest), Vec<Write>>,
+    /// A logical clock for `writes`: ticks at every update sent and every answer received.
+    clock: u64,
     /// The same for opaque values stored over HTTP by ccache-like clients, by key.
     opaque: BTreeMap<[u8; 32], (Vec<Bytes>, Option<u64>)>,
     abandoned_uploads: usize,
     failures: Vec<Failure>,
     trace: Sha256,
     events: u64,
+}
+
+/// One action-cache update as the oracle saw it.
+struct Write {
+    value: Bytes,
+    /// When it was sent.
+    sent: u64,
+    /// When its answer came back (never, if the connection died first).
+    answered: Option<u64>,
+    acknowledged: bool,
 }
 
 /// Shared by every client of a seed.
@@ -292,15 +322,64 @@ impl Oracle {
         })
     }
 
-    /// A client is about to store `value` for an action.
-    pub fn action_attempted(&self, instance: &str, action: Digest, value: Bytes) {
+    /// A client is about to store `value` for an action; returns the update's number for
+    /// [`Oracle::action_answered`].
+    pub fn action_attempted(&self, instance: &str, action: Digest, value: Bytes) -> usize {
         self.with(|s| {
+            let key = (instance.to_owned(), action);
             s.actions
-                .entry((instance.to_owned(), action))
+                .entry(key.clone())
                 .or_default()
                 .0
-                .push(value)
+                .push(value.clone());
+            s.clock += 1;
+            let writes = s.writes.entry(key).or_default();
+            writes.push(Write {
+                value,
+                sent: s.clock,
+                answered: None,
+                acknowledged: false,
+            });
+            writes.len() - 1
+        })
+    }
+
+    /// The answer to update `number` of an action came back (`acknowledged`: OK).
+    pub fn action_answered(
+        &self,
+        instance: &str,
+        action: Digest,
+        number: usize,
+        acknowledged: bool,
+    ) {
+        self.with(|s| {
+            s.clock += 1;
+            let now = s.clock;
+            if let Some(write) = s
+                .writes
+                .get_mut(&(instance.to_owned(), action))
+                .and_then(|w| w.get_mut(number))
+            {
+                write.answered = Some(now);
+                write.acknowledged = acknowledged;
+            }
         });
+    }
+
+    /// Whether `value` may be what the action holds once its writes are quiet: some update sent
+    /// it that no acknowledged update sent after its answer replaced.
+    pub fn action_value_current(&self, instance: &str, action: &Digest, value: &[u8]) -> bool {
+        self.with(|s| {
+            let Some(writes) = s.writes.get(&(instance.to_owned(), *action)) else {
+                return false;
+            };
+            writes.iter().any(|w| {
+                w.value[..] == *value
+                    && !writes.iter().any(|later| {
+                        later.acknowledged && w.answered.is_some_and(|end| later.sent > end)
+                    })
+            })
+        })
     }
 
     /// An action-cache update was acknowledged (`epoch` as for [`Oracle::blob_acked`]).

@@ -52,6 +52,11 @@ pub struct Client {
     pub plan: Plan,
 }
 
+/// Whether an error message tells of a full disk (the engine's `NoSpace`, or ENOSPC passed up).
+pub fn is_full_disk(message: &str) -> bool {
+    message.contains("disk full") || message.contains("No space left")
+}
+
 /// Converts an engine digest to the wire form.
 pub fn wire_digest(d: &Digest) -> reapi::Digest {
     reapi::Digest {
@@ -107,7 +112,8 @@ impl Client {
         }
     }
 
-    /// Records a status in the trace and checks that it is never INTERNAL.
+    /// Records a status in the trace and checks that it is never INTERNAL, and that a full
+    /// disk is RESOURCE_EXHAUSTED.
     fn status(&self, op: &str, digest: &Digest, status: &Status) {
         self.oracle
             .event(format!("{} {op} {digest} {:?}", self.id, status.code()));
@@ -115,6 +121,12 @@ impl Client {
             self.oracle.fail(
                 Invariant::InternalOnRequest,
                 format!("{op} of {digest}: {}", status.message()),
+            );
+        }
+        if is_full_disk(status.message()) && status.code() != Code::ResourceExhausted {
+            self.oracle.fail(
+                Invariant::FullDiskNotResourceExhausted,
+                format!("{op} of {digest}: {:?} {}", status.code(), status.message()),
             );
         }
     }
@@ -790,7 +802,8 @@ impl Client {
             stdout_digest: Some(wire_digest(&outputs[0])),
             ..Default::default()
         };
-        self.oracle
+        let number = self
+            .oracle
             .action_attempted(instance, action, result.encode_to_vec().into());
         let request = UpdateActionResultRequest {
             instance_name: instance.to_owned(),
@@ -800,7 +813,10 @@ impl Client {
         };
         let mut client = ActionCacheClient::new(channel.clone());
         let epoch = self.oracle.evictions(&action.hash);
-        match client.update_action_result(request).await {
+        let answer = client.update_action_result(request).await;
+        self.oracle
+            .action_answered(instance, action, number, answer.is_ok());
+        match answer {
             Ok(_) => {
                 self.oracle
                     .event(format!("{tag} update-action {instance:?} {action} ok"));
@@ -844,6 +860,19 @@ impl Client {
             ),
             Err(status) => {
                 self.status("bad-write", &wrong, &status);
+                let mut cas = ContentAddressableStorageClient::new(channel.clone());
+                let request = FindMissingBlobsRequest {
+                    blob_digests: vec![wire_digest(&wrong)],
+                    ..Default::default()
+                };
+                if let Ok(r) = cas.find_missing_blobs(request).await {
+                    if r.into_inner().missing_blob_digests.is_empty() {
+                        self.oracle.fail(
+                            Invariant::BadInputAccepted,
+                            format!("a refused write stored {wrong} all the same"),
+                        );
+                    }
+                }
                 let expected = [
                     Code::InvalidArgument,
                     Code::Unavailable,
@@ -908,10 +937,16 @@ pub async fn check_action(
         }
     };
     oracle.event(format!("{tag} get-action {instance:?} {action} hit"));
-    if !oracle.action_value_known(instance, action, &result.encode_to_vec()) {
+    let value = result.encode_to_vec();
+    if !oracle.action_value_known(instance, action, &value) {
         oracle.fail(
             Invariant::AcReturnsUnknownValue,
             format!("action {action} in {instance:?} returned a value nobody stored"),
+        );
+    } else if must_hit && !oracle.action_value_current(instance, action, &value) {
+        oracle.fail(
+            Invariant::StaleActionValue,
+            format!("action {action} in {instance:?} holds a value a later acknowledged update replaced"),
         );
     }
     let referenced: Vec<reapi::Digest> = result

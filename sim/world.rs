@@ -416,6 +416,7 @@ async fn audit(handle: &Handle, server: &NodeHandle, fs: &SimFs, oracle: &Oracle
         check_action(oracle, &channel, &instance, &action, true, "audit").await;
     }
     audit_opaque(&channel, oracle).await;
+    audit_damaged(&channel, oracle, pool).await;
     for violation in fs.violations() {
         // The disk names its rules by the invariants' names.
         let invariant = Invariant::from_name(violation.name).unwrap_or_else(|| {
@@ -531,22 +532,23 @@ fn audit_footers(fs: &SimFs, oracle: &Oracle) {
     }
 }
 
-async fn audit_blob(channel: &Channel, oracle: &Oracle, pool: &Pool, digest: &Digest) {
+/// A ByteStream read of the whole blob.
+async fn read_whole(channel: &Channel, digest: &Digest) -> Result<Vec<u8>, tonic::Status> {
     let mut client = ByteStreamClient::new(channel.clone());
     let request = ReadRequest {
         resource_name: format!("blobs/{}/{}", digest.hex(), digest.size),
         ..Default::default()
     };
-    let read = async {
-        let mut stream = client.read(request).await?.into_inner();
-        let mut data = Vec::new();
-        while let Some(chunk) = stream.message().await? {
-            data.extend_from_slice(&chunk.data);
-        }
-        Ok::<_, tonic::Status>(data)
+    let mut stream = client.read(request).await?.into_inner();
+    let mut data = Vec::new();
+    while let Some(chunk) = stream.message().await? {
+        data.extend_from_slice(&chunk.data);
     }
-    .await;
-    match read {
+    Ok(data)
+}
+
+async fn audit_blob(channel: &Channel, oracle: &Oracle, pool: &Pool, digest: &Digest) {
+    match read_whole(channel, digest).await {
         Ok(data) if Digest::of(&data) == *digest => {}
         Ok(data) => {
             oracle.check_read(pool, digest, 0, &data);
@@ -563,6 +565,44 @@ async fn audit_blob(channel: &Channel, oracle: &Oracle, pool: &Pool, digest: &Di
                 status.message()
             ),
         ),
+    }
+}
+
+/// Every blob the disk damaged is, read whole, either its true bytes or missing, and once a read
+/// found it missing FindMissingBlobs agrees (nothing uploads during the audit).
+async fn audit_damaged(channel: &Channel, oracle: &Oracle, pool: &Pool) {
+    let damaged = pool.digests.iter().filter(|d| oracle.damaged_ever(&d.hash));
+    for digest in damaged {
+        match read_whole(channel, digest).await {
+            Ok(data) if Digest::of(&data) == *digest => {}
+            Ok(data) => oracle.fail(
+                Invariant::ReadHashesToDigest,
+                format!(
+                    "a whole read of damaged {digest} gave {} wrong bytes",
+                    data.len()
+                ),
+            ),
+            Err(status) if status.code() == tonic::Code::NotFound => {
+                let mut cas = ContentAddressableStorageClient::new(channel.clone());
+                let request = FindMissingBlobsRequest {
+                    blob_digests: vec![wire_digest(digest)],
+                    ..Default::default()
+                };
+                let present = cas
+                    .find_missing_blobs(request)
+                    .await
+                    .is_ok_and(|r| r.into_inner().missing_blob_digests.is_empty());
+                if present {
+                    oracle.fail(
+                        Invariant::CorruptBlobStillPresent,
+                        format!(
+                            "{digest} read as missing, yet FindMissingBlobs reports it present"
+                        ),
+                    );
+                }
+            }
+            Err(_) => {}
+        }
     }
 }
 
