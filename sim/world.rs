@@ -511,7 +511,7 @@ fn audit_footers(fs: &SimFs, oracle: &Oracle) {
         let damaged = fs.damaged(&path);
         for entry in entries {
             let start = entry.payload_offset as usize;
-            let end = (entry.payload_offset + entry.payload_len) as u64;
+            let end = entry.payload_offset + entry.payload_len;
             if damaged
                 .iter()
                 .any(|d| d.start < end && d.end > start as u64)
