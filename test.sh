@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one test command (README and CI run exactly this): lint, unit + integration tests on the
 # real filesystem, then the simulator (seeds, determinism, planted bugs) in release mode.
-#   SIM_SEEDS=N    seeds for the standard simulation run (default 2000)
+#   SIM_SEEDS=N    seeds for the standard simulation run (default 10000)
 #   SKIP_SIM=1     skip the simulator
 #   SKIP_ACCEPTANCE=1  skip the real-client runs (Bazel, ccache; they install packages as root)
 set -euo pipefail
@@ -22,8 +22,8 @@ step "cargo test (real filesystem, real network on 127.0.0.1)"
 cargo test --all-targets
 
 if [ "${SKIP_SIM:-0}" != 1 ]; then
-  step "simulator: ${SIM_SEEDS:-2000} seeds, determinism check, planted bugs"
-  ./sim/run.sh all "${SIM_SEEDS:-2000}"
+  step "simulator: ${SIM_SEEDS:-10000} seeds, determinism check, planted bugs"
+  ./sim/run.sh all "${SIM_SEEDS:-10000}"
 fi
 
 if [ "${SKIP_ACCEPTANCE:-0}" != 1 ]; then

@@ -22,7 +22,7 @@ use madsim::rand::{thread_rng, Rng};
 use prost::Message;
 
 use crate::ccache::{connect, send};
-use crate::oracle::{Oracle, Pool};
+use crate::oracle::{Invariant, Oracle, Pool};
 use crate::plan::Plan;
 use hoard::engine::Digest;
 use hoard::proto::reapi;
@@ -117,7 +117,7 @@ async fn build(
         ..Default::default()
     };
     let value = Bytes::from(result.encode_to_vec());
-    oracle.action_attempted(INSTANCE, action, value.clone());
+    let number = oracle.action_attempted(INSTANCE, action, value.clone());
     if !complete {
         oracle.action_may_be_incomplete(INSTANCE, action);
     }
@@ -126,6 +126,8 @@ async fn build(
     let Some((status, body)) = send(sender, Method::PUT, &path, value).await else {
         return false;
     };
+    oracle.action_answered(INSTANCE, action, number, status == StatusCode::OK);
+    crate::ccache::check_full_disk(oracle, "PUT /ac/", status, &body);
     oracle.event(format!(
         "{tag} http put-action {action} {} complete={complete}",
         status.as_u16()
@@ -134,7 +136,7 @@ async fn build(
         // Only a result whose outputs were all stored is a promise the audit may hold.
         StatusCode::OK if complete => oracle.action_acked(INSTANCE, action, epoch),
         s if is_unexpected_server_error(s) => oracle.fail(
-            "internal-on-request",
+            Invariant::InternalOnRequest,
             format!(
                 "PUT /ac/ of {action}: {s} {}",
                 String::from_utf8_lossy(&body)
@@ -171,18 +173,19 @@ async fn upload(
     let epoch = oracle.evictions(&digest.hash);
     let path = format!("/cas/{}", digest.hex());
     let (status, reply) = send(sender, Method::PUT, &path, body).await?;
+    crate::ccache::check_full_disk(oracle, "PUT /cas/", status, &reply);
     oracle.event(format!(
         "{tag} http put-blob {digest} wrong={wrong} {}",
         status.as_u16()
     ));
     match status {
         StatusCode::OK if wrong => oracle.fail(
-            "bad-input-accepted",
+            Invariant::BadInputAccepted,
             format!("PUT /cas/ of {digest} with bytes hashing elsewhere was accepted"),
         ),
         StatusCode::OK => oracle.blob_acked(*digest, epoch),
         s if is_unexpected_server_error(s) => oracle.fail(
-            "internal-on-request",
+            Invariant::InternalOnRequest,
             format!(
                 "PUT /cas/ of {digest}: {s} {}",
                 String::from_utf8_lossy(&reply)
@@ -211,7 +214,7 @@ async fn read_action(
     ));
     if is_unexpected_server_error(status) {
         oracle.fail(
-            "internal-on-request",
+            Invariant::InternalOnRequest,
             format!("GET /ac/ of {action}: {status}"),
         );
     }
@@ -220,7 +223,7 @@ async fn read_action(
     }
     if !oracle.action_value_known(INSTANCE, action, &body) {
         oracle.fail(
-            "ac-returns-unknown-value",
+            Invariant::AcReturnsUnknownValue,
             format!(
                 "GET /ac/ of {action} returned {} bytes nobody stored",
                 body.len()
@@ -243,13 +246,19 @@ async fn read_action(
         let (status, data) = send(sender, Method::GET, &path, Bytes::new()).await?;
         match status {
             StatusCode::OK => oracle.check_read(pool, &digest, 0, &data),
-            StatusCode::NOT_FOUND if oracle.total_evictions() == evictions_before => oracle.fail(
-                "ac-hit-references-missing-blob",
-                format!("GET /ac/ of {action} hit, but its output {digest} is not in the CAS"),
-            ),
-            s if is_unexpected_server_error(s) => {
-                oracle.fail("internal-on-request", format!("GET /cas/ of {digest}: {s}"))
+            StatusCode::NOT_FOUND
+                if oracle.total_evictions() == evictions_before
+                    && !oracle.damaged_ever(&digest.hash) =>
+            {
+                oracle.fail(
+                    Invariant::AcHitReferencesMissingBlob,
+                    format!("GET /ac/ of {action} hit, but its output {digest} is not in the CAS"),
+                )
             }
+            s if is_unexpected_server_error(s) => oracle.fail(
+                Invariant::InternalOnRequest,
+                format!("GET /cas/ of {digest}: {s}"),
+            ),
             _ => {}
         }
     }

@@ -15,7 +15,7 @@ use hyper_util::rt::TokioIo;
 use madsim::rand::{thread_rng, Rng};
 use tokio::net::TcpStream;
 
-use crate::oracle::Oracle;
+use crate::oracle::{Invariant, Oracle};
 use crate::plan::Plan;
 
 /// The server's HTTP address inside the simulated network.
@@ -94,6 +94,17 @@ async fn exchange(
     Some((status, body))
 }
 
+/// A full disk must answer 507 (the HTTP side of RESOURCE_EXHAUSTED), never 503 or 500.
+pub fn check_full_disk(oracle: &Oracle, what: &str, status: StatusCode, body: &[u8]) {
+    let message = String::from_utf8_lossy(body);
+    if crate::workload::is_full_disk(&message) && status != StatusCode::INSUFFICIENT_STORAGE {
+        oracle.fail(
+            Invariant::FullDiskNotResourceExhausted,
+            format!("{what}: {status} {message}"),
+        );
+    }
+}
+
 /// Checks a `GET /ac/` answer for a ccache key against what clients stored there. `promise`
 /// is [`Oracle::opaque_promise`] taken before the request was sent.
 pub fn check_get(
@@ -107,7 +118,7 @@ pub fn check_get(
     oracle.event(format!("ccache get {shown} {}", status.as_u16()));
     match status {
         StatusCode::OK if !oracle.opaque_value_known(key, body) => oracle.fail(
-            "ac-returns-unknown-value",
+            Invariant::AcReturnsUnknownValue,
             format!(
                 "GET /ac/ of ccache key {shown} returned {} bytes nobody stored",
                 body.len()
@@ -115,7 +126,7 @@ pub fn check_get(
         ),
         StatusCode::OK => {}
         StatusCode::NOT_FOUND if oracle.miss_breaks(key, promise) => oracle.fail(
-            "acknowledged-action-lost",
+            Invariant::AcknowledgedActionLost,
             format!("acknowledged ccache entry {shown} not found"),
         ),
         s if s.is_server_error()
@@ -123,7 +134,7 @@ pub fn check_get(
             && s != StatusCode::INSUFFICIENT_STORAGE =>
         {
             oracle.fail(
-                "internal-on-request",
+                Invariant::InternalOnRequest,
                 format!("GET of ccache key {shown}: {s}"),
             )
         }
@@ -182,6 +193,7 @@ async fn compile(
             hex::encode(&key[..8]),
             status.as_u16()
         ));
+        check_full_disk(oracle, "PUT of a ccache entry", status, &body);
         match status {
             StatusCode::OK => oracle.opaque_acked(key, epoch),
             s if s.is_server_error()
@@ -189,7 +201,7 @@ async fn compile(
                 && s != StatusCode::INSUFFICIENT_STORAGE =>
             {
                 oracle.fail(
-                    "internal-on-request",
+                    Invariant::InternalOnRequest,
                     format!(
                         "PUT of a ccache entry: {s} {}",
                         String::from_utf8_lossy(&body)

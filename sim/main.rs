@@ -7,7 +7,6 @@ mod bazel_http;
 #[cfg(madsim)]
 mod ccache;
 #[cfg(madsim)]
-mod fs;
 #[cfg(madsim)]
 mod fsync_latency;
 #[cfg(madsim)]
@@ -27,6 +26,7 @@ mod cli {
 
     use clap::{Parser, Subcommand};
 
+    use crate::oracle::Invariant;
     use crate::world::{self, Outcome};
 
     /// The hoard simulator.
@@ -72,6 +72,8 @@ mod cli {
             #[arg(long)]
             planted: Option<String>,
         },
+        /// Print the name of every planted bug, one a line (what `sim/run.sh planted` hunts).
+        PlantedBugs,
         /// Run one seed verbosely and print its trace hash.
         Replay {
             /// The seed.
@@ -109,8 +111,15 @@ mod cli {
                 for seed in start..start + seeds {
                     let failures = run_checked(seed, planted.as_deref(), check_determinism);
                     if !failures.is_empty() {
-                        println!("{FAILED_SEED} {seed} {}", failures.join(","));
+                        let names: Vec<&str> = failures.iter().map(|i| i.name()).collect();
+                        println!("{FAILED_SEED} {seed} {}", names.join(","));
                     }
+                }
+                std::process::ExitCode::SUCCESS
+            }
+            Command::PlantedBugs => {
+                for bug in hoard::engine::PlantedBug::ALL {
+                    println!("{}", bug.name());
                 }
                 std::process::ExitCode::SUCCESS
             }
@@ -142,13 +151,13 @@ mod cli {
 
     /// Runs a seed (twice, comparing traces, with `check_determinism`), prints its outcome if it
     /// failed, and returns the names of the invariants it broke.
-    fn run_checked(seed: u64, planted: Option<&str>, check_determinism: bool) -> Vec<String> {
+    fn run_checked(seed: u64, planted: Option<&str>, check_determinism: bool) -> Vec<Invariant> {
         let mut outcome = world::run_seed(seed, planted, false);
         if check_determinism {
             let again = world::run_seed(seed, planted, false);
             if again.trace_hash != outcome.trace_hash {
                 outcome.failures.push(world::Failure {
-                    invariant: "determinism",
+                    invariant: Invariant::Determinism,
                     detail: format!(
                         "two runs of the seed gave traces {} and {}",
                         outcome.trace_hash, again.trace_hash
@@ -159,11 +168,7 @@ mod cli {
         if !outcome.failures.is_empty() {
             print_outcome(seed, planted, &outcome);
         }
-        outcome
-            .failures
-            .iter()
-            .map(|f| f.invariant.to_owned())
-            .collect()
+        outcome.failures.iter().map(|f| f.invariant).collect()
     }
 
     /// Runs `count` seeds from `first` in a child process; passes its report through and
@@ -173,7 +178,7 @@ mod cli {
         count: u64,
         check_determinism: bool,
         planted: Option<&str>,
-    ) -> Vec<(u64, Vec<String>)> {
+    ) -> Vec<(u64, Vec<Invariant>)> {
         let mut command = std::process::Command::new(
             std::env::current_exe().expect("the simulator knows its own path"),
         );
@@ -198,7 +203,7 @@ mod cli {
                     first + count
                 );
                 return (first..first + count)
-                    .map(|seed| (seed, vec!["simulator-crash".to_owned()]))
+                    .map(|seed| (seed, vec![Invariant::SimulatorCrash]))
                     .collect();
             }
         };
@@ -208,12 +213,12 @@ mod cli {
                 Some(rest) => {
                     let mut parts = rest.split_whitespace();
                     let seed = parts.next().and_then(|s| s.parse().ok()).unwrap_or(first);
-                    let names = parts
-                        .next()
-                        .unwrap_or_default()
-                        .split(',')
-                        .map(str::to_owned);
-                    failed.push((seed, names.collect()));
+                    let names = parts.next().unwrap_or_default().split(',');
+                    // A name the child printed is one of ours; anything else means it crashed.
+                    let invariants = names.map(|name| {
+                        Invariant::from_name(name).unwrap_or(Invariant::SimulatorCrash)
+                    });
+                    failed.push((seed, invariants.collect()));
                 }
                 None => println!("{line}"),
             }
@@ -225,7 +230,7 @@ mod cli {
                 first + count,
                 output.status
             );
-            failed.push((first, vec!["simulator-crash".to_owned()]));
+            failed.push((first, vec![Invariant::SimulatorCrash]));
         }
         failed
     }
@@ -277,7 +282,7 @@ mod cli {
         let began = Instant::now();
         let next = Arc::new(AtomicU64::new(start));
         let end = start + seeds;
-        let failed = Arc::new(Mutex::new(Vec::<(u64, Vec<String>)>::new()));
+        let failed = Arc::new(Mutex::new(Vec::<(u64, Vec<Invariant>)>::new()));
         let done = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let workers: Vec<_> = (0..jobs.max(1))
@@ -336,18 +341,41 @@ mod cli {
                 std::process::ExitCode::SUCCESS
             }
             Some(seed) => {
-                let invariants: std::collections::BTreeSet<&str> = failed
+                let invariants: std::collections::BTreeSet<Invariant> = failed
                     .iter()
-                    .flat_map(|(_, names)| names.iter().map(String::as_str))
+                    .flat_map(|(_, invariants)| invariants.iter().copied())
                     .collect();
+                let names: Vec<&str> = invariants.into_iter().map(Invariant::name).collect();
                 println!(
                     "first failing seed: {seed}; invariants violated: {}",
-                    invariants.into_iter().collect::<Vec<_>>().join(", ")
+                    names.join(", ")
                 );
                 println!("replay with: {}", replay_command(seed, planted.as_deref()));
                 println!("{} passed, {} failed", ran - failed.len(), failed.len());
                 std::process::ExitCode::FAILURE
             }
+        }
+    }
+}
+
+/// The README documents every invariant and planted bug by the name the reports use.
+#[cfg(all(test, madsim))]
+mod tests {
+    const README: &str = include_str!("../README.md");
+
+    #[test]
+    fn readme_names_every_invariant() {
+        for invariant in crate::oracle::Invariant::ALL {
+            let name = format!("`{}`", invariant.name());
+            assert!(README.contains(&name), "README does not list {name}");
+        }
+    }
+
+    #[test]
+    fn readme_names_every_planted_bug() {
+        for bug in hoard::engine::PlantedBug::ALL {
+            let name = format!("`{}`", bug.name());
+            assert!(README.contains(&name), "README does not list {name}");
         }
     }
 }

@@ -1,27 +1,6 @@
 //! The oracle: what the clients were promised, and the named invariants checked against it.
 //!
-//! Invariants (each failure carries one of these names):
-//! - `read-hashes-to-digest`: every byte a read returns is the blob's true content at that offset.
-//! - `acknowledged-blob-lost`: a blob whose upload was acknowledged (OK) is readable forever after,
-//!   across any number of crashes.
-//! - `find-missing-lies`: FindMissingBlobs never reports an acknowledged blob missing, and a blob
-//!   it once reported present stays readable (both unless a logged eviction took it since).
-//! - `acknowledged-action-lost`: an acknowledged action-cache update stays retrievable.
-//! - `ac-hit-references-missing-blob`: an action-cache hit never names a blob the CAS lacks.
-//! - `ac-returns-unknown-value`: an action-cache hit (gRPC, or an opaque value over HTTP) is a
-//!   value some client stored for that key.
-//! - `opaque-value-over-grpc`: gRPC GetActionResult never serves an opaque (ccache) value.
-//! - `internal-on-request`: no request, valid or not, gets INTERNAL.
-//! - `bad-input-accepted`: a wrong upload is rejected with INVALID_ARGUMENT, not stored.
-//! - `temp-file-leak`: no temp file outlives its upload or survives a restart.
-//! - `persist-before-flush` (from the simulated filesystem): nothing reopens a file by path
-//!   while bytes of it sit unflushed in a handle.
-//! - `footer-names-unsynced-record` (from the simulated filesystem): a footer is made durable
-//!   only after every record it names is.
-//! - `footer-vouches-for-corrupt-record` (an audit of the disk whenever the server is down): a
-//!   segment footer whose checksums match names only records whose payloads hash as it says.
-//! - `server-panic`: the server never panics.
-//! - `liveness`: a seed finishes within its virtual time limit (a hang fails it).
+//! Every failure names one [`Invariant`]; the README lists them (a test checks it does).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -30,11 +9,135 @@ use bytes::Bytes;
 use hoard::engine::Digest;
 use sha2::{Digest as _, Sha256};
 
+/// The invariants a seed is held to. Their names are stable: they appear in reports, in the
+/// replay output and in the README.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Invariant {
+    /// Every byte a read returns is the blob's true content at that offset.
+    ReadHashesToDigest,
+    /// A blob whose upload was acknowledged (OK) is readable forever after, across any number
+    /// of crashes (unless a logged eviction took it).
+    AcknowledgedBlobLost,
+    /// FindMissingBlobs never reports an acknowledged blob missing, and a blob it once reported
+    /// present stays readable (both unless a logged eviction took it since).
+    FindMissingLies,
+    /// An acknowledged action-cache update stays retrievable.
+    AcknowledgedActionLost,
+    /// An action-cache hit never names a blob the CAS lacks.
+    AcHitReferencesMissingBlob,
+    /// An action-cache hit (gRPC, or an opaque value over HTTP) is a value some client stored
+    /// for that key.
+    AcReturnsUnknownValue,
+    /// gRPC GetActionResult never serves an opaque (ccache) value.
+    OpaqueValueOverGrpc,
+    /// No request, valid or not, gets INTERNAL (HTTP 500).
+    InternalOnRequest,
+    /// A wrong upload is rejected with INVALID_ARGUMENT, not stored.
+    BadInputAccepted,
+    /// No temp file outlives its upload or survives a restart.
+    TempFileLeak,
+    /// Nothing reopens a file by path while bytes of it sit unflushed in a handle (asserted by
+    /// the simulated disk).
+    PersistBeforeFlush,
+    /// A footer is made durable only after every record it names is (asserted by the simulated
+    /// disk at every sync).
+    FooterNamesUnsyncedRecord,
+    /// A segment footer whose checksums match names only records whose payloads hash as it says
+    /// (the disk audited whenever the server is down).
+    FooterVouchesForCorruptRecord,
+    /// A request refused for want of disk space is RESOURCE_EXHAUSTED (HTTP 507), not
+    /// UNAVAILABLE or INTERNAL: a client must not retry it at once.
+    FullDiskNotResourceExhausted,
+    /// Once the writes of an action-cache key are quiet, it holds the newest acknowledged value
+    /// (or one written concurrently with or after it), across crashes: never one an acknowledged
+    /// later write replaced.
+    StaleActionValue,
+    /// A blob that fails verification is never served whole and, once a read found it corrupt,
+    /// is reported missing (until uploaded again).
+    CorruptBlobStillPresent,
+    /// The server never panics.
+    ServerPanic,
+    /// A seed finishes within its virtual time limit (a hang fails it).
+    Liveness,
+    /// The cascade removes an action result only when it names a blob that is gone (evicted,
+    /// damaged, or never uploaded): one the engine reports removing must be such a one.
+    CascadeRemovedCompleteAction,
+    /// Two runs of one seed give the same trace.
+    Determinism,
+    /// The simulator process itself did not crash (out of memory, say) while running a seed.
+    SimulatorCrash,
+}
+
+impl Invariant {
+    /// Every invariant, in report order.
+    pub const ALL: [Invariant; 21] = [
+        Invariant::ReadHashesToDigest,
+        Invariant::AcknowledgedBlobLost,
+        Invariant::FindMissingLies,
+        Invariant::AcknowledgedActionLost,
+        Invariant::AcHitReferencesMissingBlob,
+        Invariant::AcReturnsUnknownValue,
+        Invariant::OpaqueValueOverGrpc,
+        Invariant::InternalOnRequest,
+        Invariant::BadInputAccepted,
+        Invariant::TempFileLeak,
+        Invariant::FullDiskNotResourceExhausted,
+        Invariant::StaleActionValue,
+        Invariant::CorruptBlobStillPresent,
+        Invariant::PersistBeforeFlush,
+        Invariant::FooterNamesUnsyncedRecord,
+        Invariant::FooterVouchesForCorruptRecord,
+        Invariant::ServerPanic,
+        Invariant::Liveness,
+        Invariant::CascadeRemovedCompleteAction,
+        Invariant::Determinism,
+        Invariant::SimulatorCrash,
+    ];
+
+    /// The invariant's stable name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Invariant::ReadHashesToDigest => "read-hashes-to-digest",
+            Invariant::AcknowledgedBlobLost => "acknowledged-blob-lost",
+            Invariant::FindMissingLies => "find-missing-lies",
+            Invariant::AcknowledgedActionLost => "acknowledged-action-lost",
+            Invariant::AcHitReferencesMissingBlob => "ac-hit-references-missing-blob",
+            Invariant::AcReturnsUnknownValue => "ac-returns-unknown-value",
+            Invariant::OpaqueValueOverGrpc => "opaque-value-over-grpc",
+            Invariant::InternalOnRequest => "internal-on-request",
+            Invariant::BadInputAccepted => "bad-input-accepted",
+            Invariant::TempFileLeak => "temp-file-leak",
+            Invariant::PersistBeforeFlush => "persist-before-flush",
+            Invariant::FooterNamesUnsyncedRecord => "footer-names-unsynced-record",
+            Invariant::FooterVouchesForCorruptRecord => "footer-vouches-for-corrupt-record",
+            Invariant::FullDiskNotResourceExhausted => "full-disk-not-resource-exhausted",
+            Invariant::StaleActionValue => "stale-action-value",
+            Invariant::CorruptBlobStillPresent => "corrupt-blob-still-present",
+            Invariant::ServerPanic => "server-panic",
+            Invariant::Liveness => "liveness",
+            Invariant::CascadeRemovedCompleteAction => "cascade-removed-complete-action",
+            Invariant::Determinism => "determinism",
+            Invariant::SimulatorCrash => "simulator-crash",
+        }
+    }
+
+    /// The invariant called `name`.
+    pub fn from_name(name: &str) -> Option<Invariant> {
+        Invariant::ALL.into_iter().find(|i| i.name() == name)
+    }
+}
+
+impl std::fmt::Display for Invariant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// A broken invariant.
 #[derive(Clone, Debug)]
 pub struct Failure {
-    /// The invariant's name.
-    pub invariant: &'static str,
+    /// The invariant broken.
+    pub invariant: Invariant,
     /// What was seen.
     pub detail: String,
 }
@@ -62,20 +165,37 @@ struct State {
     /// Acknowledged blobs, each with its epoch: the blob's eviction count when the acknowledged
     /// request started. An eviction since then excuses its absence.
     acked_blobs: BTreeMap<Digest, u64>,
-    /// Evictions the server reported, per key (blob digests; action and ccache keys by hash).
+    /// Evictions the server reported, per key (blob digests; action and ccache keys by hash),
+    /// and silent damage the disk did to the key's record (which excuses a miss just the same).
     evictions: BTreeMap<[u8; 32], u64>,
+    /// Silent damage the disk did, per key.
+    damage: BTreeMap<[u8; 32], u64>,
     /// Every value any client tried to store per (instance, action), and the epoch of the last
     /// acknowledged one.
     actions: BTreeMap<(String, Digest), (Vec<Bytes>, Option<u64>)>,
     /// Actions some client stored a result for whose outputs it did not all upload: the last
     /// writer wins, so from then on a miss of the action is no broken promise.
     incomplete_actions: std::collections::BTreeSet<(String, Digest)>,
+    /// Every update of an action key in the order they were sent, for the newest-value rule.
+    writes: BTreeMap<(String, Digest), Vec<Write>>,
+    /// A logical clock for `writes`: ticks at every update sent and every answer received.
+    clock: u64,
     /// The same for opaque values stored over HTTP by ccache-like clients, by key.
     opaque: BTreeMap<[u8; 32], (Vec<Bytes>, Option<u64>)>,
     abandoned_uploads: usize,
     failures: Vec<Failure>,
     trace: Sha256,
     events: u64,
+}
+
+/// One action-cache update as the oracle saw it.
+struct Write {
+    value: Bytes,
+    /// When it was sent.
+    sent: u64,
+    /// When its answer came back (never, if the connection died first).
+    answered: Option<u64>,
+    acknowledged: bool,
 }
 
 /// Shared by every client of a seed.
@@ -85,8 +205,8 @@ pub struct Oracle {
 }
 
 impl State {
-    /// Whether the encoded action result `value` names a blob that was ever evicted.
-    fn names_evicted_blob(&self, value: &[u8]) -> bool {
+    /// Whether the encoded action result `value` names a blob that was ever evicted or damaged.
+    fn names_lost_blob(&self, value: &[u8]) -> bool {
         let result = <hoard::proto::reapi::ActionResult as prost::Message>::decode(value);
         result.is_ok_and(|r| {
             r.output_files
@@ -95,7 +215,7 @@ impl State {
                 .chain(r.stdout_digest.as_ref())
                 .chain(r.stderr_digest.as_ref())
                 .filter_map(|d| hoard::engine::parse_hash(&d.hash).ok())
-                .any(|h| self.evictions.contains_key(&h))
+                .any(|h| self.evictions.contains_key(&h) || self.damage.contains_key(&h))
         })
     }
 }
@@ -120,7 +240,7 @@ impl Oracle {
     }
 
     /// Records a broken invariant.
-    pub fn fail(&self, invariant: &'static str, detail: impl Into<String>) {
+    pub fn fail(&self, invariant: Invariant, detail: impl Into<String>) {
         let detail = detail.into();
         self.event(format!("FAIL {invariant} {detail}"));
         self.with(|s| {
@@ -136,6 +256,24 @@ impl Oracle {
     pub fn evicted(&self, key: &[u8; 32]) {
         self.event(format!("evicted {}", hex::encode(&key[..8])));
         self.with(|s| *s.evictions.entry(*key).or_default() += 1);
+    }
+
+    /// The disk silently damaged the record with this key (see `spoiled_records` in the world):
+    /// like an eviction, it excuses the record's absence from then on, never a wrong byte.
+    pub fn damaged(&self, key: &[u8; 32]) {
+        self.event(format!("damaged {}", hex::encode(&key[..8])));
+        self.with(|s| {
+            *s.evictions.entry(*key).or_default() += 1;
+            *s.damage.entry(*key).or_default() += 1;
+        });
+    }
+
+    /// Whether the disk ever silently damaged `key`'s record. Such a key's promises are void
+    /// for good: a later upload of the same digest is deduplicated against the damaged record
+    /// (the engine cannot know), and a ranged read, which cannot be hashed against the digest,
+    /// trusts a record the engine checked once (a whole-blob read is still never wrong).
+    pub fn damaged_ever(&self, key: &[u8; 32]) -> bool {
+        self.with(|s| s.damage.contains_key(key))
     }
 
     /// Evictions of `key` so far: taken before a request, compared after it, it tells whether a
@@ -163,7 +301,7 @@ impl Oracle {
     /// Whether a miss of `key` now breaks `promise`: it was acknowledged and nothing evicted it
     /// since the acknowledged request began (a logged eviction is the only excuse).
     pub fn miss_breaks(&self, key: &[u8; 32], promise: Option<u64>) -> bool {
-        promise.is_some_and(|epoch| self.evictions(key) == epoch)
+        promise.is_some_and(|epoch| self.evictions(key) == epoch) && !self.damaged_ever(key)
     }
 
     /// Whether any blob named by any value stored for the action was ever evicted (its GetActionResult
@@ -172,7 +310,7 @@ impl Oracle {
         self.with(|s| {
             s.actions
                 .get(&(instance.to_owned(), *action))
-                .is_some_and(|(values, _)| values.iter().any(|v| s.names_evicted_blob(v)))
+                .is_some_and(|(values, _)| values.iter().any(|v| s.names_lost_blob(v)))
         })
     }
 
@@ -191,8 +329,7 @@ impl Oracle {
                 .filter(|((i, a), _)| i == instance && a.hash == *action)
                 .collect();
             let incomplete = keys.iter().all(|(key, (values, _))| {
-                s.incomplete_actions.contains(*key)
-                    || values.iter().any(|v| s.names_evicted_blob(v))
+                s.incomplete_actions.contains(*key) || values.iter().any(|v| s.names_lost_blob(v))
             });
             // Its absence from now on is explained, as by an eviction of the key.
             *s.evictions.entry(*action).or_default() += 1;
@@ -200,7 +337,7 @@ impl Oracle {
         });
         if complete {
             self.fail(
-                "cascade-removed-complete-action",
+                Invariant::CascadeRemovedCompleteAction,
                 format!(
                     "the cascade removed {instance:?}/{}, whose outputs are all stored",
                     hex::encode(action)
@@ -221,20 +358,70 @@ impl Oracle {
             s.acked_blobs
                 .iter()
                 .filter(|(d, epoch)| s.evictions.get(&d.hash).copied().unwrap_or(0) == **epoch)
+                .filter(|(d, _)| !s.damage.contains_key(&d.hash))
                 .map(|(d, _)| *d)
                 .collect()
         })
     }
 
-    /// A client is about to store `value` for an action.
-    pub fn action_attempted(&self, instance: &str, action: Digest, value: Bytes) {
+    /// A client is about to store `value` for an action; returns the update's number for
+    /// [`Oracle::action_answered`].
+    pub fn action_attempted(&self, instance: &str, action: Digest, value: Bytes) -> usize {
         self.with(|s| {
+            let key = (instance.to_owned(), action);
             s.actions
-                .entry((instance.to_owned(), action))
+                .entry(key.clone())
                 .or_default()
                 .0
-                .push(value)
+                .push(value.clone());
+            s.clock += 1;
+            let writes = s.writes.entry(key).or_default();
+            writes.push(Write {
+                value,
+                sent: s.clock,
+                answered: None,
+                acknowledged: false,
+            });
+            writes.len() - 1
+        })
+    }
+
+    /// The answer to update `number` of an action came back (`acknowledged`: OK).
+    pub fn action_answered(
+        &self,
+        instance: &str,
+        action: Digest,
+        number: usize,
+        acknowledged: bool,
+    ) {
+        self.with(|s| {
+            s.clock += 1;
+            let now = s.clock;
+            if let Some(write) = s
+                .writes
+                .get_mut(&(instance.to_owned(), action))
+                .and_then(|w| w.get_mut(number))
+            {
+                write.answered = Some(now);
+                write.acknowledged = acknowledged;
+            }
         });
+    }
+
+    /// Whether `value` may be what the action holds once its writes are quiet: some update sent
+    /// it that no acknowledged update sent after its answer replaced.
+    pub fn action_value_current(&self, instance: &str, action: &Digest, value: &[u8]) -> bool {
+        self.with(|s| {
+            let Some(writes) = s.writes.get(&(instance.to_owned(), *action)) else {
+                return false;
+            };
+            writes.iter().any(|w| {
+                w.value[..] == *value
+                    && !writes.iter().any(|later| {
+                        later.acknowledged && w.answered.is_some_and(|end| later.sent > end)
+                    })
+            })
+        })
     }
 
     /// An action-cache update was acknowledged (`epoch` as for [`Oracle::blob_acked`]).
@@ -270,6 +457,7 @@ impl Oracle {
                     let (_, action) = key;
                     *epoch == Some(s.evictions.get(&action.hash).copied().unwrap_or(0))
                         && !s.incomplete_actions.contains(*key)
+                        && !s.damage.contains_key(&action.hash)
                 })
                 .map(|(k, _)| k.clone())
                 .collect()
@@ -310,6 +498,7 @@ impl Oracle {
             s.opaque
                 .iter()
                 .filter(|(k, (_, epoch))| *epoch == Some(s.evictions.get(*k).copied().unwrap_or(0)))
+                .filter(|(k, _)| !s.damage.contains_key(*k))
                 .map(|(k, _)| *k)
                 .collect()
         })
@@ -345,7 +534,7 @@ impl Oracle {
             start + data.len() <= content.len() && content[start..start + data.len()] == *data;
         if !matches {
             self.fail(
-                "read-hashes-to-digest",
+                Invariant::ReadHashesToDigest,
                 format!(
                     "read of {digest} at {offset} returned {} wrong bytes",
                     data.len()

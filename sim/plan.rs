@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use madsim::rand::{thread_rng, Rng};
 
-use crate::fs::FaultConfig;
+use hoard::seam::sim_fs::FaultConfig;
 
 /// Everything a seed decided before it ran.
 #[derive(Clone, Debug)]

@@ -20,7 +20,7 @@ use prost::Message;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
-use crate::oracle::{Oracle, Pool};
+use crate::oracle::{Invariant, Oracle, Pool};
 use crate::plan::Plan;
 
 /// The server's gRPC address inside the simulated network.
@@ -50,6 +50,11 @@ pub struct Client {
     pub pool: Arc<Pool>,
     /// The seed's plan.
     pub plan: Plan,
+}
+
+/// Whether an error message tells of a full disk (the engine's `NoSpace`, or ENOSPC passed up).
+pub fn is_full_disk(message: &str) -> bool {
+    message.contains("disk full") || message.contains("No space left")
 }
 
 /// Converts an engine digest to the wire form.
@@ -107,14 +112,21 @@ impl Client {
         }
     }
 
-    /// Records a status in the trace and checks that it is never INTERNAL.
+    /// Records a status in the trace and checks that it is never INTERNAL, and that a full
+    /// disk is RESOURCE_EXHAUSTED.
     fn status(&self, op: &str, digest: &Digest, status: &Status) {
         self.oracle
             .event(format!("{} {op} {digest} {:?}", self.id, status.code()));
         if status.code() == Code::Internal {
             self.oracle.fail(
-                "internal-on-request",
+                Invariant::InternalOnRequest,
                 format!("{op} of {digest}: {}", status.message()),
+            );
+        }
+        if is_full_disk(status.message()) && status.code() != Code::ResourceExhausted {
+            self.oracle.fail(
+                Invariant::FullDiskNotResourceExhausted,
+                format!("{op} of {digest}: {:?} {}", status.code(), status.message()),
             );
         }
     }
@@ -149,7 +161,7 @@ impl Client {
             .event(format!("{} write {digest} ok {committed}", self.id));
         if committed != digest.size as i64 {
             self.oracle.fail(
-                "read-hashes-to-digest",
+                Invariant::ReadHashesToDigest,
                 format!("write of {digest} acknowledged with committed_size {committed}"),
             );
             return;
@@ -168,7 +180,7 @@ impl Client {
                         && self.oracle.miss_breaks(&digest.hash, promise) =>
                 {
                     self.oracle.fail(
-                        "find-missing-lies",
+                        Invariant::FindMissingLies,
                         format!("{digest} reported missing right after its write was acknowledged"),
                     )
                 }
@@ -298,7 +310,7 @@ impl Client {
                     return Some(digest.size as i64);
                 }
                 self.oracle.fail(
-                    "read-hashes-to-digest",
+                    Invariant::ReadHashesToDigest,
                     format!(
                         "zstd write of {digest} from {offset} acknowledged with committed_size \
                          {committed}, not -1 or {end}"
@@ -366,7 +378,7 @@ impl Client {
                 let offset = status.committed_size.max(0) as u64;
                 if offset > digest.size {
                     self.oracle.fail(
-                        "read-hashes-to-digest",
+                        Invariant::ReadHashesToDigest,
                         format!("QueryWriteStatus of {digest} reports {offset} bytes committed"),
                     );
                     return Err(None);
@@ -468,11 +480,11 @@ impl Client {
             match (code, corrupt) {
                 (0, false) => self.oracle.blob_acked(*digest, epochs[i]),
                 (0, true) => self.oracle.fail(
-                    "bad-input-accepted",
+                    Invariant::BadInputAccepted,
                     format!("BatchUpdateBlobs stored corrupt bytes for {digest}"),
                 ),
                 (13, _) => self.oracle.fail(
-                    "internal-on-request",
+                    Invariant::InternalOnRequest,
                     format!("BatchUpdateBlobs item {digest} got INTERNAL"),
                 ),
                 _ => {}
@@ -535,14 +547,17 @@ impl Client {
                     };
                     if data.len() as u64 != want {
                         self.oracle.fail(
-                            "read-hashes-to-digest",
+                            Invariant::ReadHashesToDigest,
                             format!(
                                 "read of {digest} at {offset} limit {limit} gave {} bytes",
                                 data.len()
                             ),
                         );
                     }
-                    self.oracle.check_read(&self.pool, &digest, offset, &data);
+                    let ranged = offset > 0 || (limit != 0 && limit < digest.size);
+                    if !ranged || !self.oracle.damaged_ever(&digest.hash) {
+                        self.oracle.check_read(&self.pool, &digest, offset, &data);
+                    }
                 }
                 Err(status) => {
                     self.status("read", &digest, &status);
@@ -550,7 +565,7 @@ impl Client {
                         && self.oracle.miss_breaks(&digest.hash, promise)
                     {
                         self.oracle.fail(
-                            "acknowledged-blob-lost",
+                            Invariant::AcknowledgedBlobLost,
                             format!("read of acknowledged {digest}: {}", status.message()),
                         );
                     }
@@ -587,13 +602,13 @@ impl Client {
         .await;
         match result {
             Ok(_) if limit != 0 => self.oracle.fail(
-                "bad-input-accepted",
+                Invariant::BadInputAccepted,
                 format!("a compressed read of {digest} with read_limit {limit} was served"),
             ),
             Ok(compressed) => {
                 let Ok(data) = zstd::stream::decode_all(&compressed[..]) else {
                     return self.oracle.fail(
-                        "read-hashes-to-digest",
+                        Invariant::ReadHashesToDigest,
                         format!(
                             "compressed read of {digest} at {offset} is not a valid zstd stream"
                         ),
@@ -606,14 +621,16 @@ impl Client {
                 ));
                 if data.len() as u64 != digest.size - offset {
                     self.oracle.fail(
-                        "read-hashes-to-digest",
+                        Invariant::ReadHashesToDigest,
                         format!(
                             "compressed read of {digest} at {offset} gave {} bytes",
                             data.len()
                         ),
                     );
                 }
-                self.oracle.check_read(&self.pool, &digest, offset, &data);
+                if offset == 0 || !self.oracle.damaged_ever(&digest.hash) {
+                    self.oracle.check_read(&self.pool, &digest, offset, &data);
+                }
             }
             Err(status) => {
                 self.status("zstd-read", &digest, &status);
@@ -622,7 +639,7 @@ impl Client {
                     && self.oracle.miss_breaks(&digest.hash, promise)
                 {
                     self.oracle.fail(
-                        "acknowledged-blob-lost",
+                        Invariant::AcknowledgedBlobLost,
                         format!(
                             "compressed read of acknowledged {digest}: {}",
                             status.message()
@@ -667,7 +684,7 @@ impl Client {
                 .and_then(|d| Digest::parse(&d.hash, d.size_bytes).ok())
             else {
                 self.oracle.fail(
-                    "read-hashes-to-digest",
+                    Invariant::ReadHashesToDigest,
                     "BatchReadBlobs answered a malformed digest",
                 );
                 continue;
@@ -680,13 +697,13 @@ impl Client {
                     match zstd::stream::decode_all(&item.data[..]) {
                         Ok(data) => self.oracle.check_read(&self.pool, &digest, 0, &data),
                         Err(_) => self.oracle.fail(
-                            "read-hashes-to-digest",
+                            Invariant::ReadHashesToDigest,
                             format!("BatchReadBlobs: {digest} is not a valid zstd frame"),
                         ),
                     }
                 }
                 0 if item.compressor != IDENTITY => self.oracle.fail(
-                    "read-hashes-to-digest",
+                    Invariant::ReadHashesToDigest,
                     format!(
                         "BatchReadBlobs: {digest} came with compressor {} it was not asked for",
                         item.compressor
@@ -699,13 +716,14 @@ impl Client {
                     .any(|(d, p)| *d == digest && self.oracle.miss_breaks(&d.hash, *p)) =>
                 {
                     self.oracle.fail(
-                        "acknowledged-blob-lost",
+                        Invariant::AcknowledgedBlobLost,
                         format!("BatchReadBlobs: acknowledged {digest} not found"),
                     )
                 }
-                13 => self
-                    .oracle
-                    .fail("internal-on-request", format!("BatchReadBlobs {digest}")),
+                13 => self.oracle.fail(
+                    Invariant::InternalOnRequest,
+                    format!("BatchReadBlobs {digest}"),
+                ),
                 _ => {}
             }
         }
@@ -742,7 +760,7 @@ impl Client {
                         self.oracle.blob_acked(*digest, epoch);
                     } else if self.oracle.miss_breaks(&digest.hash, promise) {
                         self.oracle.fail(
-                            "find-missing-lies",
+                            Invariant::FindMissingLies,
                             format!("acknowledged {digest} reported missing"),
                         );
                     }
@@ -788,7 +806,8 @@ impl Client {
                 .then(|| wire_digest(&Digest::EMPTY)),
             ..Default::default()
         };
-        self.oracle
+        let number = self
+            .oracle
             .action_attempted(instance, action, result.encode_to_vec().into());
         let request = UpdateActionResultRequest {
             instance_name: instance.to_owned(),
@@ -798,7 +817,10 @@ impl Client {
         };
         let mut client = ActionCacheClient::new(channel.clone());
         let epoch = self.oracle.evictions(&action.hash);
-        match client.update_action_result(request).await {
+        let answer = client.update_action_result(request).await;
+        self.oracle
+            .action_answered(instance, action, number, answer.is_ok());
+        match answer {
             Ok(_) => {
                 self.oracle
                     .event(format!("{tag} update-action {instance:?} {action} ok"));
@@ -837,11 +859,24 @@ impl Client {
         let mut client = ByteStreamClient::new(channel.clone());
         match client.write(futures::stream::iter(requests)).await {
             Ok(_) => self.oracle.fail(
-                "bad-input-accepted",
+                Invariant::BadInputAccepted,
                 format!("a write of other bytes under {wrong} was acknowledged"),
             ),
             Err(status) => {
                 self.status("bad-write", &wrong, &status);
+                let mut cas = ContentAddressableStorageClient::new(channel.clone());
+                let request = FindMissingBlobsRequest {
+                    blob_digests: vec![wire_digest(&wrong)],
+                    ..Default::default()
+                };
+                if let Ok(r) = cas.find_missing_blobs(request).await {
+                    if r.into_inner().missing_blob_digests.is_empty() {
+                        self.oracle.fail(
+                            Invariant::BadInputAccepted,
+                            format!("a refused write stored {wrong} all the same"),
+                        );
+                    }
+                }
                 let expected = [
                     Code::InvalidArgument,
                     Code::Unavailable,
@@ -850,7 +885,7 @@ impl Client {
                 ];
                 if !expected.contains(&status.code()) {
                     self.oracle.fail(
-                        "bad-input-accepted",
+                        Invariant::BadInputAccepted,
                         format!(
                             "a mismatched write got {:?}: {}",
                             status.code(),
@@ -889,7 +924,7 @@ pub async fn check_action(
             ));
             if status.code() == Code::Internal {
                 oracle.fail(
-                    "internal-on-request",
+                    Invariant::InternalOnRequest,
                     format!("GetActionResult: {}", status.message()),
                 );
             }
@@ -898,7 +933,7 @@ pub async fn check_action(
                 && !oracle.action_outputs_evicted(instance, action)
             {
                 oracle.fail(
-                    "acknowledged-action-lost",
+                    Invariant::AcknowledgedActionLost,
                     format!("acknowledged action {action} in {instance:?} not found"),
                 );
             }
@@ -906,10 +941,16 @@ pub async fn check_action(
         }
     };
     oracle.event(format!("{tag} get-action {instance:?} {action} hit"));
-    if !oracle.action_value_known(instance, action, &result.encode_to_vec()) {
+    let value = result.encode_to_vec();
+    if !oracle.action_value_known(instance, action, &value) {
         oracle.fail(
-            "ac-returns-unknown-value",
+            Invariant::AcReturnsUnknownValue,
             format!("action {action} in {instance:?} returned a value nobody stored"),
+        );
+    } else if must_hit && !oracle.action_value_current(instance, action, &value) {
+        oracle.fail(
+            Invariant::StaleActionValue,
+            format!("action {action} in {instance:?} holds a value a later acknowledged update replaced"),
         );
     }
     let referenced: Vec<reapi::Digest> = result
@@ -929,8 +970,13 @@ pub async fn check_action(
             return;
         }
         for missing in response.into_inner().missing_blob_digests {
+            let damaged = hoard::engine::parse_hash(&missing.hash)
+                .is_ok_and(|hash| oracle.damaged_ever(&hash));
+            if damaged {
+                continue; // the disk spoiled it; the engine found out after the hit
+            }
             oracle.fail(
-                "ac-hit-references-missing-blob",
+                Invariant::AcHitReferencesMissingBlob,
                 format!(
                     "action {action} in {instance:?} names missing {}/{}",
                     missing.hash, missing.size_bytes

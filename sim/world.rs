@@ -27,13 +27,13 @@ use madsim::runtime::{Handle, NodeHandle, Runtime};
 use sha2::{Digest as _, Sha256};
 use tonic::transport::Channel;
 
-use crate::fs::SimFs;
 use crate::fsync_latency::FsyncLatency;
 pub use crate::oracle::Failure;
-use crate::oracle::{Oracle, Pool};
+use crate::oracle::{Invariant, Oracle, Pool};
 use crate::plan::Plan;
 use crate::workload::{check_action, connect, wire_digest, Client};
 use crate::{bazel_http, ccache};
+use hoard::seam::sim_fs::SimFs;
 
 const DATA_DIR: &str = "/data";
 const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
@@ -69,9 +69,9 @@ pub fn run_seed(seed: u64, planted: Option<&str>, verbose: bool) -> Outcome {
             .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
             .unwrap_or_else(|| "unknown panic".into());
         let invariant = if message.contains("time limit") {
-            "liveness"
+            Invariant::Liveness
         } else {
-            "server-panic"
+            Invariant::ServerPanic
         };
         Outcome {
             config: "(panicked before the plan was printed)".into(),
@@ -228,8 +228,19 @@ async fn simulate(planted: Option<String>, verbose: bool) -> Outcome {
     }
     let handle = Handle::current();
     let fs = SimFs::new(plan.faults.clone());
-    fs.set_sync_check("footer-names-unsynced-record", footer_names_unsynced_record);
+    fs.set_sync_check(
+        Invariant::FooterNamesUnsyncedRecord.name(),
+        footer_names_unsynced_record,
+    );
     let oracle = Arc::new(Oracle::default());
+    {
+        let oracle = oracle.clone();
+        fs.set_damage_hook(Arc::new(move |path: &Path, image: &[u8], range| {
+            for key in spoiled_records(path, image, range) {
+                oracle.damaged(&key);
+            }
+        }));
+    }
     let pool = Arc::new(draw_pool(&plan));
     let engine = engine_config(&plan, planted.as_deref(), &oracle);
     let config = ServeConfig {
@@ -307,7 +318,7 @@ async fn simulate(planted: Option<String>, verbose: bool) -> Outcome {
     };
     let (finished, ()) = futures::join!(join_all(clients), crasher);
     if finished.iter().any(Result::is_err) {
-        oracle.fail("server-panic", "a client task panicked");
+        oracle.fail(Invariant::ServerPanic, "a client task panicked");
     }
 
     // The audit speaks to the server over the simulated network, so it runs on a node of its own.
@@ -321,7 +332,7 @@ async fn simulate(planted: Option<String>, verbose: bool) -> Outcome {
         auditor.spawn(async move { audit(&handle, &server, &fs, &oracle, &pool).await })
     };
     if audited.await.is_err() {
-        oracle.fail("server-panic", "the audit task panicked");
+        oracle.fail(Invariant::ServerPanic, "the audit task panicked");
     }
     // The disk's own record of injected faults is part of what must replay identically.
     for event in fs.events() {
@@ -356,7 +367,7 @@ async fn audit(handle: &Handle, server: &NodeHandle, fs: &SimFs, oracle: &Oracle
     let leftovers = temp_files(fs);
     if leftovers.len() > oracle.abandoned_uploads() {
         oracle.fail(
-            "temp-file-leak",
+            Invariant::TempFileLeak,
             format!(
                 "{} temp files remain with {} uploads abandoned: {leftovers:?}",
                 leftovers.len(),
@@ -376,7 +387,7 @@ async fn audit(handle: &Handle, server: &NodeHandle, fs: &SimFs, oracle: &Oracle
     let leftovers = temp_files(fs);
     if !leftovers.is_empty() {
         oracle.fail(
-            "temp-file-leak",
+            Invariant::TempFileLeak,
             format!("temp files survived a restart: {leftovers:?}"),
         );
     }
@@ -391,7 +402,7 @@ async fn audit(handle: &Handle, server: &NodeHandle, fs: &SimFs, oracle: &Oracle
         Ok(response) => {
             for missing in response.into_inner().missing_blob_digests {
                 oracle.fail(
-                    "acknowledged-blob-lost",
+                    Invariant::AcknowledgedBlobLost,
                     format!(
                         "{}/{} missing after the final restart",
                         missing.hash, missing.size_bytes
@@ -400,7 +411,7 @@ async fn audit(handle: &Handle, server: &NodeHandle, fs: &SimFs, oracle: &Oracle
             }
         }
         Err(status) => oracle.fail(
-            "internal-on-request",
+            Invariant::InternalOnRequest,
             format!("final FindMissingBlobs: {status}"),
         ),
     }
@@ -411,9 +422,17 @@ async fn audit(handle: &Handle, server: &NodeHandle, fs: &SimFs, oracle: &Oracle
         check_action(oracle, &channel, &instance, &action, true, "audit").await;
     }
     audit_opaque(&channel, oracle).await;
+    audit_damaged(&channel, oracle, pool).await;
     for violation in fs.violations() {
+        // The disk names its rules by the invariants' names.
+        let invariant = Invariant::from_name(violation.name).unwrap_or_else(|| {
+            unreachable!(
+                "the disk reports a rule the oracle does not know: {}",
+                violation.name
+            )
+        });
         oracle.fail(
-            violation.name,
+            invariant,
             format!("{}: {}", violation.path.display(), violation.detail),
         );
     }
@@ -445,6 +464,41 @@ fn footer_names_unsynced_record(before: &[u8], after: &[u8]) -> Option<String> {
     })
 }
 
+/// The keys (blob hashes, action keys) of the records a silent damage of `range` in the segment
+/// whose intended contents are `image` may cost: the records it touches and every record after
+/// them, since a scan of an unsealed segment stops at the first record that fails its checks and
+/// the tail from there is cut off. Files outside the segment directory hold no records.
+fn spoiled_records(path: &Path, image: &[u8], range: std::ops::Range<u64>) -> Vec<[u8; 32]> {
+    if !path.starts_with(Path::new(DATA_DIR).join("segments")) {
+        return Vec::new();
+    }
+    let mut keys = Vec::new();
+    let mut at = 0usize;
+    while at < image.len() {
+        let Ok(header) = record::decode_header(&image[at..]) else {
+            // Damaged or not a record: look for the next record header after it.
+            match image[at + 1..].windows(4).position(|w| w == b"HRD2") {
+                Some(next) => at += 1 + next,
+                None => break,
+            }
+            continue;
+        };
+        let end = at + header.header_len + header.payload_len as usize;
+        if end as u64 > range.start {
+            match header.key {
+                RecordKey::Blob(digest) => keys.push(digest.hash),
+                // A lost removal brings the entry back: its key's state is the disk's doing too.
+                RecordKey::Action { action, .. } | RecordKey::ActionRemoved { action, .. } => {
+                    keys.push(action)
+                }
+                RecordKey::Seal => {}
+            }
+        }
+        at = end.min(image.len()).max(at + 1);
+    }
+    keys
+}
+
 /// What the disk holds while the server is down: every segment footer whose checksums match
 /// (the ones recovery will trust) names only records whose payloads are on disk and intact.
 fn audit_footers(fs: &SimFs, oracle: &Oracle) {
@@ -463,12 +517,20 @@ fn audit_footers(fs: &SimFs, oracle: &Oracle) {
         let Ok(entries) = record::decode_footer(footer, offset) else {
             continue;
         };
+        let damaged = fs.damaged(&path);
         for entry in entries {
             let start = entry.payload_offset as usize;
+            let end = entry.payload_offset + entry.payload_len;
+            if damaged
+                .iter()
+                .any(|d| d.start < end && d.end > start as u64)
+            {
+                continue; // the disk spoiled it, not the seal
+            }
             let payload = &bytes[start..start + entry.payload_len as usize];
             if <[u8; 32]>::from(Sha256::digest(payload)) != entry.payload_sha256 {
                 oracle.fail(
-                    "footer-vouches-for-corrupt-record",
+                    Invariant::FooterVouchesForCorruptRecord,
                     format!(
                         "{}: the footer names a record at {start} whose bytes do not hash",
                         path.display()
@@ -479,38 +541,77 @@ fn audit_footers(fs: &SimFs, oracle: &Oracle) {
     }
 }
 
-async fn audit_blob(channel: &Channel, oracle: &Oracle, pool: &Pool, digest: &Digest) {
+/// A ByteStream read of the whole blob.
+async fn read_whole(channel: &Channel, digest: &Digest) -> Result<Vec<u8>, tonic::Status> {
     let mut client = ByteStreamClient::new(channel.clone());
     let request = ReadRequest {
         resource_name: format!("blobs/{}/{}", digest.hex(), digest.size),
         ..Default::default()
     };
-    let read = async {
-        let mut stream = client.read(request).await?.into_inner();
-        let mut data = Vec::new();
-        while let Some(chunk) = stream.message().await? {
-            data.extend_from_slice(&chunk.data);
-        }
-        Ok::<_, tonic::Status>(data)
+    let mut stream = client.read(request).await?.into_inner();
+    let mut data = Vec::new();
+    while let Some(chunk) = stream.message().await? {
+        data.extend_from_slice(&chunk.data);
     }
-    .await;
-    match read {
+    Ok(data)
+}
+
+async fn audit_blob(channel: &Channel, oracle: &Oracle, pool: &Pool, digest: &Digest) {
+    match read_whole(channel, digest).await {
         Ok(data) if Digest::of(&data) == *digest => {}
         Ok(data) => {
             oracle.check_read(pool, digest, 0, &data);
             oracle.fail(
-                "read-hashes-to-digest",
+                Invariant::ReadHashesToDigest,
                 format!("final read of {digest} gave {} bytes", data.len()),
             );
         }
         Err(status) => oracle.fail(
-            "acknowledged-blob-lost",
+            Invariant::AcknowledgedBlobLost,
             format!(
                 "final read of {digest}: {:?} {}",
                 status.code(),
                 status.message()
             ),
         ),
+    }
+}
+
+/// Every blob the disk damaged is, read whole, either its true bytes or missing, and once a read
+/// found it missing FindMissingBlobs agrees (nothing uploads during the audit).
+async fn audit_damaged(channel: &Channel, oracle: &Oracle, pool: &Pool) {
+    let damaged = pool.digests.iter().filter(|d| oracle.damaged_ever(&d.hash));
+    for digest in damaged {
+        match read_whole(channel, digest).await {
+            Ok(data) if Digest::of(&data) == *digest => {}
+            Ok(data) => oracle.fail(
+                Invariant::ReadHashesToDigest,
+                format!(
+                    "a whole read of damaged {digest} gave {} wrong bytes",
+                    data.len()
+                ),
+            ),
+            Err(status) if status.code() == tonic::Code::NotFound => {
+                let mut cas = ContentAddressableStorageClient::new(channel.clone());
+                let request = FindMissingBlobsRequest {
+                    blob_digests: vec![wire_digest(digest)],
+                    ..Default::default()
+                };
+                let present = cas
+                    .find_missing_blobs(request)
+                    .await
+                    .is_ok_and(|r| r.into_inner().missing_blob_digests.is_empty());
+                if present {
+                    oracle.fail(
+                        Invariant::CorruptBlobStillPresent,
+                        format!(
+                            "{digest} read as missing, yet FindMissingBlobs reports it present"
+                        ),
+                    );
+                }
+            }
+            Err(_) => {}
+        }
     }
 }
 
@@ -522,7 +623,7 @@ async fn audit_opaque(channel: &Channel, oracle: &Oracle) {
     }
     let Some(mut sender) = ccache::connect().await else {
         oracle.fail(
-            "acknowledged-action-lost",
+            Invariant::AcknowledgedActionLost,
             "the HTTP listener is gone after the final restart",
         );
         return;
@@ -536,7 +637,7 @@ async fn audit_opaque(channel: &Channel, oracle: &Oracle) {
                 ccache::check_get(oracle, &key, status, &body, promise)
             }
             None => oracle.fail(
-                "acknowledged-action-lost",
+                Invariant::AcknowledgedActionLost,
                 "HTTP connection lost during the audit",
             ),
         }
@@ -547,7 +648,7 @@ async fn audit_opaque(channel: &Channel, oracle: &Oracle) {
         };
         match ac.get_action_result(request).await {
             Ok(_) => oracle.fail(
-                "opaque-value-over-grpc",
+                Invariant::OpaqueValueOverGrpc,
                 format!(
                     "GetActionResult served the ccache entry {}",
                     hex::encode(key)
@@ -555,7 +656,7 @@ async fn audit_opaque(channel: &Channel, oracle: &Oracle) {
             ),
             Err(status) if status.code() == tonic::Code::NotFound => {}
             Err(status) => oracle.fail(
-                "internal-on-request",
+                Invariant::InternalOnRequest,
                 format!("GetActionResult of a ccache key: {status}"),
             ),
         }

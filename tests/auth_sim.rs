@@ -3,10 +3,6 @@
 //! `RUSTFLAGS="--cfg madsim" CARGO_TARGET_DIR=target/sim cargo test --release --test auth_sim`.
 #![cfg(madsim)]
 
-#[allow(dead_code)]
-#[path = "../sim/fs.rs"]
-mod fs;
-
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +23,7 @@ use hoard::auth::Auth;
 use hoard::engine::{Digest, Engine, EngineConfig};
 use hoard::proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
 use hoard::proto::reapi::{batch_update_blobs_request, BatchUpdateBlobsRequest};
+use hoard::seam::sim_fs::{FaultConfig, SimFs};
 use hoard::seam::TokioRuntime;
 use hoard::wire::grpc::{self, GrpcConfig};
 use hoard::wire::http::{serve_listener, HttpConfig};
@@ -86,7 +83,7 @@ async fn refused_calls_store_nothing_in_the_simulator() {
     let (engine_tx, engine_rx) = tokio::sync::oneshot::channel::<Arc<Engine>>();
     let server = handle.create_node().name("hoard").ip(SERVER_IP).build();
     server.spawn(async move {
-        let fs = Arc::new(fs::SimFs::new(fs::FaultConfig::none()));
+        let fs = Arc::new(SimFs::new(FaultConfig::none()));
         let engine = Engine::open(EngineConfig::new("/data"), fs, Arc::new(TokioRuntime))
             .await
             .unwrap();

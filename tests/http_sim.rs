@@ -3,10 +3,6 @@
 //! `RUSTFLAGS="--cfg madsim" CARGO_TARGET_DIR=target/sim cargo test --release --test http_sim`.
 #![cfg(madsim)]
 
-#[allow(dead_code)]
-#[path = "../sim/fs.rs"]
-mod fs;
-
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +18,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::net::{TcpListener, TcpStream};
 
 use hoard::engine::{Engine, EngineConfig};
+use hoard::seam::sim_fs::{FaultConfig, SimFs};
 use hoard::seam::TokioRuntime;
 use hoard::wire::http::{serve_listener, HttpConfig};
 
@@ -61,7 +58,7 @@ async fn round_trip_keep_alive_and_idle_timeout() {
     let handle = Handle::current();
     let server = handle.create_node().name("hoard").ip(SERVER.ip()).build();
     server.spawn(async {
-        let fs = Arc::new(fs::SimFs::new(fs::FaultConfig::none()));
+        let fs = Arc::new(SimFs::new(FaultConfig::none()));
         let engine = Engine::open(EngineConfig::new("/data"), fs, Arc::new(TokioRuntime))
             .await
             .unwrap();

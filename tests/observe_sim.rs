@@ -4,10 +4,6 @@
 //! `RUSTFLAGS="--cfg madsim" CARGO_TARGET_DIR=target/sim cargo test --release --test observe_sim`.
 #![cfg(madsim)]
 
-#[allow(dead_code)]
-#[path = "../sim/fs.rs"]
-mod fs;
-
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +25,7 @@ use hoard::proto::grpc::health::v1::health_client::HealthClient;
 use hoard::proto::grpc::health::v1::HealthCheckRequest;
 use hoard::proto::reapi;
 use hoard::proto::reapi::action_cache_client::ActionCacheClient;
+use hoard::seam::sim_fs::{FaultConfig, SimFs};
 use hoard::seam::TokioRuntime;
 use hoard::server::{self, ServeConfig};
 use hoard::wire::grpc::GrpcConfig;
@@ -61,7 +58,7 @@ async fn grpc_calls_are_counted_in_the_simulated_world() {
     let handle = Handle::current();
     let server = handle.create_node().name("hoard").ip(SERVER_IP).build();
     server.spawn(async {
-        let fs = Arc::new(fs::SimFs::new(fs::FaultConfig::none()));
+        let fs = Arc::new(SimFs::new(FaultConfig::none()));
         let config = ServeConfig {
             stack: Default::default(),
             engine: EngineConfig::new("/data"),

@@ -76,11 +76,19 @@ pub struct Index {
 }
 
 impl Default for Index {
+    /// An index keyed by a seed from the process's own randomness.
     fn default() -> Self {
-        let seeds = std::collections::hash_map::RandomState::new();
+        Index::with_seed(std::collections::hash_map::RandomState::new().hash_one(0u8))
+    }
+}
+
+impl Index {
+    /// An empty index whose placement is keyed by `seed` (the engine draws it from its runtime,
+    /// so a simulated run places, and so walks, entries the same way every time).
+    pub fn with_seed(seed: u64) -> Self {
         Index {
-            blobs: Table::new(seeds.hash_one(1u8)),
-            actions: Table::new(seeds.hash_one(2u8)),
+            blobs: Table::new(mix(seed ^ 1)),
+            actions: Table::new(mix(seed ^ 2)),
             instances: Instances::default(),
             blob_bytes: 0,
             evictions: 0,

@@ -177,12 +177,14 @@ pub async fn lock_data_dir(fs: &dyn Fs, dir: &std::path::Path) -> Result<Box<dyn
     })
 }
 
-/// The index entry of a record just written (and so hashed by its writer).
+/// The index entry of a record just written. Hashed on the way in but never read back, so it is
+/// not verified: the first ranged read re-hashes what the disk holds (a write that landed
+/// elsewhere is caught there, not served).
 fn fresh_entry(location: Location, sha256: [u8; 32]) -> Entry {
     Entry {
         location,
         sha256,
-        verified: true,
+        verified: false,
         referenced: false,
     }
 }
@@ -276,7 +278,7 @@ impl Engine {
         }
         upload::sweep_temp_files(fs.as_ref(), &tmp_dir).await?;
 
-        let mut index = Index::default();
+        let mut index = Index::with_seed(runtime.random_u64());
         let (blobs, actions) = segment::count_sealed_records(fs.as_ref(), &segment_dir).await;
         index.reserve(blobs as usize, actions as usize);
         // Eviction frees whole segments, so a budget needs several of them.

@@ -193,10 +193,10 @@ pub fn decode_header(bytes: &[u8]) -> Result<Header, Torn> {
         MAGIC => 2,
         MAGIC_V1 => 1,
         [b'H', b'R', b'D', v] if v.is_ascii_digit() => {
-            return Err(Torn::Unsupported(format!(
-                "record format version {}",
-                v as char
-            )))
+            return Err(match flipped_from_known_version(bytes) {
+                Some(torn) => torn,
+                None => Torn::Unsupported(format!("record format version {}", v as char)),
+            });
         }
         _ => return Err(Torn::Corrupt("bad magic".into())),
     };
@@ -228,6 +228,24 @@ pub fn decode_header(bytes: &[u8]) -> Result<Header, Torn> {
         payload_len,
         header_len,
     })
+}
+
+/// Whether a header whose magic names an unknown version is really a header of a version this
+/// build reads with one bit of its version digit flipped: its checksum then matches with the
+/// known digit put back. Such a header is corrupt (`Some`), and must not stop a start as a
+/// "newer format" would; `None` when it is not (or cannot yet be told: too few bytes).
+fn flipped_from_known_version(bytes: &[u8]) -> Option<Torn> {
+    let key_len = u16::from_le_bytes([bytes[5], bytes[6]]) as usize;
+    let crc_at = FIXED_LEN + key_len.min(MAX_KEY_LEN);
+    let header = bytes.get(..crc_at + CRC_LEN)?;
+    let stored_crc = u32::from_le_bytes(header[crc_at..].try_into().expect("4 bytes"));
+    let known = [MAGIC, MAGIC_V1].into_iter().any(|magic| {
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&magic);
+        hasher.update(&header[4..crc_at]);
+        hasher.finalize() == stored_crc
+    });
+    known.then(|| Torn::Corrupt("a record header's version digit is damaged".into()))
 }
 
 /// Decodes a key of record kind `kind`. Version 2 keys start with the digest function byte,
@@ -566,12 +584,31 @@ mod tests {
 
     #[test]
     fn newer_formats_and_digest_functions_are_refused_by_name() {
+        // A header written by a newer version (its own checksum matches) is refused by name...
         let mut bytes = encode_header(&RecordKey::Blob(Digest::of(b"x")), 1, &[0; 32]);
         bytes[3] = b'3';
+        let crc_at = bytes.len() - CRC_LEN;
+        let crc = crc32fast::hash(&bytes[..crc_at]);
+        bytes[crc_at..].copy_from_slice(&crc.to_le_bytes());
         assert_eq!(
             decode_header(&bytes),
             Err(Torn::Unsupported("record format version 3".into()))
         );
+        // ...but a version 2 or 1 header whose version digit took a bit flip is only corrupt:
+        // it must not stop a start.
+        for (magic, flipped) in [(b'2', b'6'), (b'1', b'3')] {
+            let mut bytes = encode_header(&RecordKey::Blob(Digest::of(b"x")), 1, &[0; 32]);
+            if magic == b'1' {
+                bytes = v1_header(1, &Digest::of(b"x").hash, 1, &[0; 32]);
+            }
+            bytes[3] = flipped;
+            assert!(
+                matches!(decode_header(&bytes), Err(Torn::Corrupt(_))),
+                "HRD{} flipped to HRD{}",
+                magic as char,
+                flipped as char
+            );
+        }
         // A BLAKE3 key (function 2) in a version 2 header, with a valid CRC.
         let mut bytes = encode_header(&RecordKey::Blob(Digest::of(b"x")), 1, &[0; 32]);
         bytes[FIXED_LEN] = 2;

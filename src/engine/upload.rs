@@ -36,7 +36,7 @@ pub struct Upload {
 enum Stage {
     Memory(Vec<u8>),
     /// Written into its final file; `None` once commit took it.
-    Segment(Option<SoloSegment>),
+    Segment(Option<Box<SoloSegment>>),
 }
 
 impl Upload {
@@ -76,7 +76,7 @@ impl Upload {
             hasher: Sha256::new(),
             received: 0,
             broken: false,
-            stage: Stage::Segment(Some(solo)),
+            stage: Stage::Segment(Some(Box::new(solo))),
             _permit: permit,
         })
     }
@@ -154,7 +154,7 @@ impl Upload {
             Stage::Memory(buffer) => engine.persist_blob(expected, Payload::Memory(buffer)).await,
             Stage::Segment(solo) => {
                 let solo = solo.take().expect("open until commit");
-                engine.persist_solo(expected, solo).await
+                engine.persist_solo(expected, *solo).await
             }
         }
     }

@@ -31,7 +31,7 @@ pub struct ReadResource {
 /// by sending the same instance, uuid and digest again (trailing metadata is ignored). The
 /// compression is not part of the key: a parked upload holds uncompressed bytes, and a resumed
 /// Write starts at an uncompressed offset in either form (see `bytestream`).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct WriteResource {
     /// Instance name.
     pub instance: String,

@@ -7,7 +7,7 @@
 //! Expiry runs on every access, so no background task or timer is needed (which keeps the
 //! simulator's event queue free of them).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -18,7 +18,9 @@ use crate::store::BlobUpload;
 
 /// The table of parked uploads.
 pub struct ParkedUploads {
-    entries: Mutex<HashMap<WriteResource, Parked>>,
+    /// Ordered, so expired uploads are dropped (and their files removed) in the same order on
+    /// every run: the simulator replays a seed exactly.
+    entries: Mutex<BTreeMap<WriteResource, Parked>>,
     ttl: Duration,
     capacity: usize,
 }
@@ -73,7 +75,7 @@ impl ParkedUploads {
     }
 
     /// The table after dropping expired entries.
-    fn live_entries(&self) -> std::sync::MutexGuard<'_, HashMap<WriteResource, Parked>> {
+    fn live_entries(&self) -> std::sync::MutexGuard<'_, BTreeMap<WriteResource, Parked>> {
         let mut entries = self.entries.lock().expect("parked uploads");
         let now = Instant::now();
         entries.retain(|_, parked| now.duration_since(parked.since) < self.ttl);
