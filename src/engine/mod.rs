@@ -13,12 +13,14 @@
 
 mod digest;
 pub mod index;
+mod log;
 pub mod record;
 mod segment;
 mod upload;
 
 use std::io;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -26,9 +28,10 @@ use sha2::{Digest as _, Sha256};
 
 pub use digest::{parse_hash, Digest, HASH_LEN};
 use index::{Entry, Index};
+pub use log::{LogBatch, LogRecord};
 pub use record::{AcKind, RecordKey};
-pub use segment::Location;
 use segment::{read_payload, LogOptions, Payload, Pin, ReaderState, SegmentLog, IO_CHUNK};
+pub use segment::{Location, LogCursor};
 pub use upload::Upload;
 
 use crate::seam::{Fs, FsFile, FsLock, Runtime};
@@ -50,16 +53,24 @@ pub enum PlantedBug {
     /// Assemble the store stack without its completeness check, so action results whose blobs
     /// are gone are served (what HTTP did before the stack).
     IncompleteActionServed,
+    /// The object-store uploader sends action results without first making sure their blobs
+    /// are in the bucket (and before the blobs of their batch): bazel-remote #767.
+    AcBeforeBlobs,
+    /// The object-store uploader moves its durable watermark past records before the bucket
+    /// has acknowledged them, so a crash loses them from the upload queue.
+    WatermarkPastUnacked,
 }
 
 impl PlantedBug {
     /// Every planted bug, in the order the simulator hunts them.
-    pub const ALL: [PlantedBug; 5] = [
+    pub const ALL: [PlantedBug; 7] = [
         PlantedBug::UnflushedPersist,
         PlantedBug::IndexBeforeSync,
         PlantedBug::AckBeforeIndex,
         PlantedBug::FooterBeforeSync,
         PlantedBug::IncompleteActionServed,
+        PlantedBug::AcBeforeBlobs,
+        PlantedBug::WatermarkPastUnacked,
     ];
 
     /// The name `hoard-sim --planted` takes.
@@ -70,6 +81,8 @@ impl PlantedBug {
             PlantedBug::AckBeforeIndex => "ack-before-index",
             PlantedBug::FooterBeforeSync => "footer-before-sync",
             PlantedBug::IncompleteActionServed => "incomplete-action-served",
+            PlantedBug::AcBeforeBlobs => "ac-before-blobs",
+            PlantedBug::WatermarkPastUnacked => "watermark-past-unacked",
         }
     }
 
@@ -97,6 +110,9 @@ pub struct EngineConfig {
     pub memory_stage_limit: u64,
     /// Uploads that may be in progress at once.
     pub max_concurrent_uploads: usize,
+    /// Evict nothing until [`Engine::set_upload_floor`] says what is uploaded (the
+    /// object-store tier sets this).
+    pub hold_for_upload: bool,
     /// A planted bug (simulator only).
     #[cfg(feature = "planted-bugs")]
     pub planted: Option<PlantedBug>,
@@ -113,6 +129,7 @@ impl EngineConfig {
             segment_size: 256 << 20,
             memory_stage_limit: 1 << 20,
             max_concurrent_uploads: 4096,
+            hold_for_upload: false,
             #[cfg(feature = "planted-bugs")]
             planted: None,
         }
@@ -168,6 +185,8 @@ pub struct Engine {
     uploads: upload::Tracker,
     /// One eviction pass at a time.
     evicting: tokio::sync::Mutex<()>,
+    /// Segments at or after this one are not evicted: not yet uploaded (see [`log`]).
+    upload_floor: AtomicU32,
     /// Where dropped uploads send their temp files for removal.
     janitor: tokio::sync::mpsc::UnboundedSender<PathBuf>,
     _lock: Box<dyn FsLock>,
@@ -247,6 +266,12 @@ impl Engine {
         let uploads = upload::Tracker::new(config.max_concurrent_uploads);
         let (janitor, janitor_rx) = tokio::sync::mpsc::unbounded_channel();
         runtime.spawn(Box::pin(upload::run_janitor(fs.clone(), janitor_rx)));
+        let floor = if config.hold_for_upload {
+            0
+        } else {
+            log::NO_FLOOR
+        };
+        let upload_floor = AtomicU32::new(floor);
         Ok(Arc::new(Engine {
             config,
             fs,
@@ -257,6 +282,7 @@ impl Engine {
             uploads,
             janitor,
             evicting: tokio::sync::Mutex::new(()),
+            upload_floor,
             _lock: lock,
         }))
     }
@@ -440,6 +466,10 @@ impl Engine {
             let Some(oldest) = self.segments.oldest_closed() else {
                 return;
             };
+            if self.held_for_upload(oldest) {
+                tracing::debug!(segment = oldest, "not evicting: not yet uploaded");
+                return;
+            }
             if let Err(e) = self.evict_segment(oldest).await {
                 tracing::warn!(segment = oldest, error = %e, "eviction failed");
                 return;

@@ -35,6 +35,9 @@ use super::Error;
 use crate::seam::fs::read_exact_at;
 use crate::seam::{Fs, FsFile, Runtime};
 
+mod tail;
+pub use tail::LogCursor;
+
 /// Bytes moved per read when copying or scanning.
 pub const IO_CHUNK: usize = 1 << 20;
 
@@ -613,21 +616,8 @@ impl SegmentLog {
                 .map(|e| from_footer(segment, e))
                 .collect());
         }
-        let scan = scan_headers(reader.as_ref(), len, &path).await?;
-        Ok(scan
-            .records
-            .into_iter()
-            .map(|(header, payload_at)| Recovered {
-                location: Location {
-                    segment,
-                    offset: payload_at,
-                    len: header.payload_len,
-                },
-                payload_sha256: header.payload_sha256,
-                key: header.key,
-                verified: false,
-            })
-            .collect())
+        let scan = scan_headers(reader.as_ref(), 0, len, &path).await?;
+        Ok(unverified_records(segment, scan.records))
     }
 
     /// Deletes a closed segment. Reads already holding its handle finish; new ones miss.
@@ -651,6 +641,23 @@ impl SegmentLog {
             .map_err(io_error(format!("syncing {}", self.dir.display())))?;
         Ok(len)
     }
+}
+
+/// Records a header scan found, their payloads not re-hashed.
+fn unverified_records(segment: u32, scanned: Vec<(Header, u64)>) -> Vec<Recovered> {
+    scanned
+        .into_iter()
+        .map(|(header, payload_at)| Recovered {
+            location: Location {
+                segment,
+                offset: payload_at,
+                len: header.payload_len,
+            },
+            payload_sha256: header.payload_sha256,
+            key: header.key,
+            verified: false,
+        })
+        .collect()
 }
 
 fn from_footer(segment: u32, entry: record::FooterEntry) -> Recovered {
@@ -848,13 +855,14 @@ struct Scan {
     torn: Option<String>,
 }
 
-/// Walks the record headers of the first `len` bytes of a segment, skipping payloads, up to a
-/// seal, a footer (one that was not trusted) or the first bytes that are not a record.
-async fn scan_headers(file: &dyn FsFile, len: u64, path: &Path) -> Result<Scan, Error> {
+/// Walks the record headers of a segment from `from` (a record's start) to `len`, skipping
+/// payloads, up to a seal, a footer (one that was not trusted) or the first bytes that are not
+/// a record.
+async fn scan_headers(file: &dyn FsFile, from: u64, len: u64, path: &Path) -> Result<Scan, Error> {
     let mut window = Window::new(file);
     let mut scan = Scan {
         records: Vec::new(),
-        end: 0,
+        end: from,
         sealed: false,
         torn: None,
     };
@@ -928,7 +936,7 @@ async fn recover_segment(
         end,
         sealed,
         torn,
-    } = scan_headers(file.as_ref(), len, path).await?;
+    } = scan_headers(file.as_ref(), 0, len, path).await?;
     let verify = !sealed && !footer_before_sync;
     let mut valid_end = end;
     let mut accepted = Vec::with_capacity(records.len());

@@ -126,6 +126,9 @@ struct EngineCollector {
     snapshot: Arc<Mutex<EngineSnapshot>>,
 }
 
+/// Produces extra members of the `/status` JSON object (`"name":value,...`, already escaped).
+pub type StatusFields = Arc<dyn Fn() -> String + Send + Sync>;
+
 impl Collector for EngineCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
         let EngineSnapshot { stats, uptime } = *self.snapshot.lock().expect("snapshot");
@@ -214,6 +217,8 @@ pub struct Metrics {
     /// Requests served, by [`Protocol::index`] (for `/status`).
     served: [AtomicU64; 2],
     snapshot: Arc<Mutex<EngineSnapshot>>,
+    /// Extra `/status` members (the object-store tier's queue).
+    status_fields: Mutex<Option<StatusFields>>,
 }
 
 impl fmt::Debug for Metrics {
@@ -314,7 +319,25 @@ impl Metrics {
             grpc_buffer_limits,
             served: [AtomicU64::new(0), AtomicU64::new(0)],
             snapshot,
+            status_fields: Mutex::new(None),
         }
+    }
+
+    /// The registry, for a part of the server with metrics of its own to register them
+    /// (before the registry is shared).
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
+    /// Adds `fields` (a JSON object's members, produced at each call) to `GET /status`.
+    pub fn set_status_fields(&self, fields: StatusFields) {
+        *self.status_fields.lock().expect("status fields") = Some(fields);
+    }
+
+    /// The extra `/status` members, if a part of the server set some.
+    pub fn status_fields(&self) -> Option<String> {
+        let fields = self.status_fields.lock().expect("status fields").clone();
+        fields.map(|f| f())
     }
 
     /// Time since this registry was created (server start).

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use super::{ActionResultValidation, CompletenessChecking, EngineStore, Metered, Store};
 use crate::engine::{Engine, PlantedBug};
 use crate::observe::{Metrics, Protocol};
+use crate::tier::{Tier, TierConfig};
 
 /// Settings of the layers.
 #[derive(Clone, Debug)]
@@ -15,6 +16,10 @@ pub struct StackConfig {
     /// Largest single `Directory` message of an output directory's tree that the completeness
     /// check reads into memory; a tree holding a larger one makes its action result a miss.
     pub max_tree_directory_size: usize,
+    /// The object-store tier's settings, if it is on (`hoard serve` opens it).
+    pub object_store: Option<TierConfig>,
+    /// The opened object-store tier, put under the completeness check.
+    pub tier: Option<Arc<Tier>>,
     /// A planted bug (simulator only); see [`PlantedBug::IncompleteActionServed`].
     #[cfg(feature = "planted-bugs")]
     pub planted: Option<PlantedBug>,
@@ -24,6 +29,8 @@ impl Default for StackConfig {
     fn default() -> Self {
         StackConfig {
             max_tree_directory_size: 16 << 20,
+            object_store: None,
+            tier: None,
             #[cfg(feature = "planted-bugs")]
             planted: None,
         }
@@ -47,6 +54,9 @@ impl StackConfig {
 /// that keep the cache's own rules, bottom to top.
 pub fn assemble(base: Arc<dyn Store>, config: &StackConfig) -> Arc<dyn Store> {
     let mut store = base;
+    if let Some(tier) = &config.tier {
+        store = crate::tier::store::layer(store, tier.clone());
+    }
     if !config.planted(PlantedBug::IncompleteActionServed) {
         let bound = config.max_tree_directory_size;
         store = Arc::new(CompletenessChecking::new(store, bound));

@@ -1,0 +1,104 @@
+//! Where things live in the bucket (README "Many nodes" shows the same table). Every node, and
+//! every later version, reads this layout; a change of it changes [`FORMAT`].
+//!
+//! | key (under the bucket's prefix) | object |
+//! |---|---|
+//! | `hoard-format` | [`FORMAT`]: the layout's name and version, written by the first node |
+//! | `cas/sha256/{hash}-{size}` | a blob's bytes (lowercase hex hash, decimal size) |
+//! | `ac/_{instance}/sha256/{hash}` | an action-cache value: one kind byte (`R` an `ActionResult`, `O` opaque), then the value |
+//!
+//! The instance name is percent-encoded (every byte outside `A-Z a-z 0-9 . _ -`), behind a `_`
+//! so the empty instance has a name too (`ac/_/sha256/...`).
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::engine::{AcKind, Digest};
+use crate::store::{ActionKey, ActionValue};
+
+/// The key of the format marker.
+pub const FORMAT_KEY: &str = "hoard-format";
+
+/// The marker's content: the layout this build writes and reads.
+pub const FORMAT: &[u8] = b"hoard object layout 1\n";
+
+/// The key of a blob.
+pub fn blob_key(digest: &Digest) -> String {
+    format!("cas/sha256/{}-{}", digest.hex(), digest.size)
+}
+
+/// The key of an action-cache entry.
+pub fn action_key(key: &ActionKey) -> String {
+    let mut instance = String::with_capacity(key.instance.len() + 1);
+    instance.push('_');
+    for byte in key.instance.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-') {
+            instance.push(byte as char);
+        } else {
+            instance.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    format!("ac/{instance}/sha256/{}", hex::encode(key.hash))
+}
+
+const ACTION_RESULT_TAG: u8 = b'R';
+const OPAQUE_TAG: u8 = b'O';
+
+/// An action-cache value as its object holds it.
+pub fn encode_action(value: &ActionValue) -> Bytes {
+    let mut out = BytesMut::with_capacity(value.bytes.len() + 1);
+    out.put_u8(match value.kind {
+        AcKind::ActionResult => ACTION_RESULT_TAG,
+        AcKind::Opaque => OPAQUE_TAG,
+    });
+    out.extend_from_slice(&value.bytes);
+    out.freeze()
+}
+
+/// The action-cache value an object holds, or why it is not one.
+pub fn decode_action(object: Bytes) -> Result<ActionValue, String> {
+    let kind = match object.first() {
+        Some(&ACTION_RESULT_TAG) => AcKind::ActionResult,
+        Some(&OPAQUE_TAG) => AcKind::Opaque,
+        Some(other) => return Err(format!("unknown action-cache kind byte {other:#04x}")),
+        None => return Err("empty action-cache object".to_owned()),
+    };
+    Ok(ActionValue {
+        kind,
+        bytes: object.slice(1..),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_name_digest_function_hash_size_and_instance() {
+        let digest = Digest::of(b"abc");
+        assert_eq!(blob_key(&digest), format!("cas/sha256/{}-3", digest.hex()));
+        let key = ActionKey::new("main/linux x86", [0xab; 32]);
+        assert_eq!(
+            action_key(&key),
+            format!("ac/_main%2Flinux%20x86/sha256/{}", "ab".repeat(32))
+        );
+        assert!(action_key(&ActionKey::new("", [1; 32])).starts_with("ac/_/sha256/"));
+        // Instances that differ get different keys, however they are spelled.
+        assert_ne!(
+            action_key(&ActionKey::new("a/b", [1; 32])),
+            action_key(&ActionKey::new("a%2Fb", [1; 32]))
+        );
+    }
+
+    #[test]
+    fn action_values_keep_their_kind() {
+        for kind in [AcKind::ActionResult, AcKind::Opaque] {
+            let value = ActionValue {
+                kind,
+                bytes: Bytes::from_static(b"value"),
+            };
+            assert_eq!(decode_action(encode_action(&value)), Ok(value));
+        }
+        assert!(decode_action(Bytes::new()).is_err());
+        assert!(decode_action(Bytes::from_static(b"Xvalue")).is_err());
+    }
+}
