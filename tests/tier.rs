@@ -289,10 +289,13 @@ async fn a_second_node_serves_what_the_first_uploaded_and_keeps_a_copy() {
         tail.extend_from_slice(&chunk);
     }
     assert_eq!(tail, blob(6, 300_000)[1000..]);
-    // A hash-only lookup (the HTTP protocol) finds bucket blobs too.
+    // A hash-only lookup (the HTTP protocol) finds blobs only in the bucket too.
+    let by_hash = put(a.store.as_ref(), &blob(9, 4321)).await;
+    a.drained().await;
+    assert!(!b.engine.contains(&by_hash));
     assert_eq!(
-        b.store.resolve_hash_and_touch(&digest.hash).await.unwrap(),
-        Some(digest)
+        b.store.resolve_hash_and_touch(&by_hash.hash).await.unwrap(),
+        Some(by_hash)
     );
     a.stop();
     b.stop();

@@ -4,8 +4,12 @@
 //! | key (under the bucket's prefix) | object |
 //! |---|---|
 //! | `hoard-format` | [`FORMAT`]: the layout's name and version, written by the first node |
-//! | `cas/sha256/{hash}-{size}` | a blob's bytes (lowercase hex hash, decimal size) |
+//! | `cas/sha256/{hash}` | a blob's bytes (lowercase hex hash; the size is the object's length) |
 //! | `ac/_{instance}/sha256/{hash}` | an action-cache value: one kind byte (`R` an `ActionResult`, `O` opaque), then the value |
+//!
+//! A blob's key names its digest function and hash but not its size: the size is the object's
+//! length (a HEAD gives it, and every read checks it), so clients that name blobs by hash alone
+//! (the HTTP protocol) find them with one request.
 //!
 //! The instance name is percent-encoded (every byte outside `A-Z a-z 0-9 . _ -`), behind a `_`
 //! so the empty instance has a name too (`ac/_/sha256/...`).
@@ -21,9 +25,9 @@ pub const FORMAT_KEY: &str = "hoard-format";
 /// The marker's content: the layout this build writes and reads.
 pub const FORMAT: &[u8] = b"hoard object layout 1\n";
 
-/// The key of a blob.
+/// The key of a blob: its hash (a blob's size is its object's length).
 pub fn blob_key(digest: &Digest) -> String {
-    format!("cas/sha256/{}-{}", digest.hex(), digest.size)
+    format!("cas/sha256/{}", digest.hex())
 }
 
 /// The key of an action-cache entry.
@@ -73,7 +77,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keys_name_digest_function_hash_size_and_instance() {
+    fn keys_name_digest_function_hash_and_instance() {
         let digest = Digest::of(b"abc");
         assert_eq!(blob_key(&digest), format!("cas/sha256/{}-3", digest.hex()));
         let key = ActionKey::new("main/linux x86", [0xab; 32]);

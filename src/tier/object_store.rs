@@ -10,7 +10,7 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{
-    BackoffConfig, ClientOptions, GetOptions, GetRange, MultipartUpload, ObjectStore,
+    BackoffConfig, ClientConfigKey, GetOptions, GetRange, MultipartUpload, ObjectStore,
     ObjectStoreExt, PutPayload, RetryConfig,
 };
 
@@ -38,9 +38,10 @@ impl ObjectStoreBucket {
         let bad = |why: String| BucketError::Failed(format!("--object-store {url:?}: {why}"));
         let parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
         let prefix = Path::from_url_path(parsed.path()).map_err(|e| bad(e.to_string()))?;
-        let client = ClientOptions::new()
-            .with_timeout(REQUEST_TIMEOUT)
-            .with_connect_timeout(CONNECT_TIMEOUT);
+        // Timeouts are set on top of what the environment says (`with_client_options` would
+        // replace the environment's client settings, AWS_ALLOW_HTTP among them).
+        let timeout = format!("{}s", REQUEST_TIMEOUT.as_secs());
+        let connect_timeout = format!("{}s", CONNECT_TIMEOUT.as_secs());
         // A few quick retries inside one request; the uploader retries on its own after that,
         // and a client waiting on a fill should not wait for minutes.
         let retry = RetryConfig {
@@ -49,22 +50,41 @@ impl ObjectStoreBucket {
             retry_timeout: Duration::from_secs(30),
         };
         let built: object_store::Result<Arc<dyn ObjectStore>> = match parsed.scheme() {
-            "s3" | "s3a" => object_store::aws::AmazonS3Builder::from_env()
-                .with_url(url)
-                .with_client_options(client)
-                .with_retry(retry)
-                .build()
-                .map(|s| Arc::new(s) as Arc<dyn ObjectStore>),
-            "gs" => object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                .with_url(url)
-                .with_client_options(client)
-                .with_retry(retry)
-                .build()
-                .map(|s| Arc::new(s) as Arc<dyn ObjectStore>),
-            "az" | "abfs" | "abfss" | "azure" | "adl" => {
-                object_store::azure::MicrosoftAzureBuilder::from_env()
+            "s3" | "s3a" => {
+                use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey as Key};
+                AmazonS3Builder::from_env()
                     .with_url(url)
-                    .with_client_options(client)
+                    .with_config(Key::Client(ClientConfigKey::Timeout), &timeout)
+                    .with_config(
+                        Key::Client(ClientConfigKey::ConnectTimeout),
+                        &connect_timeout,
+                    )
+                    .with_retry(retry)
+                    .build()
+                    .map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
+            }
+            "gs" => {
+                use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey as Key};
+                GoogleCloudStorageBuilder::from_env()
+                    .with_url(url)
+                    .with_config(Key::Client(ClientConfigKey::Timeout), &timeout)
+                    .with_config(
+                        Key::Client(ClientConfigKey::ConnectTimeout),
+                        &connect_timeout,
+                    )
+                    .with_retry(retry)
+                    .build()
+                    .map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
+            }
+            "az" | "abfs" | "abfss" | "azure" | "adl" => {
+                use object_store::azure::{AzureConfigKey as Key, MicrosoftAzureBuilder};
+                MicrosoftAzureBuilder::from_env()
+                    .with_url(url)
+                    .with_config(Key::Client(ClientConfigKey::Timeout), &timeout)
+                    .with_config(
+                        Key::Client(ClientConfigKey::ConnectTimeout),
+                        &connect_timeout,
+                    )
                     .with_retry(retry)
                     .build()
                     .map(|s| Arc::new(s) as Arc<dyn ObjectStore>)

@@ -226,11 +226,10 @@ impl<S: Store> Store for TierStore<S> {
                 return Ok(Some(digest));
             }
             // Blob keys name the hash alone, so a client that sends no size (HTTP) costs one HEAD.
-            let probe = Digest {
+            let key = layout::blob_key(&Digest {
                 hash: *hash,
                 size: 0,
-            };
-            let key = layout::blob_key(&probe);
+            });
             match self.tier.bucket.head(&key).await {
                 Ok(Some(size)) => Ok(Some(Digest { hash: *hash, size })),
                 Ok(None) => Ok(None),
