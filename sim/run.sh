@@ -39,7 +39,7 @@ run_planted() {
   local budget=${1:-100}
   cargo build --release --features planted-bugs --bin hoard-sim
   local failed=0
-  for bug in unflushed-persist index-before-sync ack-before-index footer-before-sync incomplete-action-served; do
+  for bug in unflushed-persist index-before-sync ack-before-index footer-before-sync incomplete-action-served ac-before-blobs watermark-past-unacked; do
     echo "--- planted bug: $bug (must be caught within $budget seeds)"
     set +e
     out=$(sim run --seeds "$budget" --jobs "$jobs" --planted "$bug" --stop-at-first 2>/dev/null)

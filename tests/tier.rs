@@ -556,3 +556,21 @@ async fn a_bucket_of_another_layout_or_refusing_credentials_fails_the_start() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn an_empty_action_cache_value_is_uploaded_and_the_queue_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = Arc::new(MemoryBucket::new());
+    let a = node(dir.path(), bucket.clone(), |_| {}).await;
+    let key = ActionKey::new("", [3; 32]);
+    let empty = ActionValue {
+        kind: AcKind::Opaque,
+        bytes: Bytes::new(),
+    };
+    a.store.put_action(&key, empty).await.unwrap();
+    let after = put(a.store.as_ref(), &blob(50, 100)).await;
+    a.drained().await;
+    assert!(bucket.object(&action_key(&key)).is_some());
+    assert!(bucket.object(&blob_key(&after)).is_some());
+    a.stop();
+}

@@ -5,18 +5,23 @@
 //! |---|---|
 //! | `hoard-format` | [`FORMAT`]: the layout's name and version, written by the first node |
 //! | `cas/sha256/{hash}` | a blob's bytes (lowercase hex hash; the size is the object's length) |
-//! | `ac/_{instance}/sha256/{hash}` | an action-cache value: one kind byte (`R` an `ActionResult`, `O` opaque), then the value |
+//! | `ac/_{instance}/sha256/{hash}` | an action-cache value: one kind byte (`R` an `ActionResult`, `O` opaque), the value's SHA-256 (32 bytes), then the value |
 //!
 //! A blob's key names its digest function and hash but not its size: the size is the object's
 //! length (a HEAD gives it, and every read checks it), so clients that name blobs by hash alone
 //! (the HTTP protocol) find them with one request.
 //!
+//! An action-cache key is the action's hash, not the value's, so the value carries its own
+//! SHA-256: a truncated or damaged object is refused, never served or stored (blobs are checked
+//! against the digest that names them).
+//!
 //! The instance name is percent-encoded (every byte outside `A-Z a-z 0-9 . _ -`), behind a `_`
 //! so the empty instance has a name too (`ac/_/sha256/...`).
 
 use bytes::{BufMut, Bytes, BytesMut};
+use sha2::{Digest as _, Sha256};
 
-use crate::engine::{AcKind, Digest};
+use crate::engine::{AcKind, Digest, HASH_LEN};
 use crate::store::{ActionKey, ActionValue};
 
 /// The key of the format marker.
@@ -49,16 +54,17 @@ const OPAQUE_TAG: u8 = b'O';
 
 /// An action-cache value as its object holds it.
 pub fn encode_action(value: &ActionValue) -> Bytes {
-    let mut out = BytesMut::with_capacity(value.bytes.len() + 1);
+    let mut out = BytesMut::with_capacity(value.bytes.len() + 1 + HASH_LEN);
     out.put_u8(match value.kind {
         AcKind::ActionResult => ACTION_RESULT_TAG,
         AcKind::Opaque => OPAQUE_TAG,
     });
+    out.extend_from_slice(&Sha256::digest(&value.bytes));
     out.extend_from_slice(&value.bytes);
     out.freeze()
 }
 
-/// The action-cache value an object holds, or why it is not one.
+/// The action-cache value an object holds, or why it is not one (damaged or cut short).
 pub fn decode_action(object: Bytes) -> Result<ActionValue, String> {
     let kind = match object.first() {
         Some(&ACTION_RESULT_TAG) => AcKind::ActionResult,
@@ -66,10 +72,17 @@ pub fn decode_action(object: Bytes) -> Result<ActionValue, String> {
         Some(other) => return Err(format!("unknown action-cache kind byte {other:#04x}")),
         None => return Err("empty action-cache object".to_owned()),
     };
-    Ok(ActionValue {
-        kind,
-        bytes: object.slice(1..),
-    })
+    if object.len() < 1 + HASH_LEN {
+        return Err(format!(
+            "action-cache object of {} bytes is cut short",
+            object.len()
+        ));
+    }
+    let bytes = object.slice(1 + HASH_LEN..);
+    if Sha256::digest(&bytes)[..] != object[1..1 + HASH_LEN] {
+        return Err("action-cache value fails its checksum".to_owned());
+    }
+    Ok(ActionValue { kind, bytes })
 }
 
 #[cfg(test)]
@@ -79,7 +92,7 @@ mod tests {
     #[test]
     fn keys_name_digest_function_hash_and_instance() {
         let digest = Digest::of(b"abc");
-        assert_eq!(blob_key(&digest), format!("cas/sha256/{}-3", digest.hex()));
+        assert_eq!(blob_key(&digest), format!("cas/sha256/{}", digest.hex()));
         let key = ActionKey::new("main/linux x86", [0xab; 32]);
         assert_eq!(
             action_key(&key),
@@ -94,7 +107,7 @@ mod tests {
     }
 
     #[test]
-    fn action_values_keep_their_kind() {
+    fn action_values_keep_their_kind_and_a_cut_or_damaged_one_is_refused() {
         for kind in [AcKind::ActionResult, AcKind::Opaque] {
             let value = ActionValue {
                 kind,
@@ -103,6 +116,18 @@ mod tests {
             assert_eq!(decode_action(encode_action(&value)), Ok(value));
         }
         assert!(decode_action(Bytes::new()).is_err());
-        assert!(decode_action(Bytes::from_static(b"Xvalue")).is_err());
+        let object = encode_action(&ActionValue {
+            kind: AcKind::Opaque,
+            bytes: Bytes::from_static(b"a longer value"),
+        });
+        let mut unknown = object.to_vec();
+        unknown[0] = b'X';
+        assert!(decode_action(unknown.into()).is_err());
+        for cut in 0..object.len() {
+            assert!(decode_action(object.slice(..cut)).is_err(), "cut at {cut}");
+        }
+        let mut flipped = object.to_vec();
+        *flipped.last_mut().unwrap() ^= 1;
+        assert!(decode_action(flipped.into()).is_err());
     }
 }

@@ -136,6 +136,7 @@ pub(super) async fn run(tier: Arc<Tier>) {
         if batch.records.is_empty() {
             tier.caught_up();
             if batch.next != cursor {
+                tracing::debug!(?cursor, next = ?batch.next, "moving on past the end of a segment");
                 tier.advance(batch.next).await;
                 continue;
             }

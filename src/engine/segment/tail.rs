@@ -11,7 +11,8 @@ use super::{
 };
 
 /// A position in the log: every record of an earlier segment, and every record of `segment`
-/// whose header starts before `offset`, is behind it.
+/// whose payload starts at or before `offset` (a record's end, where the next header starts), is
+/// behind it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct LogCursor {
     /// Segment id.
@@ -61,9 +62,11 @@ impl SegmentLog {
                     Err(e) => return Err(e),
                 }
             };
+            // A record's payload starts after its header, so one that starts at the cursor has
+            // its payload past it; one whose (maybe empty) payload ends at the cursor does not.
             let records: Vec<Recovered> = records
                 .into_iter()
-                .filter(|r| r.location.offset >= cursor.offset)
+                .filter(|r| r.location.offset > cursor.offset)
                 .collect();
             if let Some(last) = records.last() {
                 let end = LogCursor::after(&last.location);
