@@ -49,45 +49,29 @@ impl ObjectStoreBucket {
             max_retries: 3,
             retry_timeout: Duration::from_secs(30),
         };
+        // The three cloud builders take the same settings the same way.
+        macro_rules! cloud {
+            ($builder:ty, $key:ident) => {
+                <$builder>::from_env()
+                    .with_url(url)
+                    .with_config($key::Client(ClientConfigKey::Timeout), &timeout)
+                    .with_config(
+                        $key::Client(ClientConfigKey::ConnectTimeout),
+                        &connect_timeout,
+                    )
+                    .with_retry(retry)
+                    .build()
+                    .map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
+            };
+        }
+        use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+        use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
+        use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
         let built: object_store::Result<Arc<dyn ObjectStore>> = match parsed.scheme() {
-            "s3" | "s3a" => {
-                use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey as Key};
-                AmazonS3Builder::from_env()
-                    .with_url(url)
-                    .with_config(Key::Client(ClientConfigKey::Timeout), &timeout)
-                    .with_config(
-                        Key::Client(ClientConfigKey::ConnectTimeout),
-                        &connect_timeout,
-                    )
-                    .with_retry(retry)
-                    .build()
-                    .map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
-            }
-            "gs" => {
-                use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey as Key};
-                GoogleCloudStorageBuilder::from_env()
-                    .with_url(url)
-                    .with_config(Key::Client(ClientConfigKey::Timeout), &timeout)
-                    .with_config(
-                        Key::Client(ClientConfigKey::ConnectTimeout),
-                        &connect_timeout,
-                    )
-                    .with_retry(retry)
-                    .build()
-                    .map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
-            }
+            "s3" | "s3a" => cloud!(AmazonS3Builder, AmazonS3ConfigKey),
+            "gs" => cloud!(GoogleCloudStorageBuilder, GoogleConfigKey),
             "az" | "abfs" | "abfss" | "azure" | "adl" => {
-                use object_store::azure::{AzureConfigKey as Key, MicrosoftAzureBuilder};
-                MicrosoftAzureBuilder::from_env()
-                    .with_url(url)
-                    .with_config(Key::Client(ClientConfigKey::Timeout), &timeout)
-                    .with_config(
-                        Key::Client(ClientConfigKey::ConnectTimeout),
-                        &connect_timeout,
-                    )
-                    .with_retry(retry)
-                    .build()
-                    .map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
+                cloud!(MicrosoftAzureBuilder, AzureConfigKey)
             }
             "file" => {
                 let dir = parsed
