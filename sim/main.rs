@@ -14,6 +14,8 @@ mod oracle;
 #[cfg(madsim)]
 mod plan;
 #[cfg(madsim)]
+mod tier;
+#[cfg(madsim)]
 mod workload;
 #[cfg(madsim)]
 mod world;
@@ -131,7 +133,7 @@ mod cli {
                     )
                     .without_time()
                     .init();
-                let outcome = world::run_seed(seed, planted.as_deref(), true);
+                let outcome = run_worlds(seed, planted.as_deref(), true);
                 print_outcome(seed, planted.as_deref(), &outcome);
                 if outcome.failures.is_empty() {
                     std::process::ExitCode::SUCCESS
@@ -149,12 +151,22 @@ mod cli {
     /// How a child reports a failing seed (after printing its outcome).
     const FAILED_SEED: &str = "FAILED-SEED";
 
+    /// The seed in the server's world, then in the object-store tier's (`sim/tier.rs`).
+    fn run_worlds(seed: u64, planted: Option<&str>, verbose: bool) -> Outcome {
+        let mut outcome = world::run_seed(seed, planted, verbose);
+        let tier = crate::tier::run_seed(seed, planted, verbose);
+        outcome.failures.extend(tier.failures);
+        outcome.trace_hash = format!("{}+{}", outcome.trace_hash, tier.trace_hash);
+        outcome.config = format!("{}\n{}", outcome.config, tier.config);
+        outcome
+    }
+
     /// Runs a seed (twice, comparing traces, with `check_determinism`), prints its outcome if it
     /// failed, and returns the names of the invariants it broke.
     fn run_checked(seed: u64, planted: Option<&str>, check_determinism: bool) -> Vec<Invariant> {
-        let mut outcome = world::run_seed(seed, planted, false);
+        let mut outcome = run_worlds(seed, planted, false);
         if check_determinism {
-            let again = world::run_seed(seed, planted, false);
+            let again = run_worlds(seed, planted, false);
             if again.trace_hash != outcome.trace_hash {
                 outcome.failures.push(world::Failure {
                     invariant: Invariant::Determinism,

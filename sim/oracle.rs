@@ -62,6 +62,17 @@ pub enum Invariant {
     /// The cascade removes an action result only when it names a blob that is gone (evicted,
     /// damaged, or never uploaded): one the engine reports removing must be such a one.
     CascadeRemovedCompleteAction,
+    /// Object-store tier (`sim/tier.rs`): an action result reached the bucket before a blob it
+    /// names (asserted by the simulated bucket at every PUT it applies).
+    TierAcBeforeBlobs,
+    /// Tier: a record node A acknowledged is not in the bucket after its queue drained.
+    TierQueueDropped,
+    /// Tier: node B cannot serve a record node A acknowledged.
+    TierAcknowledgedLost,
+    /// Tier: a read returned bytes that are not the blob's.
+    TierReadFailsDigest,
+    /// Tier: node A's queue did not drain with the bucket healthy.
+    TierLiveness,
     /// Two runs of one seed give the same trace.
     Determinism,
     /// The simulator process itself did not crash (out of memory, say) while running a seed.
@@ -70,7 +81,7 @@ pub enum Invariant {
 
 impl Invariant {
     /// Every invariant, in report order.
-    pub const ALL: [Invariant; 21] = [
+    pub const ALL: [Invariant; 26] = [
         Invariant::ReadHashesToDigest,
         Invariant::AcknowledgedBlobLost,
         Invariant::FindMissingLies,
@@ -90,6 +101,11 @@ impl Invariant {
         Invariant::ServerPanic,
         Invariant::Liveness,
         Invariant::CascadeRemovedCompleteAction,
+        Invariant::TierAcBeforeBlobs,
+        Invariant::TierQueueDropped,
+        Invariant::TierAcknowledgedLost,
+        Invariant::TierReadFailsDigest,
+        Invariant::TierLiveness,
         Invariant::Determinism,
         Invariant::SimulatorCrash,
     ];
@@ -116,6 +132,11 @@ impl Invariant {
             Invariant::ServerPanic => "server-panic",
             Invariant::Liveness => "liveness",
             Invariant::CascadeRemovedCompleteAction => "cascade-removed-complete-action",
+            Invariant::TierAcBeforeBlobs => "tier-ac-before-blobs",
+            Invariant::TierQueueDropped => "tier-queue-dropped",
+            Invariant::TierAcknowledgedLost => "tier-acknowledged-lost",
+            Invariant::TierReadFailsDigest => "tier-read-fails-digest",
+            Invariant::TierLiveness => "tier-liveness",
             Invariant::Determinism => "determinism",
             Invariant::SimulatorCrash => "simulator-crash",
         }

@@ -26,6 +26,8 @@ use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, Subcommand};
 use crate::auth::{Auth, Htpasswd};
 use crate::engine::EngineConfig;
 use crate::server::{self, parse_size, ServeConfig};
+use crate::store::stack::StackConfig;
+use crate::tier::{TierConfig, TierMode};
 use crate::tls::TlsConfig;
 use crate::wire::grpc::GrpcConfig;
 use crate::wire::http::HttpConfig;
@@ -102,6 +104,44 @@ pub struct ServeArgs {
     /// opaque values, which is what ccache stores).
     #[arg(long, env = "HOARD_HTTP_AC_STRICT", help_heading = "Storage")]
     pub http_ac_strict: bool,
+
+    // --- object store ---
+    /// Share a bucket with other hoard nodes: s3://BUCKET/PREFIX, gs://BUCKET/PREFIX,
+    /// az://CONTAINER/PREFIX or file:///DIR. Endpoint, region and credentials come from the
+    /// usual variables (AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+    /// AWS_ALLOW_HTTP; GOOGLE_SERVICE_ACCOUNT; AZURE_STORAGE_ACCOUNT_NAME/KEY).
+    #[arg(
+        long,
+        env = "HOARD_OBJECT_STORE",
+        value_name = "URL",
+        help_heading = "Object store"
+    )]
+    pub object_store: Option<String>,
+    /// When a write is acknowledged: back (durable locally, uploaded in the background) or
+    /// through (also in the bucket).
+    #[arg(
+        long,
+        env = "HOARD_OBJECT_STORE_MODE",
+        value_name = "MODE",
+        default_value = "back",
+        help_heading = "Object store"
+    )]
+    pub object_store_mode: TierMode,
+    /// Bytes of the local log not yet uploaded beyond which writes are refused (RESOURCE_EXHAUSTED
+    /// / 503, retried by clients) until the bucket catches up [default: a quarter of
+    /// --max-size, else 4G].
+    #[arg(long, env = "HOARD_OBJECT_STORE_BACKLOG", value_name = "SIZE",
+          value_parser = parse_size, help_heading = "Object store")]
+    pub object_store_backlog: Option<u64>,
+    /// Records uploaded to the bucket at once.
+    #[arg(
+        long,
+        env = "HOARD_OBJECT_STORE_CONCURRENCY",
+        value_name = "N",
+        default_value_t = 16,
+        help_heading = "Object store"
+    )]
+    pub object_store_concurrency: usize,
 
     // --- listeners ---
     /// gRPC (REAPI v2) listen address. Bazel: --remote_cache=grpc://ADDR.
@@ -428,9 +468,22 @@ impl ServeArgs {
         };
         grpc.access_log = self.access_log;
         http.access_log = self.access_log;
+        let object_store = self.object_store.as_ref().map(|url| {
+            let mut tier = TierConfig::new(url);
+            tier.mode = self.object_store_mode;
+            tier.upload_concurrency = self.object_store_concurrency.max(1);
+            tier.backlog_budget = self
+                .object_store_backlog
+                .or(self.max_size.map(|budget| budget / 4))
+                .unwrap_or(tier.backlog_budget);
+            tier
+        });
         let config = ServeConfig {
             engine,
-            stack: Default::default(),
+            stack: StackConfig {
+                object_store,
+                ..StackConfig::default()
+            },
             grpc_addr: self.grpc_addr,
             http_addr: (!self.no_http).then_some(self.http_addr),
             grpc,

@@ -12,6 +12,9 @@ use crate::engine::{Engine, EngineConfig};
 use crate::observe::{history, Metrics};
 use crate::seam::{Fs, Runtime};
 use crate::store::stack::{self, StackConfig};
+#[cfg(not(madsim))]
+use crate::tier::object_store::ObjectStoreBucket;
+use crate::tier::{Bucket, Tier};
 use crate::wire::grpc::{self, GrpcConfig};
 use crate::wire::http::{self, HttpConfig};
 
@@ -32,19 +35,49 @@ pub struct ServeConfig {
     pub http: HttpConfig,
 }
 
-/// Opens the engine and serves both front ends until `shutdown` completes or one fails.
+/// Opens the engine (and the bucket of `config.stack.object_store`, if any) and serves both front ends until
+/// `shutdown` completes or one fails.
 pub async fn serve(
     config: ServeConfig,
     fs: Arc<dyn Fs>,
     runtime: Arc<dyn Runtime>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let engine = Engine::open(config.engine.clone(), fs, runtime.clone()).await?;
-    // One cache for both front ends: every rule of the cache applies to gRPC and HTTP alike.
-    let cache = stack::over_engine(engine.clone(), &config.stack);
-    let shutdown: Shared<futures::future::BoxFuture<'static, ()>> = shutdown.boxed().shared();
+    let bucket = match &config.stack.object_store {
+        #[cfg(not(madsim))]
+        Some(tier) => Some(Arc::new(ObjectStoreBucket::from_url(&tier.url)?) as Arc<dyn Bucket>),
+        #[cfg(madsim)]
+        Some(_) => return Err("the simulator passes its own bucket to serve_with_bucket".into()),
+        None => None,
+    };
+    serve_with_bucket(config, bucket, fs, runtime, shutdown).await
+}
+
+/// [`serve`] with the tier's bucket given (the simulator's, or a test's).
+pub async fn serve_with_bucket(
+    mut config: ServeConfig,
+    bucket: Option<Arc<dyn Bucket>>,
+    fs: Arc<dyn Fs>,
+    runtime: Arc<dyn Runtime>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let tier_config = config.stack.object_store.clone().zip(bucket);
+    config.engine.hold_for_upload |= tier_config.is_some();
+    let engine = Engine::open(config.engine.clone(), fs.clone(), runtime.clone()).await?;
     // One registry for both front ends: `GET /metrics` on HTTP shows the gRPC traffic too.
-    let metrics = Arc::new(Metrics::new());
+    let mut metrics = Metrics::new();
+    let mut stack_config = config.stack.clone();
+    if let Some((tier_config, bucket)) = tier_config {
+        let tier = Tier::open(tier_config, bucket, engine.clone(), fs, runtime.clone()).await?;
+        tier.metrics().register(metrics.registry_mut());
+        let shown = tier.clone();
+        metrics.set_status_fields(Arc::new(move || shown.status_json()));
+        stack_config.tier = Some(tier);
+    }
+    let metrics = Arc::new(metrics);
+    // One cache for both front ends: every rule of the cache applies to gRPC and HTTP alike.
+    let cache = stack::over_engine(engine.clone(), &stack_config);
+    let shutdown: Shared<futures::future::BoxFuture<'static, ()>> = shutdown.boxed().shared();
     let stats_source = cache.clone();
     runtime.spawn(Box::pin(history::run_sampler(
         runtime.clone(),
@@ -78,6 +111,9 @@ pub async fn serve(
     }
     // Both front ends have stopped: seal the active segment so the next start reads footers only.
     engine.shutdown().await;
+    if let Some(tier) = &stack_config.tier {
+        tier.stop();
+    }
     tracing::info!("shut down");
     Ok(())
 }

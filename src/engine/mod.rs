@@ -16,6 +16,7 @@
 
 mod digest;
 pub mod index;
+mod log;
 pub mod record;
 mod scrub;
 mod segment;
@@ -23,6 +24,7 @@ mod upload;
 
 use std::io;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
@@ -31,12 +33,13 @@ use sha2::{Digest as _, Sha256};
 
 pub use digest::{parse_hash, Digest, HASH_LEN};
 use index::{Entry, Index};
+pub use log::{LogBatch, LogRecord};
 pub use record::{AcKind, RecordKey};
-pub use segment::Location;
 use segment::{
     read_payload, Finish, LogOptions, Payload, Pin, ReaderState, SegmentLog, SoloSegment,
     Writeback, IO_CHUNK,
 };
+pub use segment::{Location, LogCursor};
 pub use upload::Upload;
 
 use crate::seam::{Fs, FsFile, FsLock, Runtime};
@@ -69,11 +72,17 @@ pub enum PlantedBug {
     /// A group commit's fsync marks durable everything flushed when it *ends*, so records
     /// appended while it was in flight are acknowledged without any fsync covering them.
     SyncWatermarkOverreach,
+    /// The object-store uploader sends action results without first making sure their blobs
+    /// are in the bucket (and before the blobs of their batch): bazel-remote #767.
+    AcBeforeBlobs,
+    /// The object-store uploader moves its durable watermark past records before the bucket
+    /// has acknowledged them, so a crash loses them from the upload queue.
+    WatermarkPastUnacked,
 }
 
 impl PlantedBug {
     /// Every planted bug, in the order the simulator hunts them.
-    pub const ALL: [PlantedBug; 9] = [
+    pub const ALL: [PlantedBug; 11] = [
         PlantedBug::UnflushedPersist,
         PlantedBug::IndexBeforeSync,
         PlantedBug::AckBeforeIndex,
@@ -83,6 +92,8 @@ impl PlantedBug {
         PlantedBug::ScrubDropsUnverified,
         PlantedBug::SoloIndexedBeforeSync,
         PlantedBug::SyncWatermarkOverreach,
+        PlantedBug::AcBeforeBlobs,
+        PlantedBug::WatermarkPastUnacked,
     ];
 
     /// The name `hoard-sim --planted` takes.
@@ -97,6 +108,8 @@ impl PlantedBug {
             PlantedBug::ScrubDropsUnverified => "scrub-drops-unverified",
             PlantedBug::SoloIndexedBeforeSync => "solo-indexed-before-sync",
             PlantedBug::SyncWatermarkOverreach => "sync-watermark-overreach",
+            PlantedBug::AcBeforeBlobs => "ac-before-blobs",
+            PlantedBug::WatermarkPastUnacked => "watermark-past-unacked",
         }
     }
 
@@ -128,6 +141,9 @@ pub struct EngineConfig {
     /// Re-hash cold records in the background at about this many bytes per second, dropping
     /// those that fail (see `scrub.rs`); `None`: no background scrub.
     pub scrub_rate: Option<u64>,
+    /// Evict nothing until [`Engine::set_upload_floor`] says what is uploaded (the
+    /// object-store tier sets this).
+    pub hold_for_upload: bool,
     /// A planted bug (simulator only).
     #[cfg(feature = "planted-bugs")]
     pub planted: Option<PlantedBug>,
@@ -145,6 +161,7 @@ impl EngineConfig {
             memory_stage_limit: 1 << 20,
             max_concurrent_uploads: 4096,
             scrub_rate: None,
+            hold_for_upload: false,
             #[cfg(feature = "planted-bugs")]
             planted: None,
         }
@@ -235,6 +252,8 @@ pub struct Engine {
     uploads: upload::Tracker,
     /// One eviction pass at a time.
     evicting: tokio::sync::Mutex<()>,
+    /// Segments at or after this one are not evicted: not yet uploaded (see [`log`]).
+    upload_floor: AtomicU32,
     /// Where dropped uploads send their temp files for removal.
     janitor: tokio::sync::mpsc::UnboundedSender<PathBuf>,
     _lock: Box<dyn FsLock>,
@@ -290,6 +309,7 @@ impl Engine {
             target_size: segment_size,
             footer_before_sync: config.planted(PlantedBug::FooterBeforeSync),
             sync_watermark_overreach: config.planted(PlantedBug::SyncWatermarkOverreach),
+            seal_before_join: config.hold_for_upload,
         };
         let segments = SegmentLog::open(fs.clone(), runtime.clone(), segment_dir, options, |r| {
             let entry = Entry {
@@ -312,6 +332,12 @@ impl Engine {
         let uploads = upload::Tracker::new(config.max_concurrent_uploads);
         let (janitor, janitor_rx) = tokio::sync::mpsc::unbounded_channel();
         runtime.spawn(Box::pin(upload::run_janitor(fs.clone(), janitor_rx)));
+        let floor = if config.hold_for_upload {
+            0
+        } else {
+            log::NO_FLOOR
+        };
+        let upload_floor = AtomicU32::new(floor);
         let engine = Arc::new(Engine {
             config,
             fs,
@@ -323,6 +349,7 @@ impl Engine {
             uploads,
             janitor,
             evicting: tokio::sync::Mutex::new(()),
+            upload_floor,
             _lock: lock,
         });
         engine.start_scrub();
@@ -571,6 +598,10 @@ impl Engine {
             let Some(oldest) = self.segments.oldest_closed() else {
                 return;
             };
+            if self.held_for_upload(oldest) {
+                tracing::debug!(segment = oldest, "not evicting: not yet uploaded");
+                return;
+            }
             if let Err(e) = self.evict_segment(oldest).await {
                 tracing::warn!(segment = oldest, error = %e, "eviction failed");
                 return;

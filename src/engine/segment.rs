@@ -48,6 +48,9 @@ use super::Error;
 use crate::seam::fs::read_exact_at;
 use crate::seam::{Fs, FsFile, Runtime};
 
+mod tail;
+pub use tail::LogCursor;
+
 /// Bytes moved per read when copying or scanning.
 pub const IO_CHUNK: usize = 1 << 20;
 
@@ -283,6 +286,8 @@ pub struct SegmentLog {
     footer_before_sync: bool,
     /// The planted bug `sync-watermark-overreach`.
     sync_watermark_overreach: bool,
+    /// See [`LogOptions::seal_before_join`].
+    seal_before_join: bool,
 }
 
 fn segment_name(id: u32) -> String {
@@ -347,6 +352,11 @@ pub struct LogOptions {
     /// it *ends*, including records written while it was in flight (always `false` outside the
     /// simulator).
     pub sync_watermark_overreach: bool,
+    /// Seal the segment being written before a solo segment joins the log, so that every
+    /// segment below the active one is closed: the object-store tier reads the log in segment
+    /// order from one cursor, and a later append to a lower, still active segment would be
+    /// behind a cursor that moved on to the solo one.
+    pub seal_before_join: bool,
 }
 
 impl SegmentLog {
@@ -412,6 +422,7 @@ impl SegmentLog {
             }),
             footer_before_sync: options.footer_before_sync,
             sync_watermark_overreach: options.sync_watermark_overreach,
+            seal_before_join: options.seal_before_join,
         })
     }
 
@@ -833,21 +844,8 @@ impl SegmentLog {
                 .map(|e| from_footer(segment, e))
                 .collect());
         }
-        let scan = scan_headers(reader.as_ref(), len, &path).await?;
-        Ok(scan
-            .records
-            .into_iter()
-            .map(|(header, payload_at)| Recovered {
-                location: Location {
-                    segment,
-                    offset: payload_at,
-                    len: header.payload_len,
-                },
-                payload_sha256: header.payload_sha256,
-                key: header.key,
-                verified: false,
-            })
-            .collect())
+        let scan = scan_headers(reader.as_ref(), 0, len, &path).await?;
+        Ok(unverified_records(segment, scan.records))
     }
 
     /// Deletes a closed segment. Reads already holding its handle finish; new ones miss.
@@ -1102,7 +1100,17 @@ impl SegmentLog {
                 return Err(e);
             }
         };
-        let id = self.reserve_id();
+        let id = if self.seal_before_join {
+            // Under the writer lock, so no append starts a new segment between the seal and
+            // the id (the same lock a segment roll holds across its seal).
+            let mut state = self.writer.lock().await;
+            if self.retire(&mut state).await {
+                self.back_off(false);
+            }
+            self.reserve_id()
+        } else {
+            self.reserve_id()
+        };
         let to = self.dir.join(segment_name(id));
         if let Err(e) = self.fs.rename(&path, &to).await {
             let e = Error::io(format!("moving {} into the log", path.display()), e);
@@ -1135,6 +1143,23 @@ impl SegmentLog {
             tracing::warn!(path = %path.display(), error = %e, "removing an unfinished segment failed");
         }
     }
+}
+
+/// Records a header scan found, their payloads not re-hashed.
+fn unverified_records(segment: u32, scanned: Vec<(Header, u64)>) -> Vec<Recovered> {
+    scanned
+        .into_iter()
+        .map(|(header, payload_at)| Recovered {
+            location: Location {
+                segment,
+                offset: payload_at,
+                len: header.payload_len,
+            },
+            payload_sha256: header.payload_sha256,
+            key: header.key,
+            verified: false,
+        })
+        .collect()
 }
 
 fn from_footer(segment: u32, entry: record::FooterEntry) -> Recovered {
@@ -1384,13 +1409,14 @@ struct Scan {
     torn: Option<String>,
 }
 
-/// Walks the record headers of the first `len` bytes of a segment, skipping payloads, up to a
-/// seal, a footer (one that was not trusted) or the first bytes that are not a record.
-async fn scan_headers(file: &dyn FsFile, len: u64, path: &Path) -> Result<Scan, Error> {
+/// Walks the record headers of a segment from `from` (a record's start) to `len`, skipping
+/// payloads, up to a seal, a footer (one that was not trusted) or the first bytes that are not
+/// a record.
+async fn scan_headers(file: &dyn FsFile, from: u64, len: u64, path: &Path) -> Result<Scan, Error> {
     let mut window = Window::new(file);
     let mut scan = Scan {
         records: Vec::new(),
-        end: 0,
+        end: from,
         sealed: false,
         torn: None,
     };
@@ -1464,7 +1490,7 @@ async fn recover_segment(
         end,
         sealed,
         torn,
-    } = scan_headers(file.as_ref(), len, path).await?;
+    } = scan_headers(file.as_ref(), 0, len, path).await?;
     let verify = !sealed && !footer_before_sync;
     let mut valid_end = end;
     let mut accepted = Vec::with_capacity(records.len());

@@ -134,6 +134,9 @@ struct EngineCollector {
     snapshot: Arc<Mutex<EngineSnapshot>>,
 }
 
+/// Produces extra members of the `/status` JSON object (`"name":value,...`, already escaped).
+pub type StatusFields = Arc<dyn Fn() -> String + Send + Sync>;
+
 impl Collector for EngineCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
         let EngineSnapshot { stats, uptime } = *self.snapshot.lock().expect("snapshot");
@@ -241,6 +244,8 @@ pub struct Metrics {
     top: top::TopKeys,
     /// Uploads waiting for the object-store tier; [`NO_TIER`] while none is configured.
     object_store_queue_depth: AtomicU64,
+    /// Extra `/status` members (the object-store tier's queue).
+    status_fields: Mutex<Option<StatusFields>>,
 }
 
 /// What [`Metrics::object_store_queue_depth`] holds while no object-store tier is configured.
@@ -347,6 +352,7 @@ impl Metrics {
             history: history::History::new(history::SAMPLES_KEPT),
             top: top::TopKeys::default(),
             object_store_queue_depth: AtomicU64::new(NO_TIER),
+            status_fields: Mutex::new(None),
         }
     }
 
@@ -381,6 +387,23 @@ impl Metrics {
     /// The last depth a tier published, `None` without a tier.
     pub fn object_store_queue_depth(&self) -> Option<u64> {
         Some(self.object_store_queue_depth.load(Ordering::Relaxed)).filter(|&d| d != NO_TIER)
+    }
+
+    /// The registry, for a part of the server with metrics of its own to register them
+    /// (before the registry is shared).
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
+    /// Adds `fields` (a JSON object's members, produced at each call) to `GET /status`.
+    pub fn set_status_fields(&self, fields: StatusFields) {
+        *self.status_fields.lock().expect("status fields") = Some(fields);
+    }
+
+    /// The extra `/status` members, if a part of the server set some.
+    pub fn status_fields(&self) -> Option<String> {
+        let fields = self.status_fields.lock().expect("status fields").clone();
+        fields.map(|f| f())
     }
 
     /// Time since this registry was created (server start).

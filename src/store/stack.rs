@@ -10,6 +10,7 @@ use super::cascade::{self, CascadeConfig};
 use super::{ActionResultValidation, CompletenessChecking, EngineStore, Metered, Store};
 use crate::engine::{Engine, PlantedBug};
 use crate::observe::{Metrics, Protocol};
+use crate::tier::{Tier, TierConfig};
 
 /// Settings of the layers.
 #[derive(Clone, Debug)]
@@ -20,6 +21,10 @@ pub struct StackConfig {
     /// How often the cascade looks whether the engine forgot blobs, and if so removes the
     /// action results naming them (see [`super::cascade`]).
     pub cascade_interval: Duration,
+    /// The object-store tier's settings, if it is on (`hoard serve` opens it).
+    pub object_store: Option<TierConfig>,
+    /// The opened object-store tier, put under the completeness check.
+    pub tier: Option<Arc<Tier>>,
     /// A planted bug (simulator only); see [`PlantedBug::IncompleteActionServed`].
     #[cfg(feature = "planted-bugs")]
     pub planted: Option<PlantedBug>,
@@ -30,6 +35,8 @@ impl Default for StackConfig {
         StackConfig {
             max_tree_directory_size: 16 << 20,
             cascade_interval: Duration::from_secs(30),
+            object_store: None,
+            tier: None,
             #[cfg(feature = "planted-bugs")]
             planted: None,
         }
@@ -53,6 +60,9 @@ impl StackConfig {
 /// that keep the cache's own rules, bottom to top.
 pub fn assemble(base: Arc<dyn Store>, config: &StackConfig) -> Arc<dyn Store> {
     let mut store = base;
+    if let Some(tier) = &config.tier {
+        store = crate::tier::store::layer(store, tier.clone());
+    }
     if !config.planted(PlantedBug::IncompleteActionServed) {
         let bound = config.max_tree_directory_size;
         store = Arc::new(CompletenessChecking::new(store, bound));

@@ -17,6 +17,8 @@ use crate::store::Store;
 ///  "max_size":null,"uptime_seconds":12.5,"disk_bytes":2048,"evictions":0,"evicted_bytes":0,
 ///  "requests":{"grpc":10,"http":4}}
 /// ```
+///
+/// With the object-store tier on, an `"object_store"` member shows the upload queue.
 pub(super) fn get(store: &dyn Store, config: &HttpConfig) -> Response<Body> {
     let stats = store.stats();
     let limits = store.limits();
@@ -42,6 +44,13 @@ pub(super) fn get(store: &dyn Store, config: &HttpConfig) -> Response<Body> {
         metrics.served(Protocol::Grpc),
         metrics.served(Protocol::Http),
     );
+    let json = match metrics.status_fields() {
+        Some(fields) => {
+            let open = json.trim_end().strip_suffix('}').unwrap_or(&json);
+            format!("{open},{fields}}}\n")
+        }
+        None => json,
+    };
     with_type(ok(Body::full(json)), "application/json")
 }
 
