@@ -117,15 +117,16 @@ fn classify(error: object_store::Error) -> BucketError {
         }
         E::Generic { .. } => {
             let text = error.to_string();
-            // S3 and its kin answer wrong keys and missing permissions with 403 and a code.
+            // S3 and its kin answer wrong keys and missing permissions with 403 and a code. The
+            // status is matched with its reason, never as bare digits: the text also holds the
+            // URL, whose port may contain them (port 40301 once made a refused connection read
+            // as refused credentials).
             let denied = [
-                "403",
-                "Forbidden",
+                "403 Forbidden",
+                "401 Unauthorized",
                 "AccessDenied",
                 "InvalidAccessKeyId",
                 "SignatureDoesNotMatch",
-                "401",
-                "Unauthorized",
             ];
             if denied.iter().any(|needle| text.contains(needle)) {
                 BucketError::Denied(text)
@@ -202,5 +203,30 @@ impl PartUpload for Parts {
         if let Err(e) = self.upload.abort().await {
             tracing::warn!(error = %e, "aborting a multipart upload failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn generic(text: &str) -> object_store::Error {
+        object_store::Error::Generic {
+            store: "S3",
+            source: text.to_owned().into(),
+        }
+    }
+
+    #[test]
+    fn a_refused_connection_is_unavailable_whatever_digits_its_url_holds() {
+        let refused = "Error performing HEAD http://127.0.0.1:40301/cache/hoard-format in 374ms, \
+                       after 3 retries - HTTP error: error sending request";
+        assert!(matches!(
+            classify(generic(refused)),
+            BucketError::Unavailable(_)
+        ));
+        let forbidden = "Error performing HEAD http://127.0.0.1:9000/cache/hoard-format - Client \
+                         error with status 403 Forbidden: SignatureDoesNotMatch";
+        assert!(matches!(classify(generic(forbidden)), BucketError::Denied(_)));
     }
 }
