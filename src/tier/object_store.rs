@@ -227,6 +227,9 @@ mod tests {
         ));
         let forbidden = "Error performing HEAD http://127.0.0.1:9000/cache/hoard-format - Client \
                          error with status 403 Forbidden: SignatureDoesNotMatch";
-        assert!(matches!(classify(generic(forbidden)), BucketError::Denied(_)));
+        assert!(matches!(
+            classify(generic(forbidden)),
+            BucketError::Denied(_)
+        ));
     }
 }
