@@ -193,10 +193,7 @@ pub fn decode_header(bytes: &[u8]) -> Result<Header, Torn> {
         MAGIC => 2,
         MAGIC_V1 => 1,
         [b'H', b'R', b'D', v] if v.is_ascii_digit() => {
-            return Err(match flipped_from_known_version(bytes) {
-                Some(torn) => torn,
-                None => Torn::Unsupported(format!("record format version {}", v as char)),
-            });
+            return Err(unknown_version(bytes, v));
         }
         _ => return Err(Torn::Corrupt("bad magic".into())),
     };
@@ -230,22 +227,25 @@ pub fn decode_header(bytes: &[u8]) -> Result<Header, Torn> {
     })
 }
 
-/// Whether a header whose magic names an unknown version is really a header of a version this
-/// build reads with one bit of its version digit flipped: its checksum then matches with the
-/// known digit put back. Such a header is corrupt (`Some`), and must not stop a start as a
-/// "newer format" would; `None` when it is not (or cannot yet be told: too few bytes).
-fn flipped_from_known_version(bytes: &[u8]) -> Option<Torn> {
+/// How to read a header whose magic names a version this build does not know. It is a newer
+/// format only if it is well formed: its checksum, laid out as every version so far lays it
+/// out, matches. Otherwise it is damage (a bit flip in the version digit, a torn or corrupted
+/// sector), which must cut a tail like any corrupt header rather than stop a start.
+fn unknown_version(bytes: &[u8], version: u8) -> Torn {
     let key_len = u16::from_le_bytes([bytes[5], bytes[6]]) as usize;
     let crc_at = FIXED_LEN + key_len.min(MAX_KEY_LEN);
-    let header = bytes.get(..crc_at + CRC_LEN)?;
+    let Some(header) = bytes.get(..crc_at + CRC_LEN) else {
+        return Torn::Short;
+    };
     let stored_crc = u32::from_le_bytes(header[crc_at..].try_into().expect("4 bytes"));
-    let known = [MAGIC, MAGIC_V1].into_iter().any(|magic| {
-        let mut hasher = crc32fast::Hasher::new();
-        hasher.update(&magic);
-        hasher.update(&header[4..crc_at]);
-        hasher.finalize() == stored_crc
-    });
-    known.then(|| Torn::Corrupt("a record header's version digit is damaged".into()))
+    if crc32fast::hash(&header[..crc_at]) == stored_crc {
+        Torn::Unsupported(format!("record format version {}", version as char))
+    } else {
+        Torn::Corrupt(format!(
+            "a header naming version {} fails its checksum",
+            version as char
+        ))
+    }
 }
 
 /// Decodes a key of record kind `kind`. Version 2 keys start with the digest function byte,
@@ -594,8 +594,8 @@ mod tests {
             decode_header(&bytes),
             Err(Torn::Unsupported("record format version 3".into()))
         );
-        // ...but a version 2 or 1 header whose version digit took a bit flip is only corrupt:
-        // it must not stop a start.
+        // ...but a version 2 or 1 header whose version digit took a bit flip fails that
+        // checksum, so it is only corrupt: it must not stop a start.
         for (magic, flipped) in [(b'2', b'6'), (b'1', b'3')] {
             let mut bytes = encode_header(&RecordKey::Blob(Digest::of(b"x")), 1, &[0; 32]);
             if magic == b'1' {

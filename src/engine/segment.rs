@@ -1440,6 +1440,12 @@ async fn scan_headers(file: &dyn FsFile, from: u64, len: u64, path: &Path) -> Re
                 scan.torn = Some(why);
                 break;
             }
+            // One version writes a whole segment: past a record this build read, even a
+            // well-formed header of another version is damage (a cut tail).
+            Err(Torn::Unsupported(what)) if scan.end > 0 => {
+                scan.torn = Some(format!("{what} after records of this version"));
+                break;
+            }
             Err(Torn::Unsupported(what)) => return Err(unsupported(path, &what)),
         };
         let payload_at = scan.end + header.header_len as u64;
