@@ -37,7 +37,7 @@ use madsim::runtime::{Handle, Runtime};
 use prost::Message as _;
 
 use crate::oracle::Invariant;
-use crate::world::{Failure, Outcome};
+use crate::world::{panicked, Failure, Outcome};
 
 /// The simulated bucket's faults.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -284,28 +284,7 @@ pub fn run_seed(seed: u64, planted: Option<&str>, _verbose: bool) -> Outcome {
     runtime.set_time_limit(VIRTUAL_TIME_LIMIT);
     let planted = planted.and_then(PlantedBug::from_name);
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| runtime.block_on(simulate(planted))));
-    result.unwrap_or_else(|panic| {
-        let message = panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "unknown panic".into());
-        let invariant = if message.contains("time limit") {
-            Invariant::TierLiveness
-        } else {
-            Invariant::ServerPanic
-        };
-        Outcome {
-            config: "tier world (panicked)".into(),
-            trace_hash: "-".into(),
-            events: 0,
-            failures: vec![Failure {
-                invariant,
-                detail: message,
-            }],
-            fs_stats: String::new(),
-        }
-    })
+    result.unwrap_or_else(|panic| panicked(panic, Invariant::TierLiveness, "tier world (panicked)"))
 }
 
 /// A node's store stack over its own disk and the shared bucket; retried until it opens (the

@@ -63,27 +63,41 @@ pub fn run_seed(seed: u64, planted: Option<&str>, verbose: bool) -> Outcome {
         runtime.block_on(simulate(planted, verbose))
     }));
     result.unwrap_or_else(|panic| {
-        let message = panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "unknown panic".into());
-        let invariant = if message.contains("time limit") {
-            Invariant::Liveness
-        } else {
-            Invariant::ServerPanic
-        };
-        Outcome {
-            config: "(panicked before the plan was printed)".into(),
-            trace_hash: "-".into(),
-            events: 0,
-            failures: vec![Failure {
-                invariant,
-                detail: message,
-            }],
-            fs_stats: String::new(),
-        }
+        panicked(
+            panic,
+            Invariant::Liveness,
+            "(panicked before the plan was printed)",
+        )
     })
+}
+
+/// The outcome of a seed whose world panicked: `liveness` if it ran out of virtual time (a
+/// hang), else a server panic. `config` stands in for the plan it could not print.
+pub fn panicked(
+    panic: Box<dyn std::any::Any + Send>,
+    liveness: Invariant,
+    config: &str,
+) -> Outcome {
+    let message = panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown panic".into());
+    let invariant = if message.contains("time limit") {
+        liveness
+    } else {
+        Invariant::ServerPanic
+    };
+    Outcome {
+        config: config.into(),
+        trace_hash: "-".into(),
+        events: 0,
+        failures: vec![Failure {
+            invariant,
+            detail: message,
+        }],
+        fs_stats: String::new(),
+    }
 }
 
 fn engine_config(plan: &Plan, planted: Option<&str>, oracle: &Arc<Oracle>) -> EngineConfig {
