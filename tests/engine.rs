@@ -442,22 +442,25 @@ async fn open_and_close_cycles_leave_no_empty_segments_and_a_clean_restart_rehas
     assert!(!engine.contains(&digest));
 }
 
+/// Stores `blobs` and drops the engine without shutdown: the segment is left unsealed, as after
+/// kill -9, so the next start scans its headers.
+async fn put_then_kill(dir: &Path, blobs: &[&Bytes]) {
+    let engine = open(dir).await;
+    for data in blobs {
+        engine
+            .put_blob(Digest::of(data), (*data).clone())
+            .await
+            .unwrap();
+    }
+}
+
 #[tokio::test]
 async fn a_killed_engine_is_verified_once_and_then_sealed() {
     let dir = tempfile::tempdir().unwrap();
     // Small enough to be group-committed into the active segment.
     let kept = blob(8, 4000);
     let corrupt = blob(9, 4000);
-    {
-        let engine = open(dir.path()).await;
-        for data in [&kept, &corrupt] {
-            engine
-                .put_blob(Digest::of(data), data.clone())
-                .await
-                .unwrap();
-        }
-        // Dropped without shutdown: the segment is left unsealed, as after kill -9.
-    }
+    put_then_kill(dir.path(), &[&kept, &corrupt]).await;
     let segment = dir.path().join("segments").join("0000000001.seg");
     corrupt_payload(&segment, &corrupt);
     {
@@ -1034,16 +1037,7 @@ async fn a_damaged_version_digit_after_good_records_is_a_torn_tail_not_a_newer_f
     let dir = tempfile::tempdir().unwrap();
     let kept = blob(40, 3000);
     let damaged = blob(41, 3000);
-    {
-        let engine = open(dir.path()).await;
-        for data in [&kept, &damaged] {
-            engine
-                .put_blob(Digest::of(data), data.clone())
-                .await
-                .unwrap();
-        }
-        // Dropped without shutdown: unsealed, so the next start scans its headers.
-    }
+    put_then_kill(dir.path(), &[&kept, &damaged]).await;
     // The second record's header reads as a well-formed version 3 one (its checksum recomputed),
     // past a record of this version: damage, since one version writes a whole segment.
     let segment = dir.path().join("segments").join("0000000001.seg");
