@@ -101,21 +101,7 @@ async fn build(
             Some(stored) => complete &= stored,
         }
     }
-    let result = reapi::ActionResult {
-        output_files: outputs
-            .iter()
-            .enumerate()
-            .map(|(i, d)| reapi::OutputFile {
-                path: format!("bazel-out/bin/out_{i}"),
-                digest: Some(reapi::Digest {
-                    hash: d.hex(),
-                    size_bytes: d.size as i64,
-                }),
-                ..Default::default()
-            })
-            .collect(),
-        ..Default::default()
-    };
+    let result = crate::workload::result_with_outputs("bazel-out/bin/out_", &outputs);
     let value = Bytes::from(result.encode_to_vec());
     let number = oracle.action_attempted(INSTANCE, action, value.clone());
     if !complete {

@@ -399,21 +399,7 @@ async fn writer(store: Arc<dyn Store>, shared: Arc<Shared>) {
                 digests.push(digest);
             }
         }
-        let result = reapi::ActionResult {
-            output_files: digests
-                .iter()
-                .enumerate()
-                .map(|(n, d)| reapi::OutputFile {
-                    path: format!("out/{n}"),
-                    digest: Some(reapi::Digest {
-                        hash: d.hex(),
-                        size_bytes: d.size as i64,
-                    }),
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        };
+        let result = crate::workload::result_with_outputs("out/", &digests);
         let mut hash = [0u8; 32];
         hash[..8].copy_from_slice(&(i as u64).to_le_bytes());
         let key = ActionKey::new("sim", hash);

@@ -65,6 +65,22 @@ pub fn wire_digest(d: &Digest) -> reapi::Digest {
     }
 }
 
+/// An `ActionResult` naming `outputs` as its output files, at `{prefix}{i}`.
+pub fn result_with_outputs(prefix: &str, outputs: &[Digest]) -> reapi::ActionResult {
+    reapi::ActionResult {
+        output_files: outputs
+            .iter()
+            .enumerate()
+            .map(|(i, d)| reapi::OutputFile {
+                path: format!("{prefix}{i}"),
+                digest: Some(wire_digest(d)),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
 /// Connects to the server, retrying while it is down (it may be mid-crash), for at most
 /// `attempts` tries 200 ms apart.
 pub async fn connect(attempts: usize) -> Option<Channel> {
