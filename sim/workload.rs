@@ -823,10 +823,10 @@ impl Client {
     /// An upload whose bytes do not match its digest must be refused and leave nothing.
     async fn bad_upload(&self, channel: &Channel, tag: &str) {
         let (_, content) = self.pick_blob();
-        let wrong = Digest {
-            hash: Digest::of(format!("wrong {tag}").as_bytes()).hash,
-            size: content.len() as u64,
-        };
+        let wrong = Digest::sha256(
+            Digest::of(format!("wrong {tag}").as_bytes()).hash,
+            content.len() as u64,
+        );
         let resource = format!(
             "uploads/{:016x}/blobs/{}/{}",
             thread_rng().gen::<u64>(),

@@ -225,6 +225,7 @@ async fn the_background_scrub_drops_a_cold_corrupt_record() {
     engine
         .put_action(
             "ci",
+            hoard::engine::DigestFunction::Sha256,
             [7; 32],
             AcKind::Opaque,
             Bytes::from_static(b"an action value"),
@@ -257,6 +258,9 @@ async fn the_background_scrub_drops_a_cold_corrupt_record() {
             .unwrap();
         assert_eq!(&read[..], &blob[..], "blob {i}");
     }
-    let value = engine.get_action("ci", &[7; 32]).await.unwrap();
+    let value = engine
+        .get_action("ci", hoard::engine::DigestFunction::Sha256, &[7; 32])
+        .await
+        .unwrap();
     assert_eq!(value.unwrap().1, Bytes::from_static(b"an action value"));
 }

@@ -28,10 +28,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use sha2::{Digest as _, Sha256};
 
 use super::record::{self, FooterBuilder, Header, RecordKey, Torn};
-use super::Error;
+use super::{DigestFunction, Error};
 use crate::seam::fs::read_exact_at;
 use crate::seam::{Fs, FsFile, Runtime};
 
@@ -312,7 +311,7 @@ impl SegmentLog {
         let written = write_record(
             writer,
             &header,
-            payload_sha256,
+            (key.checksum_function(), payload_sha256),
             payload_len,
             payload,
             self.fs.as_ref(),
@@ -691,10 +690,11 @@ pub async fn read_payload(
         .map_err(io_error(format!("reading segment {}", location.segment)))
 }
 
+/// `checksum` is the payload's hash and the function it is computed with.
 async fn write_record(
     writer: &mut Writer,
     header: &[u8],
-    payload_sha256: &[u8; 32],
+    checksum: (DigestFunction, &[u8; 32]),
     payload_len: u64,
     payload: Payload<'_>,
     fs: &dyn Fs,
@@ -710,16 +710,7 @@ async fn write_record(
                 path.display()
             )))?;
             let source = format!("staged upload {}", path.display());
-            if !copy_verified(
-                writer,
-                staged.as_ref(),
-                0,
-                payload_len,
-                payload_sha256,
-                &source,
-            )
-            .await?
-            {
+            if !copy_verified(writer, staged.as_ref(), 0, payload_len, checksum, &source).await? {
                 return Err(Error::Internal(format!(
                     "{source} changed after it was verified"
                 )));
@@ -727,7 +718,7 @@ async fn write_record(
         }
         Payload::Segment { reader, offset } => {
             let source = format!("a record at {offset}");
-            if !copy_verified(writer, reader, offset, payload_len, payload_sha256, &source).await? {
+            if !copy_verified(writer, reader, offset, payload_len, checksum, &source).await? {
                 return Err(Error::DataLoss(format!("{source} fails its checksum")));
             }
         }
@@ -740,16 +731,16 @@ async fn write_record(
 }
 
 /// Copies `len` bytes at `start` of `source` to the writer, hashing them; returns whether they
-/// hash to `sha256`.
+/// hash to the checksum (under its function).
 async fn copy_verified(
     writer: &mut Writer,
     source: &dyn FsFile,
     start: u64,
     len: u64,
-    sha256: &[u8; 32],
+    (function, checksum): (DigestFunction, &[u8; 32]),
     describe: &str,
 ) -> Result<bool, Error> {
-    let mut hasher = Sha256::new();
+    let mut hasher = function.hasher();
     let mut copied = 0u64;
     while copied < len {
         let want = (len - copied).min(IO_CHUNK as u64) as usize;
@@ -770,7 +761,7 @@ async fn copy_verified(
             .map_err(io_error(format!("appending to segment {}", writer.segment)))?;
         copied += chunk.len() as u64;
     }
-    Ok(<[u8; 32]>::from(hasher.finalize()) == *sha256)
+    Ok(hasher.finalize() == *checksum)
 }
 
 async fn create_segment(
@@ -1065,7 +1056,7 @@ async fn payload_hashes_to(
     at: u64,
     header: &Header,
 ) -> Result<bool, Error> {
-    let mut hasher = Sha256::new();
+    let mut hasher = header.key.checksum_function().hasher();
     let mut done = 0u64;
     while done < header.payload_len {
         let want = (header.payload_len - done).min(IO_CHUNK as u64) as usize;
@@ -1079,7 +1070,7 @@ async fn payload_hashes_to(
         hasher.update(&chunk);
         done += want as u64;
     }
-    Ok(<[u8; 32]>::from(hasher.finalize()) == header.payload_sha256)
+    Ok(hasher.finalize() == header.payload_sha256)
 }
 
 /// Sequential reads of a file through a window of [`IO_CHUNK`] bytes: a scan costs one read

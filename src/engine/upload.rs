@@ -10,18 +10,18 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
-use sha2::{Digest as _, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
 use super::segment::Payload;
-use super::{Digest, Engine, Error, PlantedBug};
+use super::{Digest, Engine, Error, Hasher, PlantedBug};
 use crate::seam::{Fs, FsFile};
 
 /// A blob being received. Dropping it without [`Upload::commit`] discards the bytes.
 pub struct Upload {
     engine: Arc<Engine>,
     expected: Digest,
-    hasher: Sha256,
+    /// `None` once finalized.
+    hasher: Option<Hasher>,
     received: u64,
     stage: Stage,
     _permit: Permit,
@@ -41,7 +41,7 @@ impl Upload {
         Upload {
             engine,
             expected,
-            hasher: Sha256::new(),
+            hasher: Some(expected.function.hasher()),
             received: 0,
             stage: Stage::Memory(Vec::with_capacity(expected.size as usize)),
             _permit: permit,
@@ -62,7 +62,7 @@ impl Upload {
         Ok(Upload {
             engine,
             expected,
-            hasher: Sha256::new(),
+            hasher: Some(expected.function.hasher()),
             received: 0,
             stage: Stage::File {
                 path,
@@ -101,7 +101,10 @@ impl Upload {
                     .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
             }
         }
-        self.hasher.update(data);
+        self.hasher
+            .as_mut()
+            .expect("hashing until commit")
+            .update(data);
         self.received = after;
         Ok(())
     }
@@ -115,7 +118,7 @@ impl Upload {
                 received: self.received,
             });
         }
-        let hash: [u8; 32] = std::mem::take(&mut self.hasher).finalize().into();
+        let hash = self.hasher.take().expect("hashing until commit").finalize();
         if hash != expected.hash {
             return Err(Error::HashMismatch {
                 expected,

@@ -2,9 +2,11 @@
 
 use tonic::{Request, Response, Status};
 
+use super::digests;
+use crate::engine::DigestFunction;
 use crate::proto::build::bazel::semver::SemVer;
 use crate::proto::reapi::{
-    capabilities_server::Capabilities, compressor, digest_function, symlink_absolute_path_strategy,
+    capabilities_server::Capabilities, compressor, symlink_absolute_path_strategy,
     ActionCacheUpdateCapabilities, CacheCapabilities, GetCapabilitiesRequest, ServerCapabilities,
 };
 
@@ -27,7 +29,10 @@ impl CapabilitiesService {
         // `--remote_cache_compression` only when ZSTD is listed.
         let zstd = vec![compressor::Value::Zstd as i32];
         let cache = CacheCapabilities {
-            digest_functions: vec![digest_function::Value::Sha256 as i32],
+            digest_functions: DigestFunction::ALL
+                .into_iter()
+                .map(digests::function_to_proto)
+                .collect(),
             // Bazel refuses a cache it may not write results to.
             action_cache_update_capabilities: Some(ActionCacheUpdateCapabilities {
                 update_enabled: true,

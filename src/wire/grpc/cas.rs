@@ -23,7 +23,7 @@ use crate::proto::reapi::{
     BatchReadBlobsResponse, BatchUpdateBlobsRequest, BatchUpdateBlobsResponse,
     FindMissingBlobsRequest, FindMissingBlobsResponse, GetTreeRequest, GetTreeResponse,
 };
-use crate::store::Store;
+use crate::store::{DigestFunction, Store};
 
 /// Items of one batch call processed at once: enough to overlap commits (each waits for a
 /// segment sync), few enough that one big batch cannot monopolise the engine.
@@ -63,10 +63,11 @@ impl CasService {
 
     async fn update_one(
         &self,
+        function: DigestFunction,
         item: batch_update_blobs_request::Request,
     ) -> batch_update_blobs_response::Response {
         let result = async {
-            let digest = digests::required(item.digest.as_ref(), "digest")?;
+            let digest = digests::required(function, item.digest.as_ref(), "digest")?;
             // The engine verifies size and hash before anything is stored.
             match Compression::from_proto(item.compressor)? {
                 Compression::Identity => Ok(self.store.put_blob(digest, item.data).await?),
@@ -87,11 +88,12 @@ impl CasService {
     /// Reads one blob, in zstd when `zstd_ok` and that makes it smaller.
     async fn read_one(
         &self,
+        function: DigestFunction,
         requested: crate::proto::reapi::Digest,
         zstd_ok: bool,
     ) -> batch_read_blobs_response::Response {
         let result = async {
-            let digest = digests::parse(&requested, "digest")?;
+            let digest = digests::parse(function, &requested, "digest")?;
             let data = self.store.read_blob(&digest).await?;
             if zstd_ok && !data.is_empty() {
                 let compressed = compression::compress(&data)?;
@@ -122,12 +124,12 @@ impl ContentAddressableStorage for CasService {
         request: Request<FindMissingBlobsRequest>,
     ) -> Result<Response<FindMissingBlobsResponse>, Status> {
         let request = request.into_inner();
-        digests::check_function(request.digest_function)?;
+        let function = digests::function(request.digest_function)?;
         tracing::debug!(count = request.blob_digests.len(), "FindMissingBlobs");
         let wanted = request
             .blob_digests
             .iter()
-            .map(|d| digests::parse(d, "blob digest"))
+            .map(|d| digests::parse(function, d, "blob digest"))
             .collect::<Result<Vec<_>, _>>()?;
         let missing = self.store.find_missing_and_touch(&wanted).await?;
         Ok(Response::new(FindMissingBlobsResponse {
@@ -141,7 +143,7 @@ impl ContentAddressableStorage for CasService {
         request: Request<BatchUpdateBlobsRequest>,
     ) -> Result<Response<BatchUpdateBlobsResponse>, Status> {
         let request = request.into_inner();
-        digests::check_function(request.digest_function)?;
+        let function = digests::function(request.digest_function)?;
         tracing::debug!(count = request.requests.len(), "BatchUpdateBlobs");
         self.check_batch_total(request.requests.iter().map(|r| {
             let sent = r.data.len() as u64;
@@ -152,7 +154,7 @@ impl ContentAddressableStorage for CasService {
             }
         }))?;
         let responses = futures::stream::iter(request.requests)
-            .map(|item| self.update_one(item))
+            .map(|item| self.update_one(function, item))
             .buffered(BATCH_CONCURRENCY)
             .collect()
             .await;
@@ -165,7 +167,7 @@ impl ContentAddressableStorage for CasService {
         request: Request<BatchReadBlobsRequest>,
     ) -> Result<Response<BatchReadBlobsResponse>, Status> {
         let request = request.into_inner();
-        digests::check_function(request.digest_function)?;
+        let function = digests::function(request.digest_function)?;
         tracing::debug!(count = request.digests.len(), "BatchReadBlobs");
         // IDENTITY is always acceptable; unknown compressors in the list are ignored.
         let zstd_ok = request
@@ -174,7 +176,7 @@ impl ContentAddressableStorage for CasService {
         self.check_batch_total(request.digests.iter().map(|d| d.size_bytes.max(0) as u64))?;
         let response = BatchReadBlobsResponse {
             responses: futures::stream::iter(request.digests)
-                .map(|digest| self.read_one(digest, zstd_ok))
+                .map(|digest| self.read_one(function, digest, zstd_ok))
                 .buffered(BATCH_CONCURRENCY)
                 .collect()
                 .await,
@@ -197,8 +199,8 @@ impl ContentAddressableStorage for CasService {
         request: Request<GetTreeRequest>,
     ) -> Result<Response<Self::GetTreeStream>, Status> {
         let request = request.into_inner();
-        digests::check_function(request.digest_function)?;
-        let root = digests::required(request.root_digest.as_ref(), "root_digest")?;
+        let function = digests::function(request.digest_function)?;
+        let root = digests::required(function, request.root_digest.as_ref(), "root_digest")?;
         tracing::debug!(%root, page_size = request.page_size, "GetTree");
         let walk = tree::Walk::new(
             root,
