@@ -236,11 +236,7 @@ impl Index {
     /// Up to `max` keys of `ActionResult` entries from slot position `from` on, and the
     /// position to continue from (`None` at the end). A walk of the table while it changes may
     /// skip or repeat keys that moved; callers use it for best-effort sweeps, never for answers.
-    pub fn action_results_from(
-        &self,
-        from: usize,
-        max: usize,
-    ) -> (Vec<ActionId>, Option<usize>) {
+    pub fn action_results_from(&self, from: usize, max: usize) -> (Vec<ActionId>, Option<usize>) {
         let slots = &self.actions.slots;
         let mut keys = Vec::new();
         let mut at = from;

@@ -1,4 +1,5 @@
-//! The ContentAddressableStorage service: FindMissingBlobs, the batch calls and GetTree.
+//! The ContentAddressableStorage service: FindMissingBlobs, the batch calls, GetTree, and
+//! SplitBlob / SpliceBlob (`split`).
 //!
 //! Batch compression: BatchUpdateBlobs items may be ZSTD (decompressed into the upload, bounded
 //! by the declared size, verified by the engine as usual); BatchReadBlobs answers an item in
@@ -14,14 +15,16 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 use super::compression::{self, Compression};
+use super::fastcdc::FastCdc;
 use super::status::rpc_status;
 use super::stream::ResponseStream;
-use super::{digests, tree};
+use super::{digests, split, tree};
 use crate::proto::reapi::{
     batch_read_blobs_response, batch_update_blobs_request, batch_update_blobs_response,
-    content_addressable_storage_server::ContentAddressableStorage, BatchReadBlobsRequest,
-    BatchReadBlobsResponse, BatchUpdateBlobsRequest, BatchUpdateBlobsResponse,
-    FindMissingBlobsRequest, FindMissingBlobsResponse, GetTreeRequest, GetTreeResponse,
+    chunking_function, content_addressable_storage_server::ContentAddressableStorage,
+    BatchReadBlobsRequest, BatchReadBlobsResponse, BatchUpdateBlobsRequest,
+    BatchUpdateBlobsResponse, FindMissingBlobsRequest, FindMissingBlobsResponse, GetTreeRequest,
+    GetTreeResponse, SpliceBlobRequest, SpliceBlobResponse, SplitBlobRequest, SplitBlobResponse,
 };
 use crate::store::{DigestFunction, Store};
 
@@ -36,6 +39,8 @@ pub struct CasService {
     max_batch_total_size: u64,
     /// Largest gRPC message (bounds BatchReadBlobs and GetTree replies).
     max_message_size: usize,
+    /// How SplitBlob cuts (the parameters the capabilities announce).
+    chunker: FastCdc,
 }
 
 impl CasService {
@@ -45,6 +50,7 @@ impl CasService {
             store,
             max_batch_total_size,
             max_message_size,
+            chunker: FastCdc::announced(),
         }
     }
 
@@ -214,5 +220,42 @@ impl ContentAddressableStorage for CasService {
             )));
         }
         Ok(Response::new(walk.spawn(self.store.clone())))
+    }
+
+    /// Splits with FastCDC 2020 whatever the client prefers (REAPI lets the server choose, and
+    /// the reply says which it used).
+    async fn split_blob(
+        &self,
+        request: Request<SplitBlobRequest>,
+    ) -> Result<Response<SplitBlobResponse>, Status> {
+        let request = request.into_inner();
+        let function = digests::function(request.digest_function)?;
+        let blob = digests::required(function, request.blob_digest.as_ref(), "blob_digest")?;
+        tracing::debug!(%blob, "SplitBlob");
+        let chunks = split::split(self.store.as_ref(), &self.chunker, &blob).await?;
+        Ok(Response::new(SplitBlobResponse {
+            chunk_digests: chunks.iter().map(digests::to_proto).collect(),
+            chunking_function: chunking_function::Value::FastCdc2020 as i32,
+        }))
+    }
+
+    /// Any chunking is accepted: the server only checks that the chunks make the blob.
+    async fn splice_blob(
+        &self,
+        request: Request<SpliceBlobRequest>,
+    ) -> Result<Response<SpliceBlobResponse>, Status> {
+        let request = request.into_inner();
+        let function = digests::function(request.digest_function)?;
+        let blob = digests::required(function, request.blob_digest.as_ref(), "blob_digest")?;
+        let chunks = request
+            .chunk_digests
+            .iter()
+            .map(|d| digests::parse(function, d, "chunk digest"))
+            .collect::<Result<Vec<_>, _>>()?;
+        tracing::debug!(%blob, chunks = chunks.len(), "SpliceBlob");
+        split::splice(self.store.as_ref(), &blob, &chunks).await?;
+        Ok(Response::new(SpliceBlobResponse {
+            blob_digest: Some(digests::to_proto(&blob)),
+        }))
     }
 }
