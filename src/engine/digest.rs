@@ -129,11 +129,22 @@ impl Digest {
         Digest::new(function, function.hash(data), data.len() as u64)
     }
 
+    /// The BLAKE3 digest of the empty blob.
+    pub const EMPTY_BLAKE3: Digest = Digest::new(
+        DigestFunction::Blake3,
+        [
+            0xaf, 0x13, 0x49, 0xb9, 0xf5, 0xf9, 0xa1, 0xa6, 0xa0, 0x40, 0x4d, 0xea, 0x36, 0xdc,
+            0xc9, 0x49, 0x9b, 0xcb, 0x25, 0xc9, 0xad, 0xc1, 0x12, 0xb7, 0xcc, 0x9a, 0x93, 0xca,
+            0xe4, 0x1f, 0x32, 0x62,
+        ],
+        0,
+    );
+
     /// The empty blob's digest under `function`.
-    pub fn empty(function: DigestFunction) -> Digest {
+    pub const fn empty(function: DigestFunction) -> Digest {
         match function {
             DigestFunction::Sha256 => Digest::EMPTY,
-            DigestFunction::Blake3 => Digest::of_with(function, b""),
+            DigestFunction::Blake3 => Digest::EMPTY_BLAKE3,
         }
     }
 
@@ -214,7 +225,11 @@ mod tests {
     #[test]
     fn empty_digest_matches_sha256_of_nothing() {
         assert_eq!(Digest::of(b""), Digest::EMPTY);
-        assert!(Digest::of_with(DigestFunction::Blake3, b"").is_empty());
+        assert_eq!(
+            Digest::of_with(DigestFunction::Blake3, b""),
+            Digest::EMPTY_BLAKE3
+        );
+        assert!(Digest::EMPTY_BLAKE3.is_empty());
         assert_ne!(Digest::empty(DigestFunction::Blake3), Digest::EMPTY);
     }
 
