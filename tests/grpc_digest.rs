@@ -565,3 +565,56 @@ async fn bad_splits_and_splices_are_rejected_and_store_nothing() {
         assert!(missing(&f, sent, &[first_two]).await.is_empty());
     }
 }
+
+#[tokio::test]
+async fn http_stays_sha256_and_never_serves_a_blake3_blob() {
+    use grpc_support::FrontEnds;
+    use hoard::proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
+    use hoard::store::{MemoryStore, Store};
+    use hoard::wire::http::HttpConfig;
+    use http_body_util::{BodyExt as _, Full};
+
+    let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(MemoryStore::new(1 << 20, 1 << 24));
+    let both = FrontEnds::serve(store, GrpcConfig::default(), HttpConfig::default()).await;
+    let data = b"served over both protocols".to_vec();
+    let blake = Digest::of_with(DigestFunction::Blake3, &data);
+    let sha = Digest::of(&data);
+    let mut cas = ContentAddressableStorageClient::new(both.channel.clone());
+    for (function, digest) in [(BLAKE3, blake), (SHA256, sha)] {
+        let request = BatchUpdateBlobsRequest {
+            requests: vec![batch_update_blobs_request::Request {
+                digest: Some(proto(&digest)),
+                data: data.clone().into(),
+                compressor: 0,
+            }],
+            digest_function: function,
+            ..Default::default()
+        };
+        let reply = cas.batch_update_blobs(request).await.unwrap().into_inner();
+        assert_eq!(reply.responses[0].status.as_ref().unwrap().code, 0);
+    }
+    let get = |digest: Digest| async move {
+        let stream = tokio::net::TcpStream::connect(both.http_addr)
+            .await
+            .unwrap();
+        let io = hyper_util::rt::TokioIo::new(stream);
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        tokio::spawn(connection);
+        let request = hyper::Request::get(format!("/cas/{}", digest.hex()))
+            .header(hyper::header::HOST, "localhost")
+            .body(Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        let status = response.status().as_u16();
+        (
+            status,
+            response.into_body().collect().await.unwrap().to_bytes(),
+        )
+    };
+    assert_eq!(get(sha).await, (200, bytes::Bytes::from(data.clone())));
+    assert_eq!(
+        get(blake).await.0,
+        404,
+        "a BLAKE3 hash is not a SHA-256 key"
+    );
+}
