@@ -30,7 +30,9 @@ mod bench {
     use std::time::Instant;
 
     use hoard::engine::index::{Entry, Index};
-    use hoard::engine::{AcKind, Digest, Engine, EngineConfig, Location, RecordKey};
+    use hoard::engine::{
+        AcKind, Digest, DigestFunction, Engine, EngineConfig, Location, RecordKey,
+    };
     use hoard::seam::real_fs::RealFs;
     use hoard::seam::TokioRuntime;
 
@@ -59,10 +61,7 @@ mod bench {
     }
 
     fn digest(i: u64) -> Digest {
-        Digest {
-            hash: hash(1, i),
-            size: 1 + mix(i) % (1 << 20),
-        }
+        Digest::sha256(hash(1, i), 1 + mix(i) % (1 << 20))
     }
 
     /// Where synthetic record `i` of `len` bytes would live: 4,096 records a segment.
@@ -114,6 +113,7 @@ mod bench {
         for i in 0..actions as u64 {
             let key = RecordKey::Action {
                 instance: INSTANCES[i as usize % INSTANCES.len()].to_owned(),
+                function: DigestFunction::Sha256,
                 action: hash(2, i),
                 kind: AcKind::ActionResult,
             };
@@ -142,14 +142,18 @@ mod bench {
         let started = Instant::now();
         for k in 0..LOOKUPS as u64 {
             let i = mix(k ^ 0x1234) % blobs as u64;
-            found += index.blob_by_hash(&hash(1, i)).is_some() as usize;
+            found += index
+                .blob_by_hash(DigestFunction::Sha256, &hash(1, i))
+                .is_some() as usize;
         }
         let by_hash_per_s = per_second(LOOKUPS, started);
         let started = Instant::now();
         for k in 0..LOOKUPS as u64 {
             let i = mix(k ^ 0x5678) % actions as u64;
             let instance = INSTANCES[i as usize % INSTANCES.len()];
-            found += index.touch_action(instance, &hash(2, i)).is_some() as usize;
+            found += index
+                .touch_action(DigestFunction::Sha256, instance, &hash(2, i))
+                .is_some() as usize;
         }
         let actions_per_s = per_second(LOOKUPS, started);
         assert_eq!(found, 3 * LOOKUPS, "every stored key is found");

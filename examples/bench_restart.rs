@@ -62,6 +62,7 @@ mod bench {
             let action = Sha256::digest(format!("action {i}")).into();
             let key = RecordKey::Action {
                 instance: String::new(),
+                function: hoard::engine::DigestFunction::Sha256,
                 action,
                 kind: AcKind::Opaque,
             };

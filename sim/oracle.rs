@@ -34,6 +34,9 @@ pub enum Invariant {
     InternalOnRequest,
     /// A wrong upload is rejected with INVALID_ARGUMENT, not stored.
     BadInputAccepted,
+    /// A blob stored under one digest function is never present under another (BLAKE3 and
+    /// SHA-256 entries of one hash stay apart).
+    FunctionsMixed,
     /// No temp file outlives its upload or survives a restart.
     TempFileLeak,
     /// Nothing reopens a file by path while bytes of it sit unflushed in a handle (asserted by
@@ -81,7 +84,7 @@ pub enum Invariant {
 
 impl Invariant {
     /// Every invariant, in report order.
-    pub const ALL: [Invariant; 26] = [
+    pub const ALL: [Invariant; 27] = [
         Invariant::ReadHashesToDigest,
         Invariant::AcknowledgedBlobLost,
         Invariant::FindMissingLies,
@@ -91,6 +94,7 @@ impl Invariant {
         Invariant::OpaqueValueOverGrpc,
         Invariant::InternalOnRequest,
         Invariant::BadInputAccepted,
+        Invariant::FunctionsMixed,
         Invariant::TempFileLeak,
         Invariant::FullDiskNotResourceExhausted,
         Invariant::StaleActionValue,
@@ -122,6 +126,7 @@ impl Invariant {
             Invariant::OpaqueValueOverGrpc => "opaque-value-over-grpc",
             Invariant::InternalOnRequest => "internal-on-request",
             Invariant::BadInputAccepted => "bad-input-accepted",
+            Invariant::FunctionsMixed => "functions-mixed",
             Invariant::TempFileLeak => "temp-file-leak",
             Invariant::PersistBeforeFlush => "persist-before-flush",
             Invariant::FooterNamesUnsyncedRecord => "footer-names-unsynced-record",

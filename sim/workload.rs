@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::join_all;
-use hoard::engine::Digest;
+use hoard::engine::{Digest, DigestFunction};
 use hoard::proto::bytestream::byte_stream_client::ByteStreamClient;
 use hoard::proto::bytestream::{QueryWriteStatusRequest, ReadRequest, WriteRequest};
 use hoard::proto::reapi::action_cache_client::ActionCacheClient;
@@ -15,6 +15,7 @@ use hoard::proto::reapi::{
     self, batch_update_blobs_request, ActionResult, BatchReadBlobsRequest, BatchUpdateBlobsRequest,
     FindMissingBlobsRequest, GetActionResultRequest, OutputFile, UpdateActionResultRequest,
 };
+use hoard::wire::grpc::fastcdc::FastCdc;
 use madsim::rand::{thread_rng, Rng};
 use prost::Message;
 use tonic::transport::{Channel, Endpoint};
@@ -36,6 +37,12 @@ const ZSTD_SHARE: f64 = 0.25;
 /// `Compressor.Value` numbers.
 const IDENTITY: i32 = 0;
 const ZSTD: i32 = 1;
+
+/// Share of rounds that also run the BLAKE3 and chunking round (`blake3_chunked`).
+const BLAKE3_SHARE: f64 = 0.15;
+
+/// `DigestFunction.Value` of BLAKE3.
+const BLAKE3: i32 = 9;
 
 /// How many distinct action keys exist (small, so updates of one key race and overwrite).
 const ACTION_KEYS: u64 = 24;
@@ -124,6 +131,9 @@ impl Client {
                 73..=86 => self.update_action(&channel, &tag).await,
                 87..=94 => self.get_actions(&channel, &tag).await,
                 _ => self.bad_upload(&channel, &tag).await,
+            }
+            if thread_rng().gen_bool(BLAKE3_SHARE) {
+                self.blake3_chunked(&channel, &tag).await;
             }
         }
     }
@@ -861,10 +871,10 @@ impl Client {
     /// An upload whose bytes do not match its digest must be refused and leave nothing.
     async fn bad_upload(&self, channel: &Channel, tag: &str) {
         let (_, content) = self.pick_blob();
-        let wrong = Digest {
-            hash: Digest::of(format!("wrong {tag}").as_bytes()).hash,
-            size: content.len() as u64,
-        };
+        let wrong = Digest::sha256(
+            Digest::of(format!("wrong {tag}").as_bytes()).hash,
+            content.len() as u64,
+        );
         let resource = format!(
             "uploads/{:016x}/blobs/{}/{}",
             thread_rng().gen::<u64>(),
@@ -999,5 +1009,167 @@ pub async fn check_action(
                 ),
             );
         }
+    }
+}
+
+/// BLAKE3 and chunked uploads (SpliceBlob, SplitBlob), checked against the same rules as the
+/// SHA-256 traffic: an acknowledged blob is present and reads back exactly unless an eviction of
+/// it was logged, a rejected splice stores nothing, and the two functions never share a blob.
+/// These blobs are checked here rather than by the final audit (which reads SHA-256 names).
+impl Client {
+    async fn blake3_chunked(&self, channel: &Channel, tag: &str) {
+        let (_, content) = self.pick_blob();
+        let digest = Digest::of_with(DigestFunction::Blake3, &content);
+        let epoch = self.oracle.evictions(&digest.hash);
+        let chunker = FastCdc::from_average(1024, thread_rng().gen());
+        let mut at = 0;
+        let mut chunks = Vec::new();
+        for len in chunker.chunks(&content) {
+            let chunk = content.slice(at..at + len);
+            chunks.push((Digest::of_with(DigestFunction::Blake3, &chunk), chunk));
+            at += len;
+        }
+        let mut cas = ContentAddressableStorageClient::new(channel.clone());
+        // Upload all chunks but, sometimes, one: the splice must then be NOT_FOUND.
+        let withheld = (chunks.len() > 1 && thread_rng().gen_bool(0.2))
+            .then(|| thread_rng().gen_range(0..chunks.len()));
+        let request = BatchUpdateBlobsRequest {
+            requests: chunks
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| Some(*i) != withheld)
+                .map(|(_, (d, data))| batch_update_blobs_request::Request {
+                    digest: Some(wire_digest(d)),
+                    data: data.clone(),
+                    compressor: IDENTITY,
+                })
+                .collect(),
+            digest_function: BLAKE3,
+            ..Default::default()
+        };
+        if let Err(status) = cas.batch_update_blobs(request).await {
+            return self.status("blake3-chunks", &digest, &status);
+        }
+        // Sometimes claim the wrong blob: the splice must be refused and store nothing.
+        let claimed = if thread_rng().gen_bool(0.2) {
+            let mut other = content.to_vec();
+            other.push(1);
+            Digest::new(
+                DigestFunction::Blake3,
+                Digest::of_with(DigestFunction::Blake3, &other).hash,
+                digest.size,
+            )
+        } else {
+            digest
+        };
+        let splice = reapi::SpliceBlobRequest {
+            blob_digest: Some(wire_digest(&claimed)),
+            chunk_digests: chunks.iter().map(|(d, _)| wire_digest(d)).collect(),
+            digest_function: BLAKE3,
+            ..Default::default()
+        };
+        let spliced = cas.splice_blob(splice).await;
+        self.oracle.event(format!(
+            "{tag} splice {claimed} of {} chunks: {:?}",
+            chunks.len(),
+            spliced.as_ref().map(|_| ()).map_err(|s| s.code())
+        ));
+        let bad = claimed != digest || withheld.is_some();
+        if let Err(status) = &spliced {
+            self.status("splice", &claimed, status);
+        } else if claimed != digest {
+            self.oracle.fail(
+                Invariant::BadInputAccepted,
+                format!("SpliceBlob stored {claimed}, which its chunks do not make"),
+            );
+        } else if let Some(i) = withheld {
+            // Acceptable only if that chunk was there anyway (another upload of the same bytes).
+            if self.find(&mut cas, &chunks[i].0, BLAKE3).await == Some(false) {
+                self.oracle.fail(
+                    Invariant::BadInputAccepted,
+                    format!("SpliceBlob of {digest} succeeded with a chunk never stored"),
+                );
+            }
+        }
+        if claimed != digest && self.find(&mut cas, &claimed, BLAKE3).await == Some(true) {
+            self.oracle.fail(
+                Invariant::BadInputAccepted,
+                format!("a refused splice left {claimed} stored"),
+            );
+        }
+        let sha_named = Digest::new(DigestFunction::Sha256, digest.hash, digest.size);
+        if !digest.is_empty() && self.find(&mut cas, &sha_named, 0).await == Some(true) {
+            self.oracle.fail(
+                Invariant::FunctionsMixed,
+                format!("{digest} is reported present as a SHA-256 digest"),
+            );
+        }
+        if spliced.is_err() || bad {
+            return;
+        }
+        // Acknowledged: present (unless evicted since) and, split again, the same bytes.
+        if self.find(&mut cas, &digest, BLAKE3).await == Some(false)
+            && self.oracle.miss_breaks(&digest.hash, Some(epoch))
+        {
+            self.oracle.fail(
+                Invariant::AcknowledgedBlobLost,
+                format!("{digest} missing right after its splice was acknowledged"),
+            );
+        }
+        let split = reapi::SplitBlobRequest {
+            blob_digest: Some(wire_digest(&digest)),
+            digest_function: BLAKE3,
+            ..Default::default()
+        };
+        let parts = match cas.split_blob(split).await {
+            Ok(reply) => reply.into_inner().chunk_digests,
+            Err(status) => return self.status("split", &digest, &status),
+        };
+        let read = BatchReadBlobsRequest {
+            digests: parts.clone(),
+            digest_function: BLAKE3,
+            ..Default::default()
+        };
+        let reply = match cas.batch_read_blobs(read).await {
+            Ok(reply) => reply.into_inner(),
+            Err(status) => return self.status("split-read", &digest, &status),
+        };
+        let mut joined = Vec::with_capacity(content.len());
+        for part in &parts {
+            let Some(item) = reply
+                .responses
+                .iter()
+                .find(|r| r.digest.as_ref() == Some(part))
+            else {
+                return;
+            };
+            if item.status.as_ref().is_some_and(|s| s.code != 0) {
+                return; // a chunk evicted or the server failing: no claim about the bytes
+            }
+            joined.extend_from_slice(&item.data);
+        }
+        if joined != content[..] {
+            self.oracle.fail(
+                Invariant::ReadHashesToDigest,
+                format!("the chunks SplitBlob named for {digest} do not make its bytes"),
+            );
+        }
+    }
+
+    /// Whether FindMissingBlobs under `function` reports `digest` present; `None` if the call
+    /// failed (which proves nothing either way).
+    async fn find(
+        &self,
+        cas: &mut ContentAddressableStorageClient<Channel>,
+        digest: &Digest,
+        function: i32,
+    ) -> Option<bool> {
+        let request = FindMissingBlobsRequest {
+            blob_digests: vec![wire_digest(digest)],
+            digest_function: function,
+            ..Default::default()
+        };
+        let reply = cas.find_missing_blobs(request).await.ok()?;
+        Some(reply.into_inner().missing_blob_digests.is_empty())
     }
 }

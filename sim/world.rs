@@ -24,7 +24,6 @@ use hoard::wire::http::HttpConfig;
 use hyper::Method;
 use madsim::rand::{thread_rng, Rng};
 use madsim::runtime::{Handle, NodeHandle, Runtime};
-use sha2::{Digest as _, Sha256};
 use tonic::transport::Channel;
 
 use crate::fsync_latency::FsyncLatency;
@@ -542,7 +541,7 @@ fn audit_footers(fs: &SimFs, oracle: &Oracle) {
                 continue; // the disk spoiled it, not the seal
             }
             let payload = &bytes[start..start + entry.payload_len as usize];
-            if <[u8; 32]>::from(Sha256::digest(payload)) != entry.payload_sha256 {
+            if entry.key.checksum_function().hash(payload) != entry.payload_sha256 {
                 oracle.fail(
                     Invariant::FooterVouchesForCorruptRecord,
                     format!(
@@ -657,7 +656,7 @@ async fn audit_opaque(channel: &Channel, oracle: &Oracle) {
         }
         let request = GetActionResultRequest {
             instance_name: ccache::INSTANCE.to_owned(),
-            action_digest: Some(wire_digest(&Digest { hash: key, size: 0 })),
+            action_digest: Some(wire_digest(&Digest::sha256(key, 0))),
             ..Default::default()
         };
         match ac.get_action_result(request).await {

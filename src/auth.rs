@@ -46,10 +46,11 @@ use subtle::ConstantTimeEq;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
     /// Only reads: GET/HEAD, FindMissingBlobs, BatchReadBlobs, GetActionResult, GetTree,
-    /// ByteStream Read, GetCapabilities, health checks.
+    /// SplitBlob (the chunks it stores come from a stored blob), ByteStream Read,
+    /// GetCapabilities, health checks.
     Read,
     /// Writes (or reveals upload state): PUT, BatchUpdateBlobs, UpdateActionResult,
-    /// ByteStream Write and QueryWriteStatus.
+    /// SpliceBlob, ByteStream Write and QueryWriteStatus.
     Write,
 }
 

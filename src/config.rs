@@ -245,7 +245,8 @@ pub struct ServeArgs {
     )]
     pub htpasswd: Option<PathBuf>,
     /// Let requests that only read (HTTP GET/HEAD; gRPC GetCapabilities, GetActionResult,
-    /// FindMissingBlobs, BatchReadBlobs, GetTree, ByteStream Read) through without credentials.
+    /// FindMissingBlobs, BatchReadBlobs, GetTree, SplitBlob, ByteStream Read) through without
+    /// credentials.
     #[arg(
         long,
         env = "HOARD_ALLOW_UNAUTHENTICATED_READS",

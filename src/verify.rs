@@ -21,9 +21,8 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest as _, Sha256};
-
 use crate::engine::record::{self, FooterBuilder, FooterEntry, RecordKey, Torn};
+use crate::engine::DigestFunction;
 use crate::seam::{Fs, FsFile};
 use crate::store::Error;
 
@@ -445,7 +444,7 @@ async fn check_sealed(
             path,
             entry.payload_offset,
             entry.payload_len,
-            &entry.payload_sha256,
+            (entry.key.checksum_function(), &entry.payload_sha256),
         )
         .await?;
         progress(covered);
@@ -530,7 +529,7 @@ async fn scan_unsealed(
             path,
             payload_at,
             header.payload_len,
-            &header.payload_sha256,
+            (header.key.checksum_function(), &header.payload_sha256),
         )
         .await?
         {
@@ -552,15 +551,15 @@ async fn scan_unsealed(
     Ok(())
 }
 
-/// Whether the `len` bytes at `offset` hash to `sha256`.
+/// Whether the `len` bytes at `offset` hash to the checksum (under its function).
 async fn hashes_to(
     file: &dyn FsFile,
     path: &Path,
     offset: u64,
     len: u64,
-    sha256: &[u8; 32],
+    (function, checksum): (DigestFunction, &[u8; 32]),
 ) -> Result<bool, Error> {
-    let mut hasher = Sha256::new();
+    let mut hasher = function.hasher();
     let mut read = 0;
     while read < len {
         let want = (len - read).min(CHUNK as u64) as usize;
@@ -574,7 +573,7 @@ async fn hashes_to(
         hasher.update(&chunk);
         read += chunk.len() as u64;
     }
-    Ok(<[u8; 32]>::from(hasher.finalize()) == *sha256)
+    Ok(hasher.finalize() == *checksum)
 }
 
 /// A record's key for the report: `blob HASH/SIZE` or `action INSTANCE/HASH`.
@@ -623,7 +622,7 @@ async fn rewrite(
         let header = record::encode_header(&record.key, record.payload_len, &record.sha256);
         out.write(&header).await.map_err(io_error(context()))?;
         let payload_offset = end + header.len() as u64;
-        let mut hasher = Sha256::new();
+        let mut hasher = record.key.checksum_function().hasher();
         let mut copied = 0;
         while copied < record.payload_len {
             let want = (record.payload_len - copied).min(CHUNK as u64) as usize;
@@ -641,7 +640,7 @@ async fn rewrite(
             out.write(&chunk).await.map_err(io_error(context()))?;
             copied += chunk.len() as u64;
         }
-        if <[u8; 32]>::from(hasher.finalize()) != record.sha256 {
+        if hasher.finalize() != record.sha256 {
             return Err(Error::DataLoss(format!(
                 "a record of {} changed while it was repaired; nothing was replaced",
                 path.display()

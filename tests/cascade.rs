@@ -106,12 +106,12 @@ async fn evicting_a_blob_removes_the_action_results_that_name_it() {
         "exactly the cold action result went"
     );
     assert!(engine
-        .peek_action("", &cold_key.hash)
+        .peek_action("", cold_key.function, &cold_key.hash)
         .await
         .unwrap()
         .is_none());
     assert!(engine
-        .peek_action("", &hot_key.hash)
+        .peek_action("", hot_key.function, &hot_key.hash)
         .await
         .unwrap()
         .is_some());

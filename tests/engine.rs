@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use hoard::engine::{AcKind, Digest, Engine, EngineConfig, Error};
+use hoard::engine::{AcKind, Digest, DigestFunction, Engine, EngineConfig, Error};
 use hoard::seam::real_fs::RealFs;
 use hoard::seam::TokioRuntime;
 
@@ -53,6 +53,18 @@ fn segment_files(dir: &Path) -> Vec<String> {
     names
 }
 
+/// The segment file whose bytes contain `data`.
+fn segment_holding(dir: &Path, data: &[u8]) -> std::path::PathBuf {
+    std::fs::read_dir(dir.join("segments"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|path| {
+            let bytes = std::fs::read(path).unwrap();
+            bytes.windows(data.len()).any(|w| w == data)
+        })
+        .expect("a segment holds the payload")
+}
+
 /// Flips a byte inside the payload of the record holding `data` in `segment`.
 fn corrupt_payload(segment: &Path, data: &[u8]) {
     let mut bytes = std::fs::read(segment).unwrap();
@@ -98,10 +110,7 @@ async fn wrong_hash_short_and_long_uploads_are_rejected_and_store_nothing() {
         let data = blob(7, len);
         let digest = Digest::of(&data);
 
-        let wrong = Digest {
-            hash: Digest::of(b"other").hash,
-            size: digest.size,
-        };
+        let wrong = Digest::sha256(Digest::of(b"other").hash, digest.size);
         let err = engine.put_blob(wrong, data.clone()).await.unwrap_err();
         assert!(matches!(err, Error::HashMismatch { .. }), "{err}");
 
@@ -197,7 +206,7 @@ async fn a_restart_recovers_every_acknowledged_blob_and_action() {
         for (instance, kind, value) in puts {
             let value = Bytes::from_static(value.as_bytes());
             engine
-                .put_action(instance, action.hash, kind, value)
+                .put_action(instance, action.function, action.hash, kind, value)
                 .await
                 .unwrap();
         }
@@ -209,14 +218,26 @@ async fn a_restart_recovers_every_acknowledged_blob_and_action() {
     assert_eq!(engine.stats().blobs, 40);
     // Last writer wins, per instance and whatever the kinds, across the restart.
     assert_eq!(
-        engine.get_action("", &action.hash).await.unwrap(),
+        engine
+            .get_action("", action.function, &action.hash)
+            .await
+            .unwrap(),
         Some((AcKind::Opaque, Bytes::from_static(b"second")))
     );
     assert_eq!(
-        engine.get_action("other", &action.hash).await.unwrap(),
+        engine
+            .get_action("other", action.function, &action.hash)
+            .await
+            .unwrap(),
         Some((AcKind::ActionResult, Bytes::from_static(b"third")))
     );
-    assert_eq!(engine.get_action("nope", &action.hash).await.unwrap(), None);
+    assert_eq!(
+        engine
+            .get_action("nope", action.function, &action.hash)
+            .await
+            .unwrap(),
+        None
+    );
 }
 
 #[tokio::test]
@@ -452,6 +473,89 @@ async fn put_then_kill(dir: &Path, blobs: &[&Bytes]) {
             .await
             .unwrap();
     }
+}
+
+#[tokio::test]
+async fn blake3_blobs_and_actions_are_kept_apart_from_sha256_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    // `small` and `corrupt` are group-committed into the active segment; `staged` is written
+    // once into a solo segment of its own.
+    let small = blob(21, 1000);
+    let staged = blob(22, 50_000);
+    let corrupt = blob(23, 2000);
+    let b3 = |data: &Bytes| Digest::of_with(DigestFunction::Blake3, data);
+    let action = Digest::of(b"an action").hash;
+    {
+        let engine = open(dir.path()).await;
+        for data in [&small, &staged] {
+            engine.put_blob(b3(data), data.clone()).await.unwrap();
+        }
+        // A SHA-256 hash labelled BLAKE3 is not that blob's digest.
+        let relabelled = Digest::new(DigestFunction::Blake3, Digest::of(&small).hash, 1000);
+        let err = engine
+            .put_blob(relabelled, small.clone())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::HashMismatch { .. }), "{err}");
+        assert!(
+            !engine.contains(&Digest::of(&small)),
+            "stored as BLAKE3 only"
+        );
+        for (function, value) in [
+            (DigestFunction::Blake3, "b3"),
+            (DigestFunction::Sha256, "sha"),
+        ] {
+            let value = Bytes::from_static(value.as_bytes());
+            engine
+                .put_action("i", function, action, AcKind::ActionResult, value)
+                .await
+                .unwrap();
+        }
+        // Last, so the scan that cuts it keeps everything before it.
+        engine
+            .put_blob(b3(&corrupt), corrupt.clone())
+            .await
+            .unwrap();
+        // Dropped without shutdown: the restart scans and re-hashes each record by its function.
+    }
+    let segment = dir.path().join("segments").join("0000000001.seg");
+    corrupt_payload(&segment, &corrupt);
+    for pass in ["scanned", "from the footer"] {
+        let engine = open(dir.path()).await;
+        assert_eq!(read_all(&engine, &b3(&small)).await, small, "{pass}");
+        assert_eq!(read_all(&engine, &b3(&staged)).await, staged, "{pass}");
+        assert!(!engine.contains(&b3(&corrupt)), "{pass}: cut by the scan");
+        assert!(!engine.contains(&Digest::of(&staged)), "{pass}");
+        assert_eq!(
+            engine.blob_by_hash(DigestFunction::Blake3, &b3(&small).hash),
+            Some(b3(&small))
+        );
+        assert_eq!(
+            engine.blob_by_hash(DigestFunction::Sha256, &b3(&small).hash),
+            None
+        );
+        for (function, value) in [
+            (DigestFunction::Blake3, "b3"),
+            (DigestFunction::Sha256, "sha"),
+        ] {
+            let got = engine.get_action("i", function, &action).await.unwrap();
+            assert_eq!(
+                got.unwrap().1,
+                Bytes::from_static(value.as_bytes()),
+                "{pass}"
+            );
+        }
+        engine.shutdown().await;
+    }
+    // A stored BLAKE3 blob whose bytes rot after the seal is refused at its first read.
+    corrupt_payload(&segment_holding(dir.path(), &staged), &staged);
+    let engine = open(dir.path()).await;
+    let err = engine
+        .read_blob(&b3(&staged), 0, staged.len() as u64)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::DataLoss(_)), "{err}");
+    assert!(!engine.contains(&b3(&staged)));
 }
 
 #[tokio::test]
@@ -854,7 +958,13 @@ async fn a_failed_group_commit_fsync_acknowledges_nobody() {
         async move {
             let value = Bytes::from_static(b"result");
             engine
-                .put_action("", [7; 32], AcKind::ActionResult, value)
+                .put_action(
+                    "",
+                    DigestFunction::Sha256,
+                    [7; 32],
+                    AcKind::ActionResult,
+                    value,
+                )
                 .await
         }
     });
@@ -869,7 +979,11 @@ async fn a_failed_group_commit_fsync_acknowledges_nobody() {
     for data in &blobs {
         assert!(!engine.contains(&Digest::of(data)));
     }
-    assert!(engine.get_action("", &[7; 32]).await.unwrap().is_none());
+    assert!(engine
+        .get_action("", DigestFunction::Sha256, &[7; 32])
+        .await
+        .unwrap()
+        .is_none());
     // After the back-off, commits go to a fresh segment.
     let retry = blob(54, 1000);
     let mut stored = false;

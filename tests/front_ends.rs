@@ -238,7 +238,7 @@ async fn cache_with(
         let bytes = result.encode_to_vec().into();
         let kind = hoard::engine::AcKind::ActionResult;
         engine
-            .put_action("", action.hash, kind, bytes)
+            .put_action("", action.function, action.hash, kind, bytes)
             .await
             .unwrap();
     }
@@ -255,10 +255,7 @@ async fn grpc_and_http_agree_on_every_state() {
     let complete = result_naming(&out, "bazel-out/bin/a.o", Some(&tree_d));
     let everything = [output.clone(), inner.clone(), tree.clone()];
     let huge = Bytes::from(vec![7u8; (1 << 20) + 1]);
-    let wrong_hash = Digest {
-        hash: Digest::of(b"something else").hash,
-        size: output.len() as u64,
-    };
+    let wrong_hash = Digest::sha256(Digest::of(b"something else").hash, output.len() as u64);
     type Row = (
         &'static str,
         Vec<Bytes>,

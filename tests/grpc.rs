@@ -34,7 +34,7 @@ async fn capabilities_satisfy_bazel() {
         .unwrap()
         .into_inner();
     let cache = caps.cache_capabilities.unwrap();
-    assert_eq!(cache.digest_functions, vec![1]); // SHA256
+    assert_eq!(cache.digest_functions, vec![1, 9]); // SHA256, BLAKE3
     assert!(
         cache
             .action_cache_update_capabilities
@@ -164,12 +164,15 @@ async fn action_cache_rejects_malformed_requests() {
         code(ac.get_action_result(no_action).await),
         Code::InvalidArgument
     );
-    let mut blake3 = get("", &action);
-    blake3.digest_function = 9;
-    assert_eq!(
-        code(ac.get_action_result(blake3).await),
-        Code::InvalidArgument
-    );
+    // SHA1 (3), SHA256TREE (8), and values the enum does not know: not served.
+    for function in [3, 8, 77] {
+        let mut unsupported = get("", &action);
+        unsupported.digest_function = function;
+        assert_eq!(
+            code(ac.get_action_result(unsupported).await),
+            Code::InvalidArgument
+        );
+    }
 }
 
 #[tokio::test]
@@ -179,14 +182,24 @@ async fn opaque_and_undecodable_action_values_are_misses() {
     let ccache_key = Digest::of(b"ccache-style entry");
     let ccache_entry = bytes::Bytes::from_static(b"\xcc\xac\x00\x01 manifest");
     f.engine
-        .put_action("", ccache_key.hash, AcKind::Opaque, ccache_entry.clone())
+        .put_action(
+            "",
+            ccache_key.function,
+            ccache_key.hash,
+            AcKind::Opaque,
+            ccache_entry.clone(),
+        )
         .await
         .unwrap();
     assert_eq!(
         code(f.ac().get_action_result(get("", &ccache_key)).await),
         Code::NotFound
     );
-    let stored = f.engine.get_action("", &ccache_key.hash).await.unwrap();
+    let stored = f
+        .engine
+        .get_action("", ccache_key.function, &ccache_key.hash)
+        .await
+        .unwrap();
     assert_eq!(stored, Some((AcKind::Opaque, ccache_entry)));
 
     // A value tagged as an ActionResult that does not decode is a miss, not INTERNAL.
@@ -194,6 +207,7 @@ async fn opaque_and_undecodable_action_values_are_misses() {
     f.engine
         .put_action(
             "",
+            broken.function,
             broken.hash,
             AcKind::ActionResult,
             bytes::Bytes::from_static(b"\xcc\xac\xff\xff\xff"),
@@ -886,10 +900,7 @@ async fn oversized_blobs_and_too_many_uploads_are_resource_exhausted() {
         GrpcConfig::default(),
     )
     .await;
-    let big = Digest {
-        hash: Digest::of(b"pretend").hash,
-        size: (1 << 20) + 1,
-    };
+    let big = Digest::sha256(Digest::of(b"pretend").hash, (1 << 20) + 1);
     let requests = write_requests(&write_name("", "big", &big), b"x", 1);
     assert_eq!(
         write_code(&f, requests).await,

@@ -252,10 +252,7 @@ async fn existing_blob_completes_a_compressed_write_at_once_with_minus_one() {
 async fn wrong_hash_in_a_compressed_write_stores_nothing() {
     let f = Fixture::start().await;
     let data = compressible(6, 400_000);
-    let wrong = Digest {
-        hash: Digest::of(b"something else").hash,
-        size: data.len() as u64,
-    };
+    let wrong = Digest::sha256(Digest::of(b"something else").hash, data.len() as u64);
     let name = zstd_write_name("", "zz-wrong", &wrong);
     let status = write(
         &f,
@@ -549,10 +546,7 @@ async fn batch_update_with_zstd_items() {
     let middle = corrupt_frame.len() / 2;
     corrupt_frame[middle] ^= 0xff;
     let bomb_claim = Digest::of(&[0u8; 100]);
-    let other = Digest {
-        hash: Digest::of(b"not it").hash,
-        size: wrong_hash.len() as u64,
-    };
+    let other = Digest::sha256(Digest::of(b"not it").hash, wrong_hash.len() as u64);
     let unsupported = Digest::of(b"deflated?");
     let requests = vec![
         item(&Digest::of(&good), zstd(&good), ZSTD),

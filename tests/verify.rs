@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use hoard::engine::{AcKind, Digest, Engine, EngineConfig, Error};
+use hoard::engine::{AcKind, Digest, DigestFunction, Engine, EngineConfig, Error};
 use hoard::seam::real_fs::RealFs;
 use hoard::seam::TokioRuntime;
 use hoard::verify::{self, Problem};
@@ -225,6 +225,7 @@ async fn the_background_scrub_drops_a_cold_corrupt_record() {
     engine
         .put_action(
             "ci",
+            hoard::engine::DigestFunction::Sha256,
             [7; 32],
             AcKind::Opaque,
             Bytes::from_static(b"an action value"),
@@ -257,7 +258,10 @@ async fn the_background_scrub_drops_a_cold_corrupt_record() {
             .unwrap();
         assert_eq!(&read[..], &blob[..], "blob {i}");
     }
-    let value = engine.get_action("ci", &[7; 32]).await.unwrap();
+    let value = engine
+        .get_action("ci", hoard::engine::DigestFunction::Sha256, &[7; 32])
+        .await
+        .unwrap();
     assert_eq!(value.unwrap().1, Bytes::from_static(b"an action value"));
 }
 
@@ -268,12 +272,18 @@ async fn a_repair_keeps_the_records_that_removed_action_results() {
     let action = Digest::of(b"an action whose result the cascade removed").hash;
     let value = Bytes::from_static(b"an action result naming a blob that is gone");
     engine
-        .put_action("", action, AcKind::ActionResult, value.clone())
+        .put_action(
+            "",
+            DigestFunction::Sha256,
+            action,
+            AcKind::ActionResult,
+            value.clone(),
+        )
         .await
         .unwrap();
     let sha = Digest::of(&value).hash;
     assert!(engine
-        .remove_action_if_value("", action, sha)
+        .remove_action_if_value("", DigestFunction::Sha256, action, sha)
         .await
         .unwrap());
     engine.shutdown().await;
@@ -284,6 +294,10 @@ async fn a_repair_keeps_the_records_that_removed_action_results() {
     assert!(!report(dir.path(), false).await.is_damaged());
     // The removal record survived the rewrite of its segment: the entry stays removed.
     let engine = open(config(dir.path())).await;
-    assert!(engine.peek_action("", &action).await.unwrap().is_none());
+    assert!(engine
+        .peek_action("", DigestFunction::Sha256, &action)
+        .await
+        .unwrap()
+        .is_none());
     assert!(engine.missing(&[Digest::of(&blobs()[0])]).is_empty());
 }

@@ -6,13 +6,15 @@
 //! # Layout (the budget is 64 resident bytes per entry at 10 M entries)
 //!
 //! Blobs live in one flat open-addressing `Table` of 48-byte slots: the 32-byte hash (the key:
-//! it is stored once, and it doubles as the payload's SHA-256) and 128 packed bits holding the
+//! it is stored once, and it doubles as the payload's checksum) and 128 packed bits holding the
 //! location (segment 32 bits, offset 44, length 48 — for a blob the length *is* the digest's
 //! size, so `touch_blob(digest)` and `blob_by_hash(hash)` are served by the same slot) and the
-//! occupied / verified / referenced marks; an all-zero slot is vacant. Action-cache entries live
-//! in a second table of 84-byte slots (action hash, value SHA-256, the same packed bits with the
-//! value's kind, and an interned instance id: names are held once in `Instances`, with a use
-//! count so names nobody uses any more are forgotten).
+//! occupied / verified / referenced / BLAKE3 marks; an all-zero slot is vacant. The digest
+//! function is part of the key (the BLAKE3 mark), so one hash under two functions is two slots.
+//! Action-cache entries live in a second table of 84-byte slots (action hash, value SHA-256, the
+//! same packed bits with the value's kind, and an interned instance id whose top bit is the
+//! action's digest function: names are held once in `Instances`, with a use count so names
+//! nobody uses any more are forgotten).
 //!
 //! # Probing: ordered linear probing (Robin Hood order, backward-shift deletion)
 //!
@@ -46,7 +48,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 
-use super::digest::{Digest, HASH_LEN};
+use super::digest::{Digest, DigestFunction, HASH_LEN};
 use super::record::{AcKind, RecordKey};
 use super::segment::Location;
 use super::Stats;
@@ -56,13 +58,17 @@ use super::Stats;
 pub struct Entry {
     /// Where the payload is.
     pub location: Location,
-    /// SHA-256 of the payload (for blobs, the digest's hash).
+    /// Checksum of the payload (for blobs, the digest's hash under its function; otherwise its
+    /// SHA-256).
     pub sha256: [u8; 32],
     /// Whether the stored bytes were hashed since they were written or recovered.
     pub verified: bool,
     /// Used since eviction last passed over it: its second chance (see `Engine::evict_segment`).
     pub referenced: bool,
 }
+
+/// An action-cache key as a walk of the index names it: digest function, instance, action hash.
+pub type ActionId = (DigestFunction, String, [u8; HASH_LEN]);
 
 /// Key → location tables for the CAS and the AC.
 pub struct Index {
@@ -116,8 +122,8 @@ impl Index {
                     entry.location.len, digest.size,
                     "a blob's payload is itself"
                 );
-                let packed = Packed::new(&entry, false);
-                match self.find_blob(&digest.hash) {
+                let packed = Packed::new(&entry, digest.function == DigestFunction::Blake3);
+                match self.find_blob(digest.function, &digest.hash) {
                     Some(i) => {
                         let slot = &mut self.blobs.slots[i];
                         self.blob_bytes -= slot.packed.location().len;
@@ -132,18 +138,19 @@ impl Index {
             }
             RecordKey::Action {
                 instance,
+                function,
                 action,
                 kind,
             } => {
                 let packed = Packed::new(&entry, kind == AcKind::Opaque);
-                match self.find_action(&instance, &action) {
+                match self.find_action(function, &instance, &action) {
                     Some(i) => {
                         let slot = &mut self.actions.slots[i];
                         slot.packed = packed;
                         slot.sha256 = entry.sha256;
                     }
                     None => {
-                        let instance = self.instances.acquire(&instance);
+                        let instance = tag_function(self.instances.acquire(&instance), function);
                         self.actions.insert(ActionSlot {
                             action,
                             sha256: entry.sha256,
@@ -155,10 +162,11 @@ impl Index {
             }
             RecordKey::ActionRemoved {
                 instance,
+                function,
                 action,
                 value_sha256,
             } => {
-                self.remove_action_valued(&instance, &action, &value_sha256);
+                self.remove_action_valued(function, &instance, &action, &value_sha256);
             }
             RecordKey::Seal => {}
         }
@@ -178,13 +186,14 @@ impl Index {
             .map(|i| self.blobs.slots[i].entry())
     }
 
-    /// The digest of the blob whose bytes hash to `hash`.
-    pub fn blob_by_hash(&self, hash: &[u8; 32]) -> Option<Digest> {
-        let i = self.find_blob(hash)?;
-        Some(Digest {
-            hash: *hash,
-            size: self.blobs.slots[i].packed.location().len,
-        })
+    /// The digest of the blob whose bytes hash to `hash` under `function`.
+    pub fn blob_by_hash(&self, function: DigestFunction, hash: &[u8; 32]) -> Option<Digest> {
+        let i = self.find_blob(function, hash)?;
+        Some(Digest::new(
+            function,
+            *hash,
+            self.blobs.slots[i].packed.location().len,
+        ))
     }
 
     /// Notes that a blob's stored bytes were re-hashed and matched.
@@ -204,8 +213,13 @@ impl Index {
     }
 
     /// The entry of an action-cache key and what it holds, without counting a use.
-    pub fn peek_action(&self, instance: &str, action: &[u8; HASH_LEN]) -> Option<(AcKind, Entry)> {
-        let slot = &self.actions.slots[self.find_action(instance, action)?];
+    pub fn peek_action(
+        &self,
+        function: DigestFunction,
+        instance: &str,
+        action: &[u8; HASH_LEN],
+    ) -> Option<(AcKind, Entry)> {
+        let slot = &self.actions.slots[self.find_action(function, instance, action)?];
         Some((slot.packed.kind(), slot.entry()))
     }
 
@@ -213,11 +227,12 @@ impl Index {
     /// value stays); returns whether it did.
     pub fn remove_action_valued(
         &mut self,
+        function: DigestFunction,
         instance: &str,
         action: &[u8; HASH_LEN],
         value_sha256: &[u8; 32],
     ) -> bool {
-        match self.find_action(instance, action) {
+        match self.find_action(function, instance, action) {
             Some(i) if self.actions.slots[i].sha256 == *value_sha256 => {
                 self.remove_action_at(i);
                 true
@@ -229,18 +244,15 @@ impl Index {
     /// Up to `max` keys of `ActionResult` entries from slot position `from` on, and the
     /// position to continue from (`None` at the end). A walk of the table while it changes may
     /// skip or repeat keys that moved; callers use it for best-effort sweeps, never for answers.
-    pub fn action_results_from(
-        &self,
-        from: usize,
-        max: usize,
-    ) -> (Vec<(String, [u8; HASH_LEN])>, Option<usize>) {
+    pub fn action_results_from(&self, from: usize, max: usize) -> (Vec<ActionId>, Option<usize>) {
         let slots = &self.actions.slots;
         let mut keys = Vec::new();
         let mut at = from;
         while at < slots.len() && keys.len() < max {
             let slot = &slots[at];
             if !slot.is_vacant() && slot.packed.kind() == AcKind::ActionResult {
-                keys.push((self.instances.name(slot.instance).to_owned(), slot.action));
+                let (id, function) = untag_function(slot.instance);
+                keys.push((function, self.instances.name(id).to_owned(), slot.action));
             }
             at += 1;
         }
@@ -250,10 +262,11 @@ impl Index {
     /// The entry of an action-cache key, and what it holds, marked as used.
     pub fn touch_action(
         &mut self,
+        function: DigestFunction,
         instance: &str,
         action: &[u8; HASH_LEN],
     ) -> Option<(AcKind, Entry)> {
-        let i = self.find_action(instance, action)?;
+        let i = self.find_action(function, instance, action)?;
         let slot = &mut self.actions.slots[i];
         slot.packed.set(REFERENCED, true);
         Some((slot.packed.kind(), slot.entry()))
@@ -294,8 +307,13 @@ impl Index {
     }
 
     /// Forgets an action result.
-    pub fn remove_action(&mut self, instance: &str, action: &[u8; HASH_LEN]) {
-        if let Some(i) = self.find_action(instance, action) {
+    pub fn remove_action(
+        &mut self,
+        function: DigestFunction,
+        instance: &str,
+        action: &[u8; HASH_LEN],
+    ) {
+        if let Some(i) = self.find_action(function, instance, action) {
             self.remove_action_at(i);
         }
     }
@@ -325,19 +343,26 @@ impl Index {
         (self.blobs.bytes() + self.actions.bytes()) as u64
     }
 
-    fn find_blob(&self, hash: &[u8; HASH_LEN]) -> Option<usize> {
-        self.blobs
-            .find(BlobSlot::key_bits_of(hash), |s| s.hash == *hash)
+    fn find_blob(&self, function: DigestFunction, hash: &[u8; HASH_LEN]) -> Option<usize> {
+        let blake3 = function == DigestFunction::Blake3;
+        self.blobs.find(BlobSlot::key_bits_of(hash), |s| {
+            s.hash == *hash && s.packed.has(BLAKE3) == blake3
+        })
     }
 
     /// The blob's slot, if its size matches too.
     fn find_digest(&self, digest: &Digest) -> Option<usize> {
-        self.find_blob(&digest.hash)
+        self.find_blob(digest.function, &digest.hash)
             .filter(|&i| self.blobs.slots[i].packed.location().len == digest.size)
     }
 
-    fn find_action(&self, instance: &str, action: &[u8; HASH_LEN]) -> Option<usize> {
-        let id = self.instances.id(instance)?;
+    fn find_action(
+        &self,
+        function: DigestFunction,
+        instance: &str,
+        action: &[u8; HASH_LEN],
+    ) -> Option<usize> {
+        let id = tag_function(self.instances.id(instance)?, function);
         self.actions.find(ActionSlot::key_bits_of(id, action), |s| {
             s.instance == id && s.action == *action
         })
@@ -351,9 +376,12 @@ impl Index {
                 .filter(|&i| self.blobs.slots[i].packed.location() == *location)
                 .map(Place::Blob),
             RecordKey::Action {
-                instance, action, ..
+                instance,
+                function,
+                action,
+                ..
             } => self
-                .find_action(instance, action)
+                .find_action(*function, instance, action)
                 .filter(|&i| self.actions.slots[i].packed.location() == *location)
                 .map(Place::Action),
             RecordKey::ActionRemoved { .. } | RecordKey::Seal => None,
@@ -361,9 +389,31 @@ impl Index {
     }
 
     fn remove_action_at(&mut self, i: usize) {
-        let instance = self.actions.slots[i].instance;
+        let (instance, _) = untag_function(self.actions.slots[i].instance);
         self.actions.remove_at(i);
         self.instances.release(instance);
+    }
+}
+
+/// The top bit of an action slot's instance id: the action hash is a BLAKE3 (instance ids stay
+/// below 2^31).
+const BLAKE3_ACTION: u32 = 1 << 31;
+
+/// An instance id tagged with the action's digest function.
+fn tag_function(id: u32, function: DigestFunction) -> u32 {
+    debug_assert!(id < BLAKE3_ACTION, "fewer than 2^31 instance names");
+    match function {
+        DigestFunction::Sha256 => id,
+        DigestFunction::Blake3 => id | BLAKE3_ACTION,
+    }
+}
+
+/// The instance id and digest function of a tagged id.
+fn untag_function(tagged: u32) -> (u32, DigestFunction) {
+    if tagged & BLAKE3_ACTION == 0 {
+        (tagged, DigestFunction::Sha256)
+    } else {
+        (tagged & !BLAKE3_ACTION, DigestFunction::Blake3)
     }
 }
 
@@ -397,7 +447,10 @@ impl Instances {
                     }
                     None => {
                         self.names.push((name.to_owned(), 0));
-                        u32::try_from(self.names.len() - 1).expect("fewer than 2^32 names")
+                        u32::try_from(self.names.len() - 1)
+                            .ok()
+                            .filter(|&id| id < BLAKE3_ACTION)
+                            .expect("fewer than 2^31 names")
                     }
                 };
                 self.ids.insert(name.to_owned(), id);
@@ -425,6 +478,8 @@ const VERIFIED: u128 = 1 << 126;
 const REFERENCED: u128 = 1 << 125;
 /// Action-cache slots only: the value is opaque (not an `ActionResult`).
 const OPAQUE: u128 = 1 << 124;
+/// Blob slots only (the same bit as `OPAQUE`): the hash is a BLAKE3, not a SHA-256.
+const BLAKE3: u128 = OPAQUE;
 const SEGMENT_SHIFT: u32 = 92;
 const OFFSET_SHIFT: u32 = 48;
 /// A payload offset fits in 44 bits: 16 TiB, the largest file ext4 allows.
@@ -440,12 +495,13 @@ struct Packed([u32; 4]);
 impl Packed {
     const VACANT: Packed = Packed([0; 4]);
 
-    fn new(entry: &Entry, opaque: bool) -> Packed {
+    /// `flag` is `OPAQUE` for an action slot, `BLAKE3` for a blob slot.
+    fn new(entry: &Entry, flag: bool) -> Packed {
         let mut packed = Packed::from_bits(OCCUPIED);
         packed.set_location(&entry.location);
         packed.set(VERIFIED, entry.verified);
         packed.set(REFERENCED, entry.referenced);
-        packed.set(OPAQUE, opaque);
+        packed.set(OPAQUE, flag);
         packed
     }
 
@@ -877,11 +933,23 @@ mod tests {
     /// The state the index must agree with, kept in std maps.
     #[derive(Default)]
     struct Model {
-        blobs: HashMap<[u8; 32], Entry>,
-        actions: HashMap<(String, [u8; 32]), (AcKind, Entry)>,
+        blobs: HashMap<BlobKey, Entry>,
+        actions: HashMap<ActionKey, (AcKind, Entry)>,
     }
 
     const INSTANCES: [&str; 3] = ["", "main/linux", "a/much/longer/instance/name"];
+
+    /// A blob's key: one hash under both functions is two blobs.
+    type BlobKey = (DigestFunction, [u8; 32]);
+    type ActionKey = (String, DigestFunction, [u8; 32]);
+
+    fn digest_of((function, hash): BlobKey, size: u64) -> Digest {
+        Digest::new(function, hash, size)
+    }
+
+    fn any_function(rng: &mut StdRng) -> DigestFunction {
+        DigestFunction::ALL[rng.random_range(0..DigestFunction::ALL.len())]
+    }
 
     /// Random inserts, lookups, marks, moves, evictions and removals, checked against the
     /// model after every step; inserts dominate first (growth), removals later (shrinking
@@ -890,26 +958,38 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(seed);
         let mut index = Index::default();
         let mut model = Model::default();
-        let mut blob_keys: Vec<[u8; 32]> = Vec::new();
-        let mut action_keys: Vec<(String, [u8; 32])> = Vec::new();
+        let mut blob_keys: Vec<BlobKey> = Vec::new();
+        let mut action_keys: Vec<ActionKey> = Vec::new();
         for step in 0..steps {
             let growing = step < steps / 2;
-            let pick_blob = |rng: &mut StdRng, keys: &Vec<[u8; 32]>| {
+            let pick_blob = |rng: &mut StdRng, keys: &Vec<BlobKey>| {
                 if keys.is_empty() || rng.random_bool(0.2) {
-                    pooled_hash(rng, pool)
+                    (any_function(rng), pooled_hash(rng, pool))
+                } else if rng.random_bool(0.1) {
+                    // A stored hash under the other function: another blob.
+                    let (function, hash) = keys[rng.random_range(0..keys.len())];
+                    let other = match function {
+                        DigestFunction::Sha256 => DigestFunction::Blake3,
+                        DigestFunction::Blake3 => DigestFunction::Sha256,
+                    };
+                    (other, hash)
                 } else {
                     keys[rng.random_range(0..keys.len())]
                 }
             };
-            let pick_action = |rng: &mut StdRng, keys: &Vec<(String, [u8; 32])>| {
+            let pick_action = |rng: &mut StdRng, keys: &Vec<ActionKey>| {
                 if keys.is_empty() || rng.random_bool(0.2) {
                     let instance = INSTANCES[rng.random_range(0..INSTANCES.len())];
-                    (instance.to_owned(), pooled_hash(rng, pool))
+                    (
+                        instance.to_owned(),
+                        any_function(rng),
+                        pooled_hash(rng, pool),
+                    )
                 } else {
                     keys[rng.random_range(0..keys.len())].clone()
                 }
             };
-            let size_of = |hash: &[u8; 32]| u64::from(hash[8]) + 1;
+            let size_of = |(_, hash): &BlobKey| u64::from(hash[8]) + 1;
             let mut op = rng.random_range(0..100);
             if growing && op >= 75 && rng.random_bool(0.7) {
                 op %= 30;
@@ -918,28 +998,24 @@ mod tests {
             }
             match op {
                 0..=19 => {
-                    let hash = if rng.random_bool(0.8) {
-                        pooled_hash(&mut rng, pool)
+                    let key = if rng.random_bool(0.8) {
+                        (any_function(&mut rng), pooled_hash(&mut rng, pool))
                     } else {
                         pick_blob(&mut rng, &blob_keys)
                     };
                     let entry = Entry {
-                        location: location(&mut rng, size_of(&hash)),
-                        sha256: hash,
+                        location: location(&mut rng, size_of(&key)),
+                        sha256: key.1,
                         verified: rng.random(),
                         referenced: rng.random(),
                     };
-                    let digest = Digest {
-                        hash,
-                        size: size_of(&hash),
-                    };
-                    index.insert(RecordKey::Blob(digest), entry);
-                    if model.blobs.insert(hash, entry).is_none() {
-                        blob_keys.push(hash);
+                    index.insert(RecordKey::Blob(digest_of(key, size_of(&key))), entry);
+                    if model.blobs.insert(key, entry).is_none() {
+                        blob_keys.push(key);
                     }
                 }
                 20..=29 => {
-                    let (instance, action) = pick_action(&mut rng, &action_keys);
+                    let (instance, function, action) = pick_action(&mut rng, &action_keys);
                     let kind = if rng.random() {
                         AcKind::Opaque
                     } else {
@@ -954,11 +1030,12 @@ mod tests {
                     };
                     let key = RecordKey::Action {
                         instance: instance.clone(),
+                        function,
                         action,
                         kind,
                     };
                     index.insert(key, entry);
-                    let model_key = (instance, action);
+                    let model_key = (instance, function, action);
                     if model
                         .actions
                         .insert(model_key.clone(), (kind, entry))
@@ -968,66 +1045,61 @@ mod tests {
                     }
                 }
                 30..=44 => {
-                    let hash = pick_blob(&mut rng, &blob_keys);
+                    let key = pick_blob(&mut rng, &blob_keys);
                     // Sometimes the right hash with the wrong size: not the same blob.
-                    let size = size_of(&hash) + u64::from(rng.random_bool(0.1));
-                    let digest = Digest { hash, size };
+                    let size = size_of(&key) + u64::from(rng.random_bool(0.1));
+                    let digest = digest_of(key, size);
                     let expected = model
                         .blobs
-                        .get_mut(&hash)
+                        .get_mut(&key)
                         .filter(|e| e.location.len == size)
                         .map(|e| {
                             e.referenced = true;
                             *e
                         });
                     assert_eq!(index.touch_blob(&digest), expected, "step {step}");
-                    let by_hash = model.blobs.get(&hash).map(|e| Digest {
-                        hash,
-                        size: e.location.len,
-                    });
-                    assert_eq!(index.blob_by_hash(&hash), by_hash, "step {step}");
+                    let by_hash = model
+                        .blobs
+                        .get(&key)
+                        .map(|e| digest_of(key, e.location.len));
+                    assert_eq!(index.blob_by_hash(key.0, &key.1), by_hash, "step {step}");
                 }
                 45..=54 => {
-                    let (instance, action) = pick_action(&mut rng, &action_keys);
-                    let expected =
-                        model
-                            .actions
-                            .get_mut(&(instance.clone(), action))
-                            .map(|(kind, e)| {
-                                e.referenced = true;
-                                (*kind, *e)
-                            });
+                    let (instance, function, action) = pick_action(&mut rng, &action_keys);
+                    let expected = model
+                        .actions
+                        .get_mut(&(instance.clone(), function, action))
+                        .map(|(kind, e)| {
+                            e.referenced = true;
+                            (*kind, *e)
+                        });
                     assert_eq!(
-                        index.touch_action(&instance, &action),
+                        index.touch_action(function, &instance, &action),
                         expected,
                         "step {step}"
                     );
                 }
                 55..=59 => {
-                    let hash = pick_blob(&mut rng, &blob_keys);
-                    let digest = Digest {
-                        hash,
-                        size: size_of(&hash),
-                    };
-                    index.mark_verified(&digest);
-                    if let Some(e) = model.blobs.get_mut(&hash) {
+                    let key = pick_blob(&mut rng, &blob_keys);
+                    index.mark_verified(&digest_of(key, size_of(&key)));
+                    if let Some(e) = model.blobs.get_mut(&key) {
                         e.verified = true;
                     }
                 }
                 60..=74 => {
                     // Eviction passing by: move, evict or leave a record, at its place or not.
                     let (key, model_entry) = if rng.random() {
-                        let hash = pick_blob(&mut rng, &blob_keys);
-                        let size = size_of(&hash);
-                        let key = RecordKey::Blob(Digest { hash, size });
-                        (key, model.blobs.get(&hash).copied())
+                        let blob = pick_blob(&mut rng, &blob_keys);
+                        let key = RecordKey::Blob(digest_of(blob, size_of(&blob)));
+                        (key, model.blobs.get(&blob).copied())
                     } else {
-                        let (instance, action) = pick_action(&mut rng, &action_keys);
-                        let found = model.actions.get(&(instance.clone(), action));
+                        let (instance, function, action) = pick_action(&mut rng, &action_keys);
+                        let found = model.actions.get(&(instance.clone(), function, action));
                         let kind = found.map_or(AcKind::Opaque, |(k, _)| *k);
                         let entry = found.map(|(_, e)| *e);
                         let key = RecordKey::Action {
                             instance,
+                            function,
                             action,
                             kind,
                         };
@@ -1039,15 +1111,18 @@ mod tests {
                     assert_eq!(index.live_at(&key, &at), live, "step {step}");
                     let update = |model: &mut Model, f: &dyn Fn(&mut Entry) -> bool| match &key {
                         RecordKey::Blob(d) => {
-                            let e = model.blobs.get_mut(&d.hash).expect("live");
+                            let e = model.blobs.get_mut(&(d.function, d.hash)).expect("live");
                             if f(e) {
-                                model.blobs.remove(&d.hash);
+                                model.blobs.remove(&(d.function, d.hash));
                             }
                         }
                         RecordKey::Action {
-                            instance, action, ..
+                            instance,
+                            function,
+                            action,
+                            ..
                         } => {
-                            let k = (instance.clone(), *action);
+                            let k = (instance.clone(), *function, *action);
                             let (_, e) = model.actions.get_mut(&k).expect("live");
                             if f(e) {
                                 model.actions.remove(&k);
@@ -1073,18 +1148,14 @@ mod tests {
                     }
                 }
                 75..=89 => {
-                    let hash = pick_blob(&mut rng, &blob_keys);
-                    let digest = Digest {
-                        hash,
-                        size: size_of(&hash),
-                    };
-                    index.remove_blob(&digest);
-                    model.blobs.remove(&hash);
+                    let key = pick_blob(&mut rng, &blob_keys);
+                    index.remove_blob(&digest_of(key, size_of(&key)));
+                    model.blobs.remove(&key);
                 }
                 90..=99 => {
-                    let (instance, action) = pick_action(&mut rng, &action_keys);
-                    index.remove_action(&instance, &action);
-                    model.actions.remove(&(instance, action));
+                    let (instance, function, action) = pick_action(&mut rng, &action_keys);
+                    index.remove_action(function, &instance, &action);
+                    model.actions.remove(&(instance, function, action));
                 }
                 _ => unreachable!("op {op}"),
             }
@@ -1096,17 +1167,14 @@ mod tests {
             if step % 997 == 0 || step == steps - 1 {
                 check_table(&index.blobs);
                 check_table(&index.actions);
-                for (hash, e) in &model.blobs {
-                    let digest = Digest {
-                        hash: *hash,
-                        size: e.location.len,
-                    };
-                    let key = RecordKey::Blob(digest);
+                for (blob, e) in &model.blobs {
+                    let key = RecordKey::Blob(digest_of(*blob, e.location.len));
                     assert_eq!(index.live_at(&key, &e.location), Some(*e));
                 }
-                for ((instance, action), (kind, e)) in &model.actions {
+                for ((instance, function, action), (kind, e)) in &model.actions {
                     let key = RecordKey::Action {
                         instance: instance.clone(),
+                        function: *function,
                         action: *action,
                         kind: *kind,
                     };
@@ -1114,7 +1182,7 @@ mod tests {
                 }
                 // Names nobody uses are forgotten.
                 let used: std::collections::HashSet<&str> =
-                    model.actions.keys().map(|(i, _)| i.as_str()).collect();
+                    model.actions.keys().map(|(i, _, _)| i.as_str()).collect();
                 assert_eq!(index.instances.ids.len(), used.len(), "step {step}");
             }
         }
@@ -1250,22 +1318,86 @@ mod tests {
         };
         let key = |instance: &str, action: u8| RecordKey::Action {
             instance: instance.to_owned(),
+            function: DigestFunction::Sha256,
             action: [action; 32],
             kind: AcKind::ActionResult,
         };
         index.insert(key("a", 1), entry);
         index.insert(key("a", 2), entry);
         index.insert(key("b", 1), entry);
-        index.remove_action("a", &[1; 32]);
-        assert!(index.touch_action("a", &[2; 32]).is_some());
-        index.remove_action("a", &[2; 32]);
+        index.remove_action(DigestFunction::Sha256, "a", &[1; 32]);
+        assert!(index
+            .touch_action(DigestFunction::Sha256, "a", &[2; 32])
+            .is_some());
+        index.remove_action(DigestFunction::Sha256, "a", &[2; 32]);
         assert_eq!(index.instances.id("a"), None);
         // "c" takes the id "a" had; nothing of "a" answers to it.
         index.insert(key("c", 3), entry);
-        assert!(index.touch_action("a", &[3; 32]).is_none());
-        assert!(index.touch_action("c", &[3; 32]).is_some());
-        assert!(index.touch_action("b", &[1; 32]).is_some());
-        assert!(index.touch_action("c", &[1; 32]).is_none());
+        assert!(index
+            .touch_action(DigestFunction::Sha256, "a", &[3; 32])
+            .is_none());
+        assert!(index
+            .touch_action(DigestFunction::Sha256, "c", &[3; 32])
+            .is_some());
+        assert!(index
+            .touch_action(DigestFunction::Sha256, "b", &[1; 32])
+            .is_some());
+        assert!(index
+            .touch_action(DigestFunction::Sha256, "c", &[1; 32])
+            .is_none());
         assert_eq!(index.stats().actions, 2);
+    }
+
+    #[test]
+    fn one_hash_under_two_functions_is_two_entries() {
+        let mut index = Index::default();
+        let at = |offset| Entry {
+            location: Location {
+                segment: 1,
+                offset,
+                len: 5,
+            },
+            sha256: [7; 32],
+            verified: false,
+            referenced: false,
+        };
+        let sha = Digest::sha256([7; 32], 5);
+        let blake = Digest::new(DigestFunction::Blake3, [7; 32], 5);
+        index.insert(RecordKey::Blob(sha), at(10));
+        assert!(index.peek_blob(&blake).is_none());
+        assert_eq!(index.blob_by_hash(DigestFunction::Blake3, &[7; 32]), None);
+        index.insert(RecordKey::Blob(blake), at(20));
+        assert_eq!(index.peek_blob(&sha).unwrap().location.offset, 10);
+        assert_eq!(index.peek_blob(&blake).unwrap().location.offset, 20);
+        index.remove_blob(&sha);
+        assert!(index.peek_blob(&sha).is_none());
+        assert_eq!(
+            index.blob_by_hash(DigestFunction::Blake3, &[7; 32]),
+            Some(blake)
+        );
+        let action = |function| RecordKey::Action {
+            instance: "i".into(),
+            function,
+            action: [9; 32],
+            kind: AcKind::ActionResult,
+        };
+        index.insert(action(DigestFunction::Blake3), at(30));
+        assert!(index
+            .peek_action(DigestFunction::Sha256, "i", &[9; 32])
+            .is_none());
+        index.insert(action(DigestFunction::Sha256), at(40));
+        let (keys, _) = index.action_results_from(0, 10);
+        assert_eq!(keys.len(), 2);
+        assert!(keys.contains(&(DigestFunction::Blake3, "i".into(), [9; 32])));
+        index.remove_action(DigestFunction::Blake3, "i", &[9; 32]);
+        let (_, left) = index
+            .peek_action(DigestFunction::Sha256, "i", &[9; 32])
+            .unwrap();
+        assert_eq!(left.location.offset, 40);
+        assert_eq!(
+            index.instances.id("i"),
+            Some(0),
+            "the SHA-256 entry still uses the name"
+        );
     }
 }

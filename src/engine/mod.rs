@@ -29,9 +29,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use sha2::{Digest as _, Sha256};
 
-pub use digest::{parse_hash, Digest, HASH_LEN};
+pub use digest::{parse_hash, Digest, DigestFunction, Hasher, HASH_LEN};
 use index::{Entry, Index};
 pub use log::{LogBatch, LogRecord};
 pub use record::{AcKind, RecordKey};
@@ -394,12 +393,17 @@ impl Engine {
                 .is_some()
     }
 
-    /// The digest of the stored blob whose bytes hash to `hash` (the empty blob included).
-    pub fn blob_by_hash(&self, hash: &[u8; 32]) -> Option<Digest> {
-        if *hash == Digest::EMPTY.hash {
-            return Some(Digest::EMPTY);
+    /// The digest of the stored blob whose bytes hash to `hash` under `function` (the empty
+    /// blob included).
+    pub fn blob_by_hash(&self, function: DigestFunction, hash: &[u8; 32]) -> Option<Digest> {
+        let empty = Digest::empty(function);
+        if *hash == empty.hash {
+            return Some(empty);
         }
-        self.index.lock().expect("index").blob_by_hash(hash)
+        self.index
+            .lock()
+            .expect("index")
+            .blob_by_hash(function, hash)
     }
 
     /// The subset of `digests` the CAS does not hold, in request order. The ones it holds count
@@ -720,7 +724,7 @@ impl Engine {
                 .await?;
         }
         let bytes = read_payload(reader.as_ref(), &entry.location, offset, len as usize).await?;
-        if offset == 0 && len == digest.size && Sha256::digest(&bytes)[..] != digest.hash {
+        if offset == 0 && len == digest.size && !digest.matches(&bytes) {
             return Err(self.drop_corrupt(digest));
         }
         Ok(bytes)
@@ -768,7 +772,7 @@ impl Engine {
             digest: *digest,
             source,
             position: offset,
-            hasher: (offset == 0).then(Sha256::new),
+            hasher: (offset == 0).then(|| digest.function.hasher()),
         })
     }
 
@@ -819,14 +823,14 @@ impl Engine {
         location: &Location,
         reader: &dyn FsFile,
     ) -> Result<(), Error> {
-        let mut hasher = Sha256::new();
+        let mut hasher = digest.function.hasher();
         let mut done = 0;
         while done < digest.size {
             let want = (digest.size - done).min(IO_CHUNK as u64);
-            hasher.update(read_payload(reader, location, done, want as usize).await?);
+            hasher.update(&read_payload(reader, location, done, want as usize).await?);
             done += want;
         }
-        if hasher.finalize()[..] != digest.hash {
+        if hasher.finalize() != digest.hash {
             return Err(self.drop_corrupt(digest));
         }
         self.index.lock().expect("index").mark_verified(digest);
@@ -841,12 +845,14 @@ impl Engine {
         ))
     }
 
-    /// Stores an action-cache value for the action hashing to `action` under `instance`; last
-    /// writer wins, whatever the kinds of the old and new values. Keys are hashes alone, so
-    /// gRPC clients (which send digests) and HTTP clients (which send hashes) share entries.
+    /// Stores an action-cache value for the action hashing to `action` (under `function`) in
+    /// `instance`; last writer wins, whatever the kinds of the old and new values. Keys are
+    /// hashes alone, so gRPC clients (which send digests) and HTTP clients (which send hashes)
+    /// share entries; keys of different digest functions never do.
     pub async fn put_action(
         self: &Arc<Self>,
         instance: &str,
+        function: DigestFunction,
         action: [u8; HASH_LEN],
         kind: AcKind,
         value: Bytes,
@@ -854,10 +860,11 @@ impl Engine {
         record::check_instance_name(instance)?;
         let key = RecordKey::Action {
             instance: instance.to_owned(),
+            function,
             action,
             kind,
         };
-        let sha: [u8; 32] = Sha256::digest(&value).into();
+        let sha = DigestFunction::Sha256.hash(&value);
         let appended = self
             .segments
             .append(&key, &sha, value.len() as u64, Payload::Memory(&value))
@@ -870,31 +877,36 @@ impl Engine {
     pub async fn get_action(
         &self,
         instance: &str,
+        function: DigestFunction,
         action: &[u8; HASH_LEN],
     ) -> Result<Option<(AcKind, Bytes)>, Error> {
-        self.read_action(instance, action, Use::Touch).await
+        self.read_action(instance, function, action, Use::Touch)
+            .await
     }
 
     /// [`Engine::get_action`] without counting a use (for maintenance).
     pub async fn peek_action(
         &self,
         instance: &str,
+        function: DigestFunction,
         action: &[u8; HASH_LEN],
     ) -> Result<Option<(AcKind, Bytes)>, Error> {
-        self.read_action(instance, action, Use::Peek).await
+        self.read_action(instance, function, action, Use::Peek)
+            .await
     }
 
     async fn read_action(
         &self,
         instance: &str,
+        function: DigestFunction,
         action: &[u8; HASH_LEN],
         usage: Use,
     ) -> Result<Option<(AcKind, Bytes)>, Error> {
         let found = {
             let mut index = self.index.lock().expect("index");
             let found = match usage {
-                Use::Touch => index.touch_action(instance, action),
-                Use::Peek => index.peek_action(instance, action),
+                Use::Touch => index.touch_action(function, instance, action),
+                Use::Peek => index.peek_action(function, instance, action),
             };
             found.and_then(
                 |(kind, entry)| match self.segments.reader_now(entry.location.segment) {
@@ -921,26 +933,26 @@ impl Engine {
             entry.location.len as usize,
         )
         .await?;
-        if <[u8; 32]>::from(Sha256::digest(&bytes)) != entry.sha256 {
+        if DigestFunction::Sha256.hash(&bytes) != entry.sha256 {
             let shown = hex::encode(action);
             tracing::error!(instance, action = %shown, "stored action-cache value is corrupt; dropping it");
             self.index
                 .lock()
                 .expect("index")
-                .remove_action(instance, action);
+                .remove_action(function, instance, action);
             return Ok(None);
         }
         Ok(Some((kind, bytes)))
     }
 
-    /// Up to `max` keys `(instance, action)` of stored `ActionResult`s from position `from` of
+    /// Up to `max` keys `(function, instance, action)` of stored `ActionResult`s from position `from` of
     /// a walk over the index, and where the walk continues (`None` at its end). The walk may
     /// skip or repeat keys written meanwhile: it finds candidates for a sweep, never answers.
     pub fn action_results_from(
         &self,
         from: usize,
         max: usize,
-    ) -> (Vec<(String, [u8; HASH_LEN])>, Option<usize>) {
+    ) -> (Vec<index::ActionId>, Option<usize>) {
         self.index
             .lock()
             .expect("index")
@@ -956,12 +968,13 @@ impl Engine {
     pub async fn remove_action_if_value(
         self: &Arc<Self>,
         instance: &str,
+        function: DigestFunction,
         action: [u8; HASH_LEN],
         value_sha256: [u8; 32],
     ) -> Result<bool, Error> {
         let holds_value = |index: &Index| {
             index
-                .peek_action(instance, &action)
+                .peek_action(function, instance, &action)
                 .is_some_and(|(_, entry)| entry.sha256 == value_sha256)
         };
         if !holds_value(&self.index.lock().expect("index")) {
@@ -969,6 +982,7 @@ impl Engine {
         }
         let key = RecordKey::ActionRemoved {
             instance: instance.to_owned(),
+            function,
             action,
             value_sha256,
         };
@@ -978,6 +992,7 @@ impl Engine {
             .await?;
         self.segments.sync(&location).await?;
         let removed = self.index.lock().expect("index").remove_action_valued(
+            function,
             instance,
             &action,
             &value_sha256,
@@ -1022,7 +1037,7 @@ pub struct BlobReader {
     digest: Digest,
     source: Option<Source>,
     position: u64,
-    hasher: Option<Sha256>,
+    hasher: Option<Hasher>,
 }
 
 impl BlobReader {
@@ -1055,7 +1070,7 @@ impl BlobReader {
             hasher.update(&chunk);
             if self.position == self.digest.size {
                 let hash = self.hasher.take().expect("hasher").finalize();
-                if hash[..] != self.digest.hash {
+                if hash != self.digest.hash {
                     return Err(self.engine.drop_corrupt(&self.digest));
                 }
             }

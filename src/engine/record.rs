@@ -16,13 +16,17 @@
 //! record from a torn one without trusting anything it did not verify. A footer is trusted only
 //! when both the trailer's and the footer's CRCs match; otherwise the segment is scanned.
 //!
-//! `function` names the digest function of the key (1 = SHA-256, the only one today). The
+//! `function` names the digest function of the key (1 = SHA-256, 2 = BLAKE3): a blob's hash and an
+//! action's hash are under it, and keys of different functions never name the same entry. A
+//! blob record's `payload_sha256` field holds the payload's hash under the blob's function (so
+//! the key is its own checksum and the index keeps one hash per blob); every other record's
+//! field is a SHA-256 (see `RecordKey::checksum_function`). The
 //! trailer keeps its layout in every version, so a newer format is recognised and refused by
 //! name instead of being mistaken for a torn tail. Version 1 records (`HRD1`: keys without the
 //! function byte, segments closed by a seal record instead of a footer) are still read; the
 //! first start converts their segments by writing a footer after them.
 
-use super::digest::{Digest, HASH_LEN};
+use super::digest::{Digest, DigestFunction, HASH_LEN};
 use super::Error;
 
 const MAGIC: [u8; 4] = *b"HRD2";
@@ -41,6 +45,25 @@ const FOOTER_FIXED_LEN: usize = 4 + 4;
 const ENTRY_FIXED_LEN: usize = 1 + 2 + 8 + 8 + HASH_LEN;
 /// The digest function byte of SHA-256 keys.
 pub const SHA256_FUNCTION: u8 = 1;
+/// The digest function byte of BLAKE3 keys.
+pub const BLAKE3_FUNCTION: u8 = 2;
+
+/// The key byte of a digest function.
+fn function_byte(function: DigestFunction) -> u8 {
+    match function {
+        DigestFunction::Sha256 => SHA256_FUNCTION,
+        DigestFunction::Blake3 => BLAKE3_FUNCTION,
+    }
+}
+
+/// The digest function of a key byte.
+fn function_of_byte(byte: u8) -> Option<DigestFunction> {
+    match byte {
+        SHA256_FUNCTION => Some(DigestFunction::Sha256),
+        BLAKE3_FUNCTION => Some(DigestFunction::Blake3),
+        _ => None,
+    }
+}
 /// Header bytes before the key.
 const FIXED_LEN: usize = 4 + 1 + 2 + 8 + HASH_LEN;
 const CRC_LEN: usize = 4;
@@ -58,6 +81,8 @@ pub enum RecordKey {
     Action {
         /// Instance name the entry belongs to.
         instance: String,
+        /// The digest function of `action` (and of the digests the value names).
+        function: DigestFunction,
         /// Hash of the action (its size adds nothing, and HTTP clients never send it).
         action: [u8; HASH_LEN],
         /// What the payload is.
@@ -72,6 +97,8 @@ pub enum RecordKey {
     ActionRemoved {
         /// Instance name of the removed entry.
         instance: String,
+        /// The digest function of `action`.
+        function: DigestFunction,
         /// Hash of the action.
         action: [u8; HASH_LEN],
         /// SHA-256 of the value removed.
@@ -89,6 +116,15 @@ pub enum AcKind {
 }
 
 impl RecordKey {
+    /// The function the record's `payload_sha256` field is computed with: a blob's own
+    /// function (its hash is its checksum), SHA-256 for everything else.
+    pub fn checksum_function(&self) -> DigestFunction {
+        match self {
+            RecordKey::Blob(digest) => digest.function,
+            _ => DigestFunction::Sha256,
+        }
+    }
+
     fn kind(&self) -> u8 {
         match self {
             RecordKey::Blob(_) => 1,
@@ -108,13 +144,16 @@ impl RecordKey {
     fn encode_key(&self, out: &mut Vec<u8>) {
         match self {
             RecordKey::Blob(d) => {
-                out.push(SHA256_FUNCTION);
+                out.push(function_byte(d.function));
                 out.extend_from_slice(&d.hash);
             }
             RecordKey::Action {
-                instance, action, ..
+                instance,
+                function,
+                action,
+                ..
             } => {
-                out.push(SHA256_FUNCTION);
+                out.push(function_byte(*function));
                 out.extend_from_slice(action);
                 // Reserved (the format once held the action's size here).
                 out.extend_from_slice(&[0; 8]);
@@ -122,10 +161,11 @@ impl RecordKey {
             }
             RecordKey::ActionRemoved {
                 instance,
+                function,
                 action,
                 value_sha256,
             } => {
-                out.push(SHA256_FUNCTION);
+                out.push(function_byte(*function));
                 out.extend_from_slice(action);
                 out.extend_from_slice(value_sha256);
                 out.extend_from_slice(instance.as_bytes());
@@ -140,7 +180,7 @@ impl RecordKey {
 pub struct Header {
     /// What the record holds.
     pub key: RecordKey,
-    /// SHA-256 of the payload.
+    /// Hash of the payload under `key.checksum_function()`.
     pub payload_sha256: [u8; HASH_LEN],
     /// Payload bytes following the header.
     pub payload_len: u64,
@@ -214,11 +254,7 @@ pub fn decode_header(bytes: &[u8]) -> Result<Header, Torn> {
     let payload_len = u64::from_le_bytes(bytes[7..15].try_into().expect("8 bytes"));
     let payload_sha256: [u8; HASH_LEN] = bytes[15..FIXED_LEN].try_into().expect("32 bytes");
     let key_bytes = &bytes[FIXED_LEN..crc_at];
-    let key = if version == 1 {
-        decode_key(kind, None, key_bytes, payload_len)?
-    } else {
-        decode_key(kind, Some(SHA256_FUNCTION), key_bytes, payload_len)?
-    };
+    let key = decode_key(kind, version == 2, key_bytes, payload_len)?;
     Ok(Header {
         key,
         payload_sha256,
@@ -248,31 +284,32 @@ fn unknown_version(bytes: &[u8], version: u8) -> Torn {
     }
 }
 
-/// Decodes a key of record kind `kind`. Version 2 keys start with the digest function byte,
-/// which must be `function`; version 1 keys (`function` = `None`) have none.
+/// Decodes a key of record kind `kind`. Version 2 keys (`with_function`) start with the digest
+/// function byte; version 1 keys have none (they are SHA-256).
 fn decode_key(
     kind: u8,
-    function: Option<u8>,
+    with_function: bool,
     key_bytes: &[u8],
     payload_len: u64,
 ) -> Result<RecordKey, Torn> {
-    let key_bytes = match function {
-        None => key_bytes,
-        Some(_) if kind == 3 => key_bytes,
-        Some(expected) => match key_bytes.split_first() {
-            Some((&f, rest)) if f == expected => rest,
-            Some((&f, _)) => return Err(Torn::Unsupported(format!("digest function {f}"))),
-            None => return Err(Torn::Corrupt("empty key".into())),
+    let (function, key_bytes) = match key_bytes.split_first() {
+        _ if !with_function || kind == 3 => (DigestFunction::Sha256, key_bytes),
+        Some((&f, rest)) => match function_of_byte(f) {
+            Some(function) => (function, rest),
+            None => return Err(Torn::Unsupported(format!("digest function {f}"))),
         },
+        None => return Err(Torn::Corrupt("empty key".into())),
     };
     let key_len = key_bytes.len();
     Ok(match kind {
-        1 if key_len == HASH_LEN => RecordKey::Blob(Digest {
-            hash: key_bytes.try_into().expect("32 bytes"),
-            size: payload_len,
-        }),
+        1 if key_len == HASH_LEN => RecordKey::Blob(Digest::new(
+            function,
+            key_bytes.try_into().expect("32 bytes"),
+            payload_len,
+        )),
         2 | 4 if key_len >= HASH_LEN + 8 => RecordKey::Action {
             instance: instance_name(&key_bytes[HASH_LEN + 8..])?,
+            function,
             action: key_bytes[..HASH_LEN].try_into().expect("32 bytes"),
             kind: if kind == 2 {
                 AcKind::ActionResult
@@ -280,10 +317,11 @@ fn decode_key(
                 AcKind::Opaque
             },
         },
-        3 if key_len == 0 && payload_len == 0 && function.is_none() => RecordKey::Seal,
-        5 if key_len >= 2 * HASH_LEN && payload_len == 0 && function.is_some() => {
+        3 if key_len == 0 && payload_len == 0 && !with_function => RecordKey::Seal,
+        5 if key_len >= 2 * HASH_LEN && payload_len == 0 && with_function => {
             RecordKey::ActionRemoved {
                 instance: instance_name(&key_bytes[2 * HASH_LEN..])?,
+                function,
                 action: key_bytes[..HASH_LEN].try_into().expect("32 bytes"),
                 value_sha256: key_bytes[HASH_LEN..2 * HASH_LEN]
                     .try_into()
@@ -436,7 +474,7 @@ pub fn decode_footer(bytes: &[u8], footer_offset: u64) -> Result<Vec<FooterEntry
         let key_bytes = body
             .get(at + ENTRY_FIXED_LEN..at + ENTRY_FIXED_LEN + key_len)
             .ok_or_else(|| corrupt("ends inside a key"))?;
-        let key = decode_key(kind, Some(SHA256_FUNCTION), key_bytes, payload_len)?;
+        let key = decode_key(kind, true, key_bytes, payload_len)?;
         if key == RecordKey::Seal
             || payload_offset
                 .checked_add(payload_len)
@@ -506,19 +544,34 @@ mod tests {
             RecordKey::Blob(Digest::of(b"hello")),
             RecordKey::Action {
                 instance: "main/linux".into(),
+                function: DigestFunction::Sha256,
                 action: Digest::of(b"action").hash,
                 kind: AcKind::ActionResult,
             },
             RecordKey::Action {
                 instance: String::new(),
+                function: DigestFunction::Sha256,
                 action: Digest::of(b"ccache key").hash,
                 kind: AcKind::Opaque,
+            },
+            RecordKey::Blob(Digest::of_with(DigestFunction::Blake3, b"hello")),
+            RecordKey::Action {
+                instance: "main".into(),
+                function: DigestFunction::Blake3,
+                action: Digest::of(b"action").hash,
+                kind: AcKind::ActionResult,
             },
         ];
         for key in keys {
             let sha = Digest::of(b"hello").hash;
             let bytes = encode_header(&key, 5, &sha);
             assert_eq!(&bytes[..4], b"HRD2");
+            let function = match &key {
+                RecordKey::Blob(d) => d.function,
+                RecordKey::Action { function, .. } => *function,
+                _ => unreachable!(),
+            };
+            assert_eq!(bytes[FIXED_LEN], function_byte(function));
             let header = decode_header(&bytes).unwrap();
             assert_eq!(header.key, key);
             assert_eq!(header.payload_len, 5);
@@ -534,6 +587,7 @@ mod tests {
         for instance in [String::new(), longest] {
             let key = RecordKey::ActionRemoved {
                 instance,
+                function: DigestFunction::Sha256,
                 action: Digest::of(b"action").hash,
                 value_sha256: Digest::of(b"old value").hash,
             };
@@ -551,6 +605,7 @@ mod tests {
         // A removal carries no payload.
         let key = RecordKey::ActionRemoved {
             instance: String::new(),
+            function: DigestFunction::Sha256,
             action: [1; 32],
             value_sha256: [2; 32],
         };
@@ -609,15 +664,15 @@ mod tests {
                 flipped as char
             );
         }
-        // A BLAKE3 key (function 2) in a version 2 header, with a valid CRC.
+        // A key of an unknown function (3) in a version 2 header, with a valid CRC.
         let mut bytes = encode_header(&RecordKey::Blob(Digest::of(b"x")), 1, &[0; 32]);
-        bytes[FIXED_LEN] = 2;
+        bytes[FIXED_LEN] = 3;
         let crc_at = bytes.len() - CRC_LEN;
         let crc = crc32fast::hash(&bytes[..crc_at]);
         bytes[crc_at..].copy_from_slice(&crc.to_le_bytes());
         assert_eq!(
             decode_header(&bytes),
-            Err(Torn::Unsupported("digest function 2".into()))
+            Err(Torn::Unsupported("digest function 3".into()))
         );
         let mut sealed = FooterBuilder::default().finish(0);
         let trailer_at = sealed.len() - TRAILER_LEN;
@@ -636,6 +691,7 @@ mod tests {
         let mut footer = FooterBuilder::default();
         let key = RecordKey::Action {
             instance: "ci".into(),
+            function: DigestFunction::Sha256,
             action: Digest::of(b"a").hash,
             kind: AcKind::Opaque,
         };

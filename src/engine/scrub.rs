@@ -13,8 +13,6 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use sha2::{Digest as _, Sha256};
-
 use super::record::RecordKey;
 use super::segment::{read_payload, Recovered, IO_CHUNK};
 use super::Engine;
@@ -123,17 +121,17 @@ impl Engine {
         let Some(reader) = self.segments.reader(record.location.segment).await? else {
             return Ok(None);
         };
-        let mut hasher = Sha256::new();
+        let mut hasher = record.key.checksum_function().hasher();
         let mut read = 0;
         while read < record.location.len {
             let want = (record.location.len - read).min(IO_CHUNK as u64);
             hasher.update(
-                read_payload(reader.as_ref(), &record.location, read, want as usize).await?,
+                &read_payload(reader.as_ref(), &record.location, read, want as usize).await?,
             );
             read += want;
         }
         let planted = self.config.planted(super::PlantedBug::ScrubDropsUnverified);
-        if <[u8; 32]>::from(hasher.finalize()) == entry.sha256 && !planted {
+        if hasher.finalize() == entry.sha256 && !planted {
             return Ok(Some(true));
         }
         let mut index = self.index.lock().expect("index");
@@ -142,8 +140,11 @@ impl Engine {
             match &record.key {
                 RecordKey::Blob(digest) => index.remove_blob(digest),
                 RecordKey::Action {
-                    instance, action, ..
-                } => index.remove_action(instance, action),
+                    instance,
+                    function,
+                    action,
+                    ..
+                } => index.remove_action(*function, instance, action),
                 RecordKey::ActionRemoved { .. } | RecordKey::Seal => {}
             }
         }

@@ -41,10 +41,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use sha2::{Digest as _, Sha256};
 
 use super::record::{self, FooterBuilder, Header, RecordKey, Torn};
-use super::Error;
+use super::{DigestFunction, Error};
 use crate::seam::fs::read_exact_at;
 use crate::seam::{Fs, FsFile, Runtime};
 
@@ -456,7 +455,14 @@ impl SegmentLog {
         }
         let writer = state.active.as_mut().expect("a segment was just started");
         let start = writer.end;
-        let written = write_record(writer, &header, payload_sha256, payload_len, payload).await;
+        let written = write_record(
+            writer,
+            &header,
+            (key.checksum_function(), payload_sha256),
+            payload_len,
+            payload,
+        )
+        .await;
         if let Err(e) = written {
             // A failed write may have lost the buffered records of others too (a handle's
             // buffer goes with a failed write): then the segment is retired, never cut back
@@ -1049,7 +1055,7 @@ impl SoloSegment {
             reader,
             offset,
             self.payload_len,
-            &self.sha256,
+            (self.key.checksum_function(), &self.sha256),
         )
         .await
         .map_err(|e| e.context(&self.path.display().to_string()))
@@ -1197,10 +1203,11 @@ pub async fn read_payload(
         .map_err(io_error(format!("reading segment {}", location.segment)))
 }
 
+/// `checksum` is the payload's hash and the function it is computed with.
 async fn write_record(
     writer: &mut Writer,
     header: &[u8],
-    payload_sha256: &[u8; 32],
+    checksum: (DigestFunction, &[u8; 32]),
     payload_len: u64,
     payload: Payload<'_>,
 ) -> Result<(), Error> {
@@ -1210,13 +1217,7 @@ async fn write_record(
     match payload {
         Payload::Memory(bytes) => writer.file.write(bytes).await.map_err(append_err())?,
         Payload::Segment { reader, offset } => {
-            let copied = copy_verified(
-                writer.file.as_mut(),
-                reader,
-                offset,
-                payload_len,
-                payload_sha256,
-            );
+            let copied = copy_verified(writer.file.as_mut(), reader, offset, payload_len, checksum);
             copied
                 .await
                 .map_err(|e| e.context(&format!("segment {segment}")))?;
@@ -1246,16 +1247,16 @@ impl CopyError {
     }
 }
 
-/// Copies the `len` payload bytes at `start` of `source` to `to`, hashing them: they must hash
-/// to `sha256`.
+/// Copies the `len` payload bytes at `start` of `source` to `to`, hashing them under the
+/// checksum's function: they must hash to it.
 async fn copy_verified(
     to: &mut dyn FsFile,
     source: &dyn FsFile,
     start: u64,
     len: u64,
-    sha256: &[u8; 32],
+    (function, checksum): (DigestFunction, &[u8; 32]),
 ) -> Result<(), CopyError> {
-    let mut hasher = Sha256::new();
+    let mut hasher = function.hasher();
     let mut copied = 0u64;
     while copied < len {
         let want = (len - copied).min(IO_CHUNK as u64) as usize;
@@ -1272,7 +1273,7 @@ async fn copy_verified(
         to.write(&chunk).await.map_err(CopyError::Write)?;
         copied += chunk.len() as u64;
     }
-    if <[u8; 32]>::from(hasher.finalize()) != *sha256 {
+    if hasher.finalize() != *checksum {
         return Err(CopyError::Corrupt(format!(
             "the record at {start} fails its checksum"
         )));
@@ -1575,7 +1576,7 @@ async fn payload_hashes_to(
     at: u64,
     header: &Header,
 ) -> Result<bool, Error> {
-    let mut hasher = Sha256::new();
+    let mut hasher = header.key.checksum_function().hasher();
     let mut done = 0u64;
     while done < header.payload_len {
         let want = (header.payload_len - done).min(IO_CHUNK as u64) as usize;
@@ -1589,7 +1590,7 @@ async fn payload_hashes_to(
         hasher.update(&chunk);
         done += want as u64;
     }
-    Ok(<[u8; 32]>::from(hasher.finalize()) == header.payload_sha256)
+    Ok(hasher.finalize() == header.payload_sha256)
 }
 
 /// Sequential reads of a file through a window of [`IO_CHUNK`] bytes: a scan costs one read

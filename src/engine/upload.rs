@@ -12,19 +12,19 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
-use sha2::{Digest as _, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
 use super::record::RecordKey;
 use super::segment::{Payload, SoloSegment};
-use super::{Digest, Engine, Error};
+use super::{Digest, Engine, Error, Hasher};
 use crate::seam::Fs;
 
 /// A blob being received. Dropping it without [`Upload::commit`] discards the bytes.
 pub struct Upload {
     engine: Arc<Engine>,
     expected: Digest,
-    hasher: Sha256,
+    /// `None` once finalized.
+    hasher: Option<Hasher>,
     received: u64,
     stage: Stage,
     /// A write to the file failed: its contents no longer match what was hashed, so the upload
@@ -44,7 +44,7 @@ impl Upload {
         Upload {
             engine,
             expected,
-            hasher: Sha256::new(),
+            hasher: Some(expected.function.hasher()),
             received: 0,
             broken: false,
             stage: Stage::Memory(Vec::with_capacity(expected.size as usize)),
@@ -73,7 +73,7 @@ impl Upload {
         Ok(Upload {
             engine,
             expected,
-            hasher: Sha256::new(),
+            hasher: Some(expected.function.hasher()),
             received: 0,
             broken: false,
             stage: Stage::Segment(Some(Box::new(solo))),
@@ -102,15 +102,15 @@ impl Upload {
             });
         }
         self.check_intact()?;
+        let hasher = self.hasher.as_mut().expect("hashing until commit");
         match &mut self.stage {
             Stage::Memory(buffer) => {
                 buffer.extend_from_slice(data);
-                self.hasher.update(data);
+                hasher.update(data);
             }
             Stage::Segment(solo) => {
                 let solo = solo.as_mut().expect("open until commit");
                 // Hash while the write is under way (it goes to the file on a blocking thread).
-                let hasher = &mut self.hasher;
                 let (written, ()) = futures::join!(solo.write(data), async { hasher.update(data) });
                 if let Err(e) = written {
                     self.broken = true;
@@ -142,7 +142,7 @@ impl Upload {
                 received: self.received,
             });
         }
-        let hash: [u8; 32] = std::mem::take(&mut self.hasher).finalize().into();
+        let hash = self.hasher.take().expect("hashing until commit").finalize();
         if hash != expected.hash {
             return Err(Error::HashMismatch {
                 expected,

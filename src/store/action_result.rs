@@ -2,30 +2,49 @@
 //! output paths stay inside the client's output tree. Shared by the validation and completeness
 //! layers (the gRPC front end parses digests with the same rules).
 
-use super::{Digest, Error};
+use super::{Digest, DigestFunction, Error};
 use crate::proto::reapi::{self, ActionResult};
 
-/// Parses a digest the message must carry; `what` names the field in error messages.
-pub fn required_digest(digest: Option<&reapi::Digest>, what: &str) -> Result<Digest, Error> {
+/// Parses a digest under `function` the message must carry; `what` names the field in error
+/// messages.
+pub fn required_digest(
+    function: DigestFunction,
+    digest: Option<&reapi::Digest>,
+    what: &str,
+) -> Result<Digest, Error> {
     let digest = digest.ok_or_else(|| Error::InvalidArgument(format!("{what} is missing")))?;
-    parse_digest(digest, what)
+    parse_digest(function, digest, what)
 }
 
-/// Parses a digest: 64 lowercase hex characters and a size that is not negative.
-pub fn parse_digest(digest: &reapi::Digest, what: &str) -> Result<Digest, Error> {
-    Digest::parse(&digest.hash, digest.size_bytes)
+/// Parses a digest under `function`: 64 lowercase hex characters and a size that is not
+/// negative.
+pub fn parse_digest(
+    function: DigestFunction,
+    digest: &reapi::Digest,
+    what: &str,
+) -> Result<Digest, Error> {
+    Digest::parse_with(function, &digest.hash, digest.size_bytes)
         .map_err(|e| Error::InvalidArgument(format!("{what}: {e}")))
 }
 
 /// Every CAS digest `result` names directly (output files, trees, root directories, stdout and
-/// stderr). Fails on a malformed digest or a missing required one.
-pub fn referenced_digests(result: &ActionResult) -> Result<Vec<Digest>, Error> {
+/// stderr), all under `function` (the action's). Fails on a malformed digest or a missing
+/// required one.
+pub fn referenced_digests(
+    function: DigestFunction,
+    result: &ActionResult,
+) -> Result<Vec<Digest>, Error> {
     let mut out = Vec::new();
     for file in &result.output_files {
-        out.push(required_digest(file.digest.as_ref(), "output file digest")?);
+        out.push(required_digest(
+            function,
+            file.digest.as_ref(),
+            "output file digest",
+        )?);
     }
     for directory in &result.output_directories {
         out.push(required_digest(
+            function,
             directory.tree_digest.as_ref(),
             "tree_digest",
         )?);
@@ -40,7 +59,7 @@ pub fn referenced_digests(result: &ActionResult) -> Result<Vec<Digest>, Error> {
         ]);
     for (digest, what) in optional {
         if let Some(digest) = digest {
-            out.push(parse_digest(digest, what)?);
+            out.push(parse_digest(function, digest, what)?);
         }
     }
     Ok(out)

@@ -14,10 +14,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sha2::{Digest as _, Sha256};
-
 use super::completeness::{first_gap, Lookup};
-use super::{AcKind, BlobRead, Digest, Error, Stats, StoreFuture};
+use super::{AcKind, BlobRead, Digest, DigestFunction, Error, Stats, StoreFuture};
 use crate::engine::Engine;
 
 /// Action results read per walk step (the index lock is taken once per step).
@@ -91,19 +89,20 @@ pub(crate) async fn sweep(engine: &Arc<Engine>, config: &CascadeConfig) -> Resul
     while let Some(from) = at {
         let (keys, next) = engine.action_results_from(from, WALK_BATCH);
         at = next;
-        for (instance, action) in keys {
+        for (function, instance, action) in keys {
             let Some((AcKind::ActionResult, value)) =
-                engine.peek_action(&instance, &action).await?
+                engine.peek_action(&instance, function, &action).await?
             else {
                 continue;
             };
             done.checked += 1;
-            let Some(gap) = first_gap(&lookup, &value, config.max_directory_size).await? else {
+            let gap = first_gap(&lookup, function, &value, config.max_directory_size);
+            let Some(gap) = gap.await? else {
                 continue;
             };
-            let sha: [u8; 32] = Sha256::digest(&value).into();
+            let sha = DigestFunction::Sha256.hash(&value);
             if engine
-                .remove_action_if_value(&instance, action, sha)
+                .remove_action_if_value(&instance, function, action, sha)
                 .await?
             {
                 tracing::debug!(instance, action = %hex::encode(action), %gap, "removed an incomplete action result");
@@ -188,14 +187,24 @@ mod tests {
     async fn put(engine: &Arc<Engine>, action: &[u8], value: Bytes) -> [u8; 32] {
         let action = Digest::of(action).hash;
         engine
-            .put_action("main", action, AcKind::ActionResult, value)
+            .put_action(
+                "main",
+                DigestFunction::Sha256,
+                action,
+                AcKind::ActionResult,
+                value,
+            )
             .await
             .unwrap();
         action
     }
 
     async fn holds(engine: &Engine, action: &[u8; 32]) -> bool {
-        engine.peek_action("main", action).await.unwrap().is_some()
+        engine
+            .peek_action("main", DigestFunction::Sha256, action)
+            .await
+            .unwrap()
+            .is_some()
     }
 
     #[tokio::test]
@@ -211,7 +220,13 @@ mod tests {
         let opaque = Digest::of(b"ccache key").hash;
         let opaque_value = Bytes::from_static(b"not an ActionResult at all");
         engine
-            .put_action("main", opaque, AcKind::Opaque, opaque_value)
+            .put_action(
+                "main",
+                DigestFunction::Sha256,
+                opaque,
+                AcKind::Opaque,
+                opaque_value,
+            )
             .await
             .unwrap();
 
@@ -250,18 +265,24 @@ mod tests {
         // A client overwrites the entry between the sweep's check and its removal.
         let newer = naming(&[Digest::EMPTY]);
         put(&engine, b"action", newer.clone()).await;
-        let old_sha: [u8; 32] = Sha256::digest(&old).into();
+        let old_sha = DigestFunction::Sha256.hash(&old);
         let removed = engine
-            .remove_action_if_value("main", action, old_sha)
+            .remove_action_if_value("main", DigestFunction::Sha256, action, old_sha)
             .await
             .unwrap();
         assert!(!removed);
-        let found = engine.peek_action("main", &action).await.unwrap();
+        let found = engine
+            .peek_action("main", DigestFunction::Sha256, &action)
+            .await
+            .unwrap();
         assert_eq!(found.map(|(_, v)| v), Some(newer.clone()));
         // Nor does replay apply the removal to the newer value.
         drop(engine);
         let engine = open(dir.path()).await;
-        let found = engine.peek_action("main", &action).await.unwrap();
+        let found = engine
+            .peek_action("main", DigestFunction::Sha256, &action)
+            .await
+            .unwrap();
         assert_eq!(found.map(|(_, v)| v), Some(newer));
     }
 

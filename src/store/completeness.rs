@@ -15,7 +15,8 @@ use prost::Message as _;
 
 use super::action_result::{parse_digest, referenced_digests, required_digest};
 use super::{
-    forward_to, AcKind, Accept, ActionKey, ActionValue, BlobRead, Digest, Error, Store, StoreFuture,
+    forward_to, AcKind, Accept, ActionKey, ActionValue, BlobRead, Digest, DigestFunction, Error,
+    Store, StoreFuture,
 };
 use crate::proto::reapi::{ActionResult, Directory};
 
@@ -63,10 +64,12 @@ impl<S: Store> Lookup for Touching<'_, S> {
     }
 }
 
-/// The first gap in the encoded action result `value`, or `None` when every blob it names is
-/// present in `lookup`. A tree directory message over `max_directory_size` bytes is a gap.
+/// The first gap in the encoded action result `value` (whose digests are under `function`), or
+/// `None` when every blob it names is present in `lookup`. A tree directory message over
+/// `max_directory_size` bytes is a gap.
 pub async fn first_gap(
     lookup: &dyn Lookup,
+    function: DigestFunction,
     value: &[u8],
     max_directory_size: usize,
 ) -> Result<Option<Gap>, Error> {
@@ -74,7 +77,7 @@ pub async fn first_gap(
         Ok(result) => result,
         Err(e) => return Ok(Some(unreadable("the stored value does not decode", e))),
     };
-    let referenced = match referenced_digests(&result) {
+    let referenced = match referenced_digests(function, &result) {
         Ok(digests) => digests,
         Err(e) => return Ok(Some(Gap::Unreadable(e.to_string()))),
     };
@@ -82,7 +85,7 @@ pub async fn first_gap(
         return Ok(Some(Gap::Missing(*missing)));
     }
     for directory in &result.output_directories {
-        let tree = match required_digest(directory.tree_digest.as_ref(), "tree_digest") {
+        let tree = match required_digest(function, directory.tree_digest.as_ref(), "tree_digest") {
             Ok(tree) => tree,
             Err(e) => return Ok(Some(Gap::Unreadable(e.to_string()))),
         };
@@ -124,7 +127,7 @@ async fn tree_gap(
             match file
                 .digest
                 .as_ref()
-                .map(|d| parse_digest(d, "tree file digest"))
+                .map(|d| parse_digest(tree.function, d, "tree file digest"))
             {
                 Some(Ok(digest)) => pending.push(digest),
                 Some(Err(e)) => return Ok(Some(Gap::Unreadable(e.to_string()))),
@@ -185,7 +188,8 @@ impl<S: Store> Store for CompletenessChecking<S> {
                 return Ok(Some(value));
             }
             let lookup = Touching(&self.inner);
-            match first_gap(&lookup, &value.bytes, self.max_directory_size).await? {
+            let gap = first_gap(&lookup, key.function, &value.bytes, self.max_directory_size);
+            match gap.await? {
                 None => Ok(Some(value)),
                 Some(gap) => {
                     tracing::debug!(%key, %gap, "action result is incomplete; reporting a miss");

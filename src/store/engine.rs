@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{
-    Accept, ActionKey, ActionValue, BlobRead, BlobUpload, Digest, Error, Limits, Stats, Store,
-    StoreFuture, HASH_LEN,
+    Accept, ActionKey, ActionValue, BlobRead, BlobUpload, Digest, DigestFunction, Error, Limits,
+    Stats, Store, StoreFuture, HASH_LEN,
 };
 use crate::engine::{BlobReader, Engine, Upload};
 
@@ -55,7 +55,7 @@ impl Store for EngineStore {
             // `contains` is what marks it used (and re-checks it is still there).
             Ok(self
                 .engine
-                .blob_by_hash(hash)
+                .blob_by_hash(DigestFunction::Sha256, hash)
                 .filter(|digest| self.engine.contains(digest)))
         })
     }
@@ -84,7 +84,10 @@ impl Store for EngineStore {
         accept: Accept,
     ) -> StoreFuture<'a, Option<ActionValue>> {
         Box::pin(async move {
-            let found = self.engine.get_action(&key.instance, &key.hash).await?;
+            let found = self
+                .engine
+                .get_action(&key.instance, key.function, &key.hash)
+                .await?;
             Ok(found
                 .filter(|(kind, _)| accept.admits(*kind))
                 .map(|(kind, bytes)| ActionValue { kind, bytes }))
@@ -94,7 +97,13 @@ impl Store for EngineStore {
     fn put_action<'a>(&'a self, key: &'a ActionKey, value: ActionValue) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             self.engine
-                .put_action(&key.instance, key.hash, value.kind, value.bytes)
+                .put_action(
+                    &key.instance,
+                    key.function,
+                    key.hash,
+                    value.kind,
+                    value.bytes,
+                )
                 .await
         })
     }

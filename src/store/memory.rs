@@ -10,12 +10,19 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use sha2::{Digest as _, Sha256};
 
 use super::{
-    Accept, ActionKey, ActionValue, BlobRead, BlobUpload, Digest, Error, Limits, Stats, Store,
-    StoreFuture, HASH_LEN,
+    Accept, ActionKey, ActionValue, BlobRead, BlobUpload, Digest, DigestFunction, Error, Limits,
+    Stats, Store, StoreFuture, HASH_LEN,
 };
+use crate::engine::Hasher;
+
+/// Blobs are keyed by function and hash: one hash under two functions is two blobs.
+type BlobKey = (DigestFunction, [u8; HASH_LEN]);
+
+fn blob_key(digest: &Digest) -> BlobKey {
+    (digest.function, digest.hash)
+}
 
 /// A bounded in-memory [`Store`].
 #[derive(Clone)]
@@ -34,7 +41,7 @@ enum Entry {
 #[derive(Default)]
 struct State {
     /// Blob bytes and their place in the recency order.
-    blobs: HashMap<[u8; HASH_LEN], (Bytes, u64)>,
+    blobs: HashMap<BlobKey, (Bytes, u64)>,
     actions: HashMap<ActionKey, (ActionValue, u64)>,
     /// Recency order: tick of last use → entry; the smallest tick is evicted first.
     recency: BTreeMap<u64, Entry>,
@@ -51,9 +58,9 @@ impl State {
     }
 
     /// Marks the blob used; returns its bytes.
-    fn touch_blob(&mut self, hash: &[u8; HASH_LEN]) -> Option<Bytes> {
+    fn touch_blob(&mut self, key: &BlobKey) -> Option<Bytes> {
         let tick = self.next_tick();
-        let (bytes, last) = self.blobs.get_mut(hash)?;
+        let (bytes, last) = self.blobs.get_mut(key)?;
         let old = std::mem::replace(last, tick);
         let bytes = bytes.clone();
         if let Some(entry) = self.recency.remove(&old) {
@@ -63,12 +70,12 @@ impl State {
     }
 
     fn insert_blob(&mut self, digest: Digest, bytes: Bytes) {
-        if self.touch_blob(&digest.hash).is_some() {
+        if self.touch_blob(&blob_key(&digest)).is_some() {
             return;
         }
         let tick = self.next_tick();
         self.held += digest.size;
-        self.blobs.insert(digest.hash, (bytes, tick));
+        self.blobs.insert(blob_key(&digest), (bytes, tick));
         self.recency.insert(tick, Entry::Blob(digest));
     }
 
@@ -89,7 +96,7 @@ impl State {
                 return;
             };
             let freed = match entry {
-                Entry::Blob(digest) => self.blobs.remove(&digest.hash).map(|_| digest.size),
+                Entry::Blob(digest) => self.blobs.remove(&blob_key(&digest)).map(|_| digest.size),
                 Entry::Action(key) => self
                     .actions
                     .remove(&key)
@@ -142,7 +149,7 @@ impl Store for MemoryStore {
             let mut state = self.state.lock().expect("memory store");
             Ok(digests
                 .iter()
-                .filter(|d| !d.is_empty() && state.touch_blob(&d.hash).is_none())
+                .filter(|d| !d.is_empty() && state.touch_blob(&blob_key(d)).is_none())
                 .copied()
                 .collect())
         })
@@ -157,10 +164,9 @@ impl Store for MemoryStore {
                 return Ok(Some(Digest::EMPTY));
             }
             let mut state = self.state.lock().expect("memory store");
-            Ok(state.touch_blob(hash).map(|bytes| Digest {
-                hash: *hash,
-                size: bytes.len() as u64,
-            }))
+            Ok(state
+                .touch_blob(&(DigestFunction::Sha256, *hash))
+                .map(|bytes| Digest::sha256(*hash, bytes.len() as u64)))
         })
     }
 
@@ -182,7 +188,7 @@ impl Store for MemoryStore {
                     .state
                     .lock()
                     .expect("memory store")
-                    .touch_blob(&digest.hash);
+                    .touch_blob(&blob_key(digest));
                 found
                     .filter(|bytes| bytes.len() as u64 == digest.size)
                     .ok_or_else(|| Error::NotFound(format!("blob {digest} not found")))?
@@ -205,7 +211,7 @@ impl Store for MemoryStore {
             Ok(Box::new(MemoryUpload {
                 store: self.clone(),
                 expected: digest,
-                hasher: Sha256::new(),
+                hasher: digest.function.hasher(),
                 data: Vec::new(),
             }) as Box<dyn BlobUpload>)
         })
@@ -267,7 +273,7 @@ impl BlobRead for MemoryRead {
 struct MemoryUpload {
     store: MemoryStore,
     expected: Digest,
-    hasher: Sha256,
+    hasher: Hasher,
     data: Vec<u8>,
 }
 
@@ -307,7 +313,7 @@ impl BlobUpload for MemoryUpload {
                 received: data.len() as u64,
             });
         }
-        let actual: [u8; HASH_LEN] = hasher.finalize().into();
+        let actual = hasher.finalize();
         if actual != expected.hash {
             return Err(Error::HashMismatch { expected, actual });
         }
@@ -342,10 +348,7 @@ mod tests {
             upload.commit().await.unwrap();
             assert_eq!(store.read_blob(&good).await.unwrap(), &b"hello"[..]);
 
-            let wrong = Digest {
-                hash: Digest::of(b"other").hash,
-                size: 5,
-            };
+            let wrong = Digest::sha256(Digest::of(b"other").hash, 5);
             let refused = store.put_blob(wrong, Bytes::from_static(b"hello")).await;
             assert!(matches!(refused, Err(Error::HashMismatch { .. })));
             let short = store.put_blob(Digest::of(b"abc"), Bytes::from_static(b"ab"));

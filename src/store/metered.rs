@@ -226,10 +226,7 @@ mod tests {
             store.read_blob(&present).await.unwrap();
             assert!(!store.contains_and_touch(&absent).await.unwrap());
             store.resolve_hash_and_touch(&absent.hash).await.unwrap();
-            let wrong = Digest {
-                hash: absent.hash,
-                size: 7,
-            };
+            let wrong = Digest::sha256(absent.hash, 7);
             assert!(store
                 .put_blob(wrong, Bytes::from_static(b"present"))
                 .await

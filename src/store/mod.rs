@@ -34,7 +34,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 
-pub use crate::engine::{AcKind, Digest, Stats, HASH_LEN};
+pub use crate::engine::{AcKind, Digest, DigestFunction, Stats, HASH_LEN};
 pub use completeness::CompletenessChecking;
 pub use engine::EngineStore;
 pub use error::Error;
@@ -51,21 +51,35 @@ pub struct Limits {
     pub max_size: Option<u64>,
 }
 
-/// The key of an action-cache entry: the action's hash under an instance name. The action's
-/// size adds nothing, and HTTP clients never send it, so gRPC and HTTP share entries.
+/// The key of an action-cache entry: the action's hash, under its digest function, in an
+/// instance name. The action's size adds nothing, and HTTP clients never send it, so gRPC and
+/// HTTP share (SHA-256) entries. The function is part of the key: the action digest and every
+/// digest in its result are under it, so entries of different functions never mix.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ActionKey {
     /// The instance (namespace) the entry belongs to; may be empty.
     pub instance: String,
+    /// The digest function of `hash` and of the digests the value names.
+    pub function: DigestFunction,
     /// Hash of the action.
     pub hash: [u8; HASH_LEN],
 }
 
 impl ActionKey {
-    /// The key of `hash` under `instance`.
+    /// The key of the SHA-256 `hash` under `instance`.
     pub fn new(instance: impl Into<String>, hash: [u8; HASH_LEN]) -> ActionKey {
+        ActionKey::with_function(instance, DigestFunction::Sha256, hash)
+    }
+
+    /// The key of `hash`, computed with `function`, under `instance`.
+    pub fn with_function(
+        instance: impl Into<String>,
+        function: DigestFunction,
+        hash: [u8; HASH_LEN],
+    ) -> ActionKey {
         ActionKey {
             instance: instance.into(),
+            function,
             hash,
         }
     }
@@ -73,7 +87,11 @@ impl ActionKey {
 
 impl std::fmt::Display for ActionKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:?}/{}", self.instance, hex::encode(self.hash))
+        write!(f, "{:?}/", self.instance)?;
+        if self.function != DigestFunction::Sha256 {
+            write!(f, "{}:", self.function.name())?;
+        }
+        write!(f, "{}", hex::encode(self.hash))
     }
 }
 
@@ -149,8 +167,8 @@ pub trait Store: Send + Sync + 'static {
     /// The subset of `digests` not stored, in request order (the empty blob is always stored).
     fn find_missing_and_touch<'a>(&'a self, digests: &'a [Digest]) -> StoreFuture<'a, Vec<Digest>>;
 
-    /// The digest of the stored blob whose bytes hash to `hash`, for clients that name blobs by
-    /// hash alone (the HTTP protocol).
+    /// The digest of the stored blob whose bytes hash to the SHA-256 `hash`, for clients that
+    /// name blobs by hash alone (the HTTP protocol, which knows no other function).
     fn resolve_hash_and_touch<'a>(
         &'a self,
         hash: &'a [u8; HASH_LEN],

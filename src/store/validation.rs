@@ -10,7 +10,9 @@
 use prost::Message as _;
 
 use super::action_result::{check_output_path, output_paths, referenced_digests};
-use super::{forward_to, AcKind, ActionKey, ActionValue, Error, Store, StoreFuture};
+use super::{
+    forward_to, AcKind, ActionKey, ActionValue, DigestFunction, Error, Store, StoreFuture,
+};
 use crate::proto::reapi::ActionResult;
 
 /// Refuses malformed action results on the way in.
@@ -29,7 +31,8 @@ impl<S> ActionResultValidation<S> {
 pub fn check_action_result(bytes: &[u8]) -> Result<(), Error> {
     let result = ActionResult::decode(bytes)
         .map_err(|e| Error::InvalidArgument(format!("the ActionResult does not decode: {e}")))?;
-    referenced_digests(&result)?;
+    // Only the form is checked here, which is the same for every digest function.
+    referenced_digests(DigestFunction::Sha256, &result)?;
     for path in output_paths(&result) {
         check_output_path(path)?;
     }

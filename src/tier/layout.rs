@@ -4,8 +4,8 @@
 //! | key (under the bucket's prefix) | object |
 //! |---|---|
 //! | `hoard-format` | [`FORMAT`]: the layout's name and version, written by the first node |
-//! | `cas/sha256/{hash}` | a blob's bytes (lowercase hex hash; the size is the object's length) |
-//! | `ac/_{instance}/sha256/{hash}` | an action-cache value: one kind byte (`R` an `ActionResult`, `O` opaque), the value's SHA-256 (32 bytes), then the value |
+//! | `cas/{function}/{hash}` | a blob's bytes (`sha256` or `blake3`, lowercase hex hash; the size is the object's length) |
+//! | `ac/_{instance}/{function}/{hash}` | an action-cache value: one kind byte (`R` an `ActionResult`, `O` opaque), the value's SHA-256 (32 bytes), then the value |
 //!
 //! A blob's key names its digest function and hash but not its size: the size is the object's
 //! length (a HEAD gives it, and every read checks it), so clients that name blobs by hash alone
@@ -32,7 +32,7 @@ pub const FORMAT: &[u8] = b"hoard object layout 1\n";
 
 /// The key of a blob: its hash (a blob's size is its object's length).
 pub fn blob_key(digest: &Digest) -> String {
-    format!("cas/sha256/{}", digest.hex())
+    format!("cas/{}/{}", digest.function.name(), digest.hex())
 }
 
 /// The key of an action-cache entry.
@@ -46,7 +46,11 @@ pub fn action_key(key: &ActionKey) -> String {
             instance.push_str(&format!("%{byte:02X}"));
         }
     }
-    format!("ac/{instance}/sha256/{}", hex::encode(key.hash))
+    format!(
+        "ac/{instance}/{}/{}",
+        key.function.name(),
+        hex::encode(key.hash)
+    )
 }
 
 const ACTION_RESULT_TAG: u8 = b'R';

@@ -11,10 +11,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use crate::engine::Hasher;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt as _;
-use sha2::{Digest as _, Sha256};
 
 use super::bucket::{read_all, BucketError, ObjectStream};
 use super::uploader::{Outcome, Retry};
@@ -136,7 +136,7 @@ impl<S: Store> TierStore<S> {
                 pending: Bytes::new(),
                 received: 0,
                 skip: offset,
-                hasher: Some(Sha256::new()),
+                hasher: Some(digest.function.hasher()),
                 fill,
                 guard: Some(guard),
             }));
@@ -226,12 +226,9 @@ impl<S: Store> Store for TierStore<S> {
                 return Ok(Some(digest));
             }
             // Blob keys name the hash alone, so a client that sends no size (HTTP) costs one HEAD.
-            let key = layout::blob_key(&Digest {
-                hash: *hash,
-                size: 0,
-            });
+            let key = layout::blob_key(&Digest::sha256(*hash, 0));
             match self.tier.bucket.head(&key).await {
-                Ok(Some(size)) => Ok(Some(Digest { hash: *hash, size })),
+                Ok(Some(size)) => Ok(Some(Digest::sha256(*hash, size))),
                 Ok(None) => Ok(None),
                 Err(e) => Err(unavailable("asking the object store", e)),
             }
@@ -344,7 +341,7 @@ struct BucketRead {
     received: u64,
     /// Bytes before the reader's offset: hashed and stored, not returned.
     skip: u64,
-    hasher: Option<Sha256>,
+    hasher: Option<Hasher>,
     fill: Option<Box<dyn BlobUpload>>,
     /// Dropped (waking waiters) when the read ends, however it ends.
     guard: Option<FillGuard>,
@@ -370,7 +367,7 @@ impl BucketRead {
     /// Everything arrived and matched: the fill is committed before the last bytes go out,
     /// so a reader that finished finds the blob locally.
     async fn finish(&mut self) -> Result<(), Error> {
-        let hash = self.hasher.take().map(|h| <[u8; 32]>::from(h.finalize()));
+        let hash = self.hasher.take().map(Hasher::finalize);
         if hash != Some(self.digest.hash) {
             self.tier.metrics.fill("digest_mismatch");
             self.fill = None;

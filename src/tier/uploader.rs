@@ -25,7 +25,9 @@ use sha2::{Digest as _, Sha256};
 
 use super::bucket::{read_all, BucketError, PartUpload, MIN_PART_SIZE};
 use super::{layout, watermark, Tier};
-use crate::engine::{AcKind, Digest, Location, LogCursor, LogRecord, PlantedBug, RecordKey};
+use crate::engine::{
+    AcKind, Digest, DigestFunction, Location, LogCursor, LogRecord, PlantedBug, RecordKey,
+};
 use crate::proto::reapi::{ActionResult, Tree};
 use crate::store::action_result::{parse_digest, referenced_digests, required_digest};
 use crate::store::{ActionKey, ActionValue, BlobRead, EngineStore, Error, Store};
@@ -288,10 +290,11 @@ impl Tier {
             }
             RecordKey::Action {
                 instance,
+                function,
                 action,
                 kind,
             } => {
-                let key = ActionKey::new(instance.clone(), *action);
+                let key = ActionKey::with_function(instance.clone(), *function, *action);
                 let bytes = match self
                     .engine
                     .read_record(&record.location, 0, record.location.len as usize)
@@ -324,7 +327,7 @@ impl Tier {
             let Ok(result) = ActionResult::decode(value.bytes.clone()) else {
                 return Ok(Outcome::SkippedCorrupt);
             };
-            if !self.blobs_in_bucket(&result).await? {
+            if !self.blobs_in_bucket(key.function, &result).await? {
                 return Ok(Outcome::SkippedIncomplete);
             }
         }
@@ -337,12 +340,17 @@ impl Tier {
 
     /// Makes sure every blob `result` names is in the bucket, uploading local ones that are
     /// not; `false` if one is in neither tier (or the result names blobs malformed).
-    async fn blobs_in_bucket(&self, result: &ActionResult) -> Result<bool, Retry> {
-        let Ok(mut needed) = referenced_digests(result) else {
+    async fn blobs_in_bucket(
+        &self,
+        function: DigestFunction,
+        result: &ActionResult,
+    ) -> Result<bool, Retry> {
+        let Ok(mut needed) = referenced_digests(function, result) else {
             return Ok(false);
         };
         for directory in &result.output_directories {
-            let Ok(tree) = required_digest(directory.tree_digest.as_ref(), "tree_digest") else {
+            let tree = directory.tree_digest.as_ref();
+            let Ok(tree) = required_digest(function, tree, "tree_digest") else {
                 return Ok(false);
             };
             match self.tree_files(&tree).await? {
@@ -380,7 +388,7 @@ impl Tier {
                     MAX_WHOLE_READ,
                 )
                 .await?;
-                match found.filter(|bytes| Digest::of(bytes) == *tree) {
+                match found.filter(|bytes| Digest::of_with(tree.function, bytes) == *tree) {
                     Some(bytes) => bytes,
                     None => return Ok(None),
                 }
@@ -393,7 +401,11 @@ impl Tier {
         let mut files = Vec::new();
         for directory in decoded.root.iter().chain(&decoded.children) {
             for file in &directory.files {
-                match file.digest.as_ref().map(|d| parse_digest(d, "tree file")) {
+                match file
+                    .digest
+                    .as_ref()
+                    .map(|d| parse_digest(tree.function, d, "tree file"))
+                {
                     Some(Ok(digest)) => files.push(digest),
                     _ => return Ok(None),
                 }
@@ -457,7 +469,7 @@ impl Tier {
         source: &mut Source<'_>,
         multipart: &mut Option<Box<dyn PartUpload>>,
     ) -> Result<Outcome, Retry> {
-        let mut hasher = Sha256::new();
+        let mut hasher = digest.function.hasher();
         let mut done = 0u64;
         let mut part = BytesMut::new();
         loop {
@@ -482,7 +494,7 @@ impl Tier {
                 upload.put_part(part.split().freeze()).await?;
             }
         }
-        let intact = done == digest.size && <[u8; 32]>::from(hasher.finalize()) == digest.hash;
+        let intact = done == digest.size && hasher.finalize() == digest.hash;
         if !intact {
             tracing::error!(%digest, "local bytes fail their digest; not uploading them");
             return Ok(Outcome::SkippedCorrupt);

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use hoard::engine::{Digest, Engine, EngineConfig};
+use hoard::engine::{Digest, DigestFunction, Engine, EngineConfig};
 use hoard::proto::bytestream::byte_stream_client::ByteStreamClient;
 use hoard::proto::bytestream::{ReadRequest, WriteRequest};
 use hoard::proto::reapi;
@@ -157,13 +157,22 @@ pub fn proto(digest: &Digest) -> reapi::Digest {
     }
 }
 
+/// The function segment of a resource name: none for SHA-256 (REAPI says it MUST be omitted).
+fn function_segment(digest: &Digest) -> String {
+    match digest.function {
+        DigestFunction::Sha256 => String::new(),
+        other => format!("{}/", other.name()),
+    }
+}
+
 pub fn read_name(instance: &str, digest: &Digest) -> String {
     let prefix = if instance.is_empty() {
         String::new()
     } else {
         format!("{instance}/")
     };
-    format!("{prefix}blobs/{}/{}", digest.hex(), digest.size)
+    let function = function_segment(digest);
+    format!("{prefix}blobs/{function}{}/{}", digest.hex(), digest.size)
 }
 
 pub fn write_name(instance: &str, uuid: &str, digest: &Digest) -> String {
@@ -173,7 +182,8 @@ pub fn write_name(instance: &str, uuid: &str, digest: &Digest) -> String {
         format!("{instance}/")
     };
     format!(
-        "{prefix}uploads/{uuid}/blobs/{}/{}",
+        "{prefix}uploads/{uuid}/blobs/{}{}/{}",
+        function_segment(digest),
         digest.hex(),
         digest.size
     )

@@ -18,7 +18,7 @@ use crate::proto::reapi::{
     action_cache_server::ActionCache, ActionResult, GetActionResultRequest,
     UpdateActionResultRequest,
 };
-use crate::store::{Accept, ActionKey, ActionValue, Store};
+use crate::store::{Accept, ActionKey, ActionValue, DigestFunction, Store};
 
 /// Serves GetActionResult and UpdateActionResult from the store's per-instance action cache.
 pub struct ActionCacheService {
@@ -49,6 +49,7 @@ impl ActionCacheService {
         &self,
         result: &mut ActionResult,
         request: &GetActionResultRequest,
+        function: DigestFunction,
     ) -> Result<(), Status> {
         if result.stdout_digest.is_some() {
             result.stdout_raw.clear();
@@ -63,12 +64,22 @@ impl ActionCacheService {
             .max_inline_bytes
             .min(self.max_message_size.saturating_sub(result.encoded_len()));
         if request.inline_stdout {
-            self.inline(&result.stdout_digest, &mut result.stdout_raw, &mut budget)
-                .await?;
+            self.inline(
+                function,
+                &result.stdout_digest,
+                &mut result.stdout_raw,
+                &mut budget,
+            )
+            .await?;
         }
         if request.inline_stderr {
-            self.inline(&result.stderr_digest, &mut result.stderr_raw, &mut budget)
-                .await?;
+            self.inline(
+                function,
+                &result.stderr_digest,
+                &mut result.stderr_raw,
+                &mut budget,
+            )
+            .await?;
         }
         let wanted: HashSet<&str> = request
             .inline_output_files
@@ -77,7 +88,7 @@ impl ActionCacheService {
             .collect();
         for file in &mut result.output_files {
             if wanted.contains(file.path.as_str()) {
-                self.inline(&file.digest, &mut file.contents, &mut budget)
+                self.inline(function, &file.digest, &mut file.contents, &mut budget)
                     .await?;
             }
         }
@@ -88,12 +99,13 @@ impl ActionCacheService {
     /// the REAPI allows).
     async fn inline(
         &self,
+        function: DigestFunction,
         digest: &Option<crate::proto::reapi::Digest>,
         out: &mut Vec<u8>,
         budget: &mut usize,
     ) -> Result<(), Status> {
         let Some(digest) = digest else { return Ok(()) };
-        let digest = digests::parse(digest, "inlined digest")?;
+        let digest = digests::parse(function, digest, "inlined digest")?;
         let cost = usize::try_from(digest.size)
             .unwrap_or(usize::MAX)
             .saturating_add(FIELD_OVERHEAD);
@@ -113,11 +125,11 @@ impl ActionCache for ActionCacheService {
         request: Request<GetActionResultRequest>,
     ) -> Result<Response<ActionResult>, Status> {
         let request = request.into_inner();
-        digests::check_function(request.digest_function)?;
-        let action = digests::required(request.action_digest.as_ref(), "action_digest")?;
+        let function = digests::function(request.digest_function)?;
+        let action = digests::required(function, request.action_digest.as_ref(), "action_digest")?;
         let instance = &request.instance_name;
         tracing::debug!(%instance, %action, "GetActionResult");
-        let key = ActionKey::new(instance.as_str(), action.hash);
+        let key = ActionKey::with_function(instance.as_str(), function, action.hash);
         let found = self.store.get_action(&key, Accept::ActionResults).await?;
         // Absent, incomplete, or an opaque value some HTTP client (ccache) stored under this key.
         let Some(value) = found else {
@@ -129,7 +141,7 @@ impl ActionCache for ActionCacheService {
                 "stored action result for {action} does not decode: {e}"
             ))
         })?;
-        self.apply_inlining(&mut result, &request).await?;
+        self.apply_inlining(&mut result, &request, function).await?;
         Ok(Response::new(result))
     }
 
@@ -140,8 +152,8 @@ impl ActionCache for ActionCacheService {
         request: Request<UpdateActionResultRequest>,
     ) -> Result<Response<ActionResult>, Status> {
         let request = request.into_inner();
-        digests::check_function(request.digest_function)?;
-        let action = digests::required(request.action_digest.as_ref(), "action_digest")?;
+        let function = digests::function(request.digest_function)?;
+        let action = digests::required(function, request.action_digest.as_ref(), "action_digest")?;
         let instance = &request.instance_name;
         tracing::debug!(%instance, %action, "UpdateActionResult");
         let result = request
@@ -152,7 +164,10 @@ impl ActionCache for ActionCacheService {
             bytes: result.encode_to_vec().into(),
         };
         self.store
-            .put_action(&ActionKey::new(instance.as_str(), action.hash), value)
+            .put_action(
+                &ActionKey::with_function(instance.as_str(), function, action.hash),
+                value,
+            )
             .await?;
         Ok(Response::new(result))
     }

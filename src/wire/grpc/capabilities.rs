@@ -2,10 +2,13 @@
 
 use tonic::{Request, Response, Status};
 
+use super::{digests, fastcdc};
+use crate::engine::DigestFunction;
 use crate::proto::build::bazel::semver::SemVer;
 use crate::proto::reapi::{
-    capabilities_server::Capabilities, compressor, digest_function, symlink_absolute_path_strategy,
-    ActionCacheUpdateCapabilities, CacheCapabilities, GetCapabilitiesRequest, ServerCapabilities,
+    capabilities_server::Capabilities, compressor, symlink_absolute_path_strategy,
+    ActionCacheUpdateCapabilities, CacheCapabilities, FastCdc2020Params, GetCapabilitiesRequest,
+    ServerCapabilities,
 };
 
 /// Answers GetCapabilities with a fixed description of this server.
@@ -27,7 +30,10 @@ impl CapabilitiesService {
         // `--remote_cache_compression` only when ZSTD is listed.
         let zstd = vec![compressor::Value::Zstd as i32];
         let cache = CacheCapabilities {
-            digest_functions: vec![digest_function::Value::Sha256 as i32],
+            digest_functions: DigestFunction::ALL
+                .into_iter()
+                .map(digests::function_to_proto)
+                .collect(),
             // Bazel refuses a cache it may not write results to.
             action_cache_update_capabilities: Some(ActionCacheUpdateCapabilities {
                 update_enabled: true,
@@ -38,6 +44,13 @@ impl CapabilitiesService {
             supported_compressors: zstd.clone(),
             supported_batch_update_compressors: zstd,
             max_cas_blob_size_bytes: max_blob_size.min(i64::MAX as u64) as i64,
+            split_blob_support: true,
+            splice_blob_support: true,
+            // What Bazel's `--experimental_remote_cache_chunking` looks for.
+            fast_cdc_2020_params: Some(FastCdc2020Params {
+                avg_chunk_size_bytes: fastcdc::AVERAGE_CHUNK_SIZE as u64,
+                seed: fastcdc::SEED,
+            }),
         };
         CapabilitiesService {
             capabilities: ServerCapabilities {

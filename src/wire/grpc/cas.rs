@@ -1,4 +1,5 @@
-//! The ContentAddressableStorage service: FindMissingBlobs, the batch calls and GetTree.
+//! The ContentAddressableStorage service: FindMissingBlobs, the batch calls, GetTree, and
+//! SplitBlob / SpliceBlob (`split`).
 //!
 //! Batch compression: BatchUpdateBlobs items may be ZSTD (decompressed into the upload, bounded
 //! by the declared size, verified by the engine as usual); BatchReadBlobs answers an item in
@@ -14,16 +15,18 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 use super::compression::{self, Compression};
+use super::fastcdc::FastCdc;
 use super::status::rpc_status;
 use super::stream::ResponseStream;
-use super::{digests, tree};
+use super::{digests, split, tree};
 use crate::proto::reapi::{
     batch_read_blobs_response, batch_update_blobs_request, batch_update_blobs_response,
-    content_addressable_storage_server::ContentAddressableStorage, BatchReadBlobsRequest,
-    BatchReadBlobsResponse, BatchUpdateBlobsRequest, BatchUpdateBlobsResponse,
-    FindMissingBlobsRequest, FindMissingBlobsResponse, GetTreeRequest, GetTreeResponse,
+    chunking_function, content_addressable_storage_server::ContentAddressableStorage,
+    BatchReadBlobsRequest, BatchReadBlobsResponse, BatchUpdateBlobsRequest,
+    BatchUpdateBlobsResponse, FindMissingBlobsRequest, FindMissingBlobsResponse, GetTreeRequest,
+    GetTreeResponse, SpliceBlobRequest, SpliceBlobResponse, SplitBlobRequest, SplitBlobResponse,
 };
-use crate::store::Store;
+use crate::store::{DigestFunction, Store};
 
 /// Items of one batch call processed at once: enough to overlap commits (each waits for a
 /// segment sync), few enough that one big batch cannot monopolise the engine.
@@ -36,6 +39,8 @@ pub struct CasService {
     max_batch_total_size: u64,
     /// Largest gRPC message (bounds BatchReadBlobs and GetTree replies).
     max_message_size: usize,
+    /// How SplitBlob cuts (the parameters the capabilities announce).
+    chunker: FastCdc,
 }
 
 impl CasService {
@@ -45,6 +50,7 @@ impl CasService {
             store,
             max_batch_total_size,
             max_message_size,
+            chunker: FastCdc::announced(),
         }
     }
 
@@ -63,10 +69,11 @@ impl CasService {
 
     async fn update_one(
         &self,
+        function: DigestFunction,
         item: batch_update_blobs_request::Request,
     ) -> batch_update_blobs_response::Response {
         let result = async {
-            let digest = digests::required(item.digest.as_ref(), "digest")?;
+            let digest = digests::required(function, item.digest.as_ref(), "digest")?;
             // The engine verifies size and hash before anything is stored.
             match Compression::from_proto(item.compressor)? {
                 Compression::Identity => Ok(self.store.put_blob(digest, item.data).await?),
@@ -87,11 +94,12 @@ impl CasService {
     /// Reads one blob, in zstd when `zstd_ok` and that makes it smaller.
     async fn read_one(
         &self,
+        function: DigestFunction,
         requested: crate::proto::reapi::Digest,
         zstd_ok: bool,
     ) -> batch_read_blobs_response::Response {
         let result = async {
-            let digest = digests::parse(&requested, "digest")?;
+            let digest = digests::parse(function, &requested, "digest")?;
             let data = self.store.read_blob(&digest).await?;
             if zstd_ok && !data.is_empty() {
                 let compressed = compression::compress(&data)?;
@@ -122,12 +130,12 @@ impl ContentAddressableStorage for CasService {
         request: Request<FindMissingBlobsRequest>,
     ) -> Result<Response<FindMissingBlobsResponse>, Status> {
         let request = request.into_inner();
-        digests::check_function(request.digest_function)?;
+        let function = digests::function(request.digest_function)?;
         tracing::debug!(count = request.blob_digests.len(), "FindMissingBlobs");
         let wanted = request
             .blob_digests
             .iter()
-            .map(|d| digests::parse(d, "blob digest"))
+            .map(|d| digests::parse(function, d, "blob digest"))
             .collect::<Result<Vec<_>, _>>()?;
         let missing = self.store.find_missing_and_touch(&wanted).await?;
         Ok(Response::new(FindMissingBlobsResponse {
@@ -141,7 +149,7 @@ impl ContentAddressableStorage for CasService {
         request: Request<BatchUpdateBlobsRequest>,
     ) -> Result<Response<BatchUpdateBlobsResponse>, Status> {
         let request = request.into_inner();
-        digests::check_function(request.digest_function)?;
+        let function = digests::function(request.digest_function)?;
         tracing::debug!(count = request.requests.len(), "BatchUpdateBlobs");
         self.check_batch_total(request.requests.iter().map(|r| {
             let sent = r.data.len() as u64;
@@ -152,7 +160,7 @@ impl ContentAddressableStorage for CasService {
             }
         }))?;
         let responses = futures::stream::iter(request.requests)
-            .map(|item| self.update_one(item))
+            .map(|item| self.update_one(function, item))
             .buffered(BATCH_CONCURRENCY)
             .collect()
             .await;
@@ -165,7 +173,7 @@ impl ContentAddressableStorage for CasService {
         request: Request<BatchReadBlobsRequest>,
     ) -> Result<Response<BatchReadBlobsResponse>, Status> {
         let request = request.into_inner();
-        digests::check_function(request.digest_function)?;
+        let function = digests::function(request.digest_function)?;
         tracing::debug!(count = request.digests.len(), "BatchReadBlobs");
         // IDENTITY is always acceptable; unknown compressors in the list are ignored.
         let zstd_ok = request
@@ -174,7 +182,7 @@ impl ContentAddressableStorage for CasService {
         self.check_batch_total(request.digests.iter().map(|d| d.size_bytes.max(0) as u64))?;
         let response = BatchReadBlobsResponse {
             responses: futures::stream::iter(request.digests)
-                .map(|digest| self.read_one(digest, zstd_ok))
+                .map(|digest| self.read_one(function, digest, zstd_ok))
                 .buffered(BATCH_CONCURRENCY)
                 .collect()
                 .await,
@@ -197,8 +205,8 @@ impl ContentAddressableStorage for CasService {
         request: Request<GetTreeRequest>,
     ) -> Result<Response<Self::GetTreeStream>, Status> {
         let request = request.into_inner();
-        digests::check_function(request.digest_function)?;
-        let root = digests::required(request.root_digest.as_ref(), "root_digest")?;
+        let function = digests::function(request.digest_function)?;
+        let root = digests::required(function, request.root_digest.as_ref(), "root_digest")?;
         tracing::debug!(%root, page_size = request.page_size, "GetTree");
         let walk = tree::Walk::new(
             root,
@@ -212,5 +220,42 @@ impl ContentAddressableStorage for CasService {
             )));
         }
         Ok(Response::new(walk.spawn(self.store.clone())))
+    }
+
+    /// Splits with FastCDC 2020 whatever the client prefers (REAPI lets the server choose, and
+    /// the reply says which it used).
+    async fn split_blob(
+        &self,
+        request: Request<SplitBlobRequest>,
+    ) -> Result<Response<SplitBlobResponse>, Status> {
+        let request = request.into_inner();
+        let function = digests::function(request.digest_function)?;
+        let blob = digests::required(function, request.blob_digest.as_ref(), "blob_digest")?;
+        tracing::debug!(%blob, "SplitBlob");
+        let chunks = split::split(self.store.as_ref(), &self.chunker, &blob).await?;
+        Ok(Response::new(SplitBlobResponse {
+            chunk_digests: chunks.iter().map(digests::to_proto).collect(),
+            chunking_function: chunking_function::Value::FastCdc2020 as i32,
+        }))
+    }
+
+    /// Any chunking is accepted: the server only checks that the chunks make the blob.
+    async fn splice_blob(
+        &self,
+        request: Request<SpliceBlobRequest>,
+    ) -> Result<Response<SpliceBlobResponse>, Status> {
+        let request = request.into_inner();
+        let function = digests::function(request.digest_function)?;
+        let blob = digests::required(function, request.blob_digest.as_ref(), "blob_digest")?;
+        let chunks = request
+            .chunk_digests
+            .iter()
+            .map(|d| digests::parse(function, d, "chunk digest"))
+            .collect::<Result<Vec<_>, _>>()?;
+        tracing::debug!(%blob, chunks = chunks.len(), "SpliceBlob");
+        split::splice(self.store.as_ref(), &blob, &chunks).await?;
+        Ok(Response::new(SpliceBlobResponse {
+            blob_digest: Some(digests::to_proto(&blob)),
+        }))
     }
 }

@@ -1,22 +1,33 @@
-//! Converting REAPI `Digest` messages to engine digests and back.
+//! Converting REAPI `Digest` messages to engine digests and back, and the request's digest
+//! function.
 
 use tonic::Status;
 
-use crate::engine::Digest;
+use crate::engine::{Digest, DigestFunction};
 use crate::proto::reapi;
 use crate::store::action_result;
 
-/// Parses a digest the request must carry; `what` names the field in error messages.
-pub fn required(digest: Option<&reapi::Digest>, what: &str) -> Result<Digest, Status> {
-    Ok(action_result::required_digest(digest, what)?)
+/// Parses a digest under `function` the request must carry; `what` names the field in error
+/// messages.
+pub fn required(
+    function: DigestFunction,
+    digest: Option<&reapi::Digest>,
+    what: &str,
+) -> Result<Digest, Status> {
+    Ok(action_result::required_digest(function, digest, what)?)
 }
 
-/// Parses a digest: 64 lowercase hex characters and a size that is not negative.
-pub fn parse(digest: &reapi::Digest, what: &str) -> Result<Digest, Status> {
-    Ok(action_result::parse_digest(digest, what)?)
+/// Parses a digest under `function`: 64 lowercase hex characters and a size that is not
+/// negative.
+pub fn parse(
+    function: DigestFunction,
+    digest: &reapi::Digest,
+    what: &str,
+) -> Result<Digest, Status> {
+    Ok(action_result::parse_digest(function, digest, what)?)
 }
 
-/// The REAPI form of `digest`.
+/// The REAPI form of `digest` (the function travels in the request, not in the message).
 pub fn to_proto(digest: &Digest) -> reapi::Digest {
     reapi::Digest {
         hash: digest.hex(),
@@ -24,15 +35,27 @@ pub fn to_proto(digest: &Digest) -> reapi::Digest {
     }
 }
 
-/// Rejects requests that name a digest function other than SHA-256. UNKNOWN (0) is what older
-/// clients send; it means "infer from the hash", which for 64 hex characters is SHA-256.
-pub fn check_function(digest_function: i32) -> Result<(), Status> {
+/// The digest function a request names. UNKNOWN (0) means "infer it from the hash length"
+/// (REAPI): only functions with a hash length of their own may be left unset, so 64 hex
+/// characters without a function are SHA-256, and a BLAKE3 request must say so. Any function
+/// this server does not serve is INVALID_ARGUMENT.
+pub fn function(digest_function: i32) -> Result<DigestFunction, Status> {
     use reapi::digest_function::Value;
     match Value::try_from(digest_function) {
-        Ok(Value::Unknown | Value::Sha256) => Ok(()),
+        Ok(Value::Unknown | Value::Sha256) => Ok(DigestFunction::Sha256),
+        Ok(Value::Blake3) => Ok(DigestFunction::Blake3),
         _ => Err(Status::invalid_argument(format!(
-            "digest function {digest_function} is not supported; this server uses SHA256 only"
+            "digest function {digest_function} is not supported; this server uses SHA256 and BLAKE3"
         ))),
+    }
+}
+
+/// The REAPI value of `function` (what capabilities announce).
+pub fn function_to_proto(function: DigestFunction) -> i32 {
+    use reapi::digest_function::Value;
+    match function {
+        DigestFunction::Sha256 => Value::Sha256 as i32,
+        DigestFunction::Blake3 => Value::Blake3 as i32,
     }
 }
 
@@ -43,32 +66,50 @@ mod tests {
 
     #[test]
     fn round_trips_and_rejects_malformed() {
+        let sha = DigestFunction::Sha256;
         let d = Digest::of(b"abc");
-        assert_eq!(parse(&to_proto(&d), "d").unwrap(), d);
+        assert_eq!(parse(sha, &to_proto(&d), "d").unwrap(), d);
+        let blake = Digest::of_with(DigestFunction::Blake3, b"abc");
+        assert_eq!(
+            parse(DigestFunction::Blake3, &to_proto(&blake), "d").unwrap(),
+            blake
+        );
         let bad = reapi::Digest {
             hash: "xyz".into(),
             size_bytes: 3,
         };
-        assert_eq!(parse(&bad, "d").unwrap_err().code(), Code::InvalidArgument);
+        assert_eq!(
+            parse(sha, &bad, "d").unwrap_err().code(),
+            Code::InvalidArgument
+        );
         let negative = reapi::Digest {
             size_bytes: -1,
             ..to_proto(&d)
         };
         assert_eq!(
-            parse(&negative, "d").unwrap_err().code(),
+            parse(sha, &negative, "d").unwrap_err().code(),
             Code::InvalidArgument
         );
         assert_eq!(
-            required(None, "d").unwrap_err().code(),
+            required(sha, None, "d").unwrap_err().code(),
             Code::InvalidArgument
         );
     }
 
     #[test]
-    fn only_sha256_is_accepted() {
-        assert!(check_function(0).is_ok());
-        assert!(check_function(1).is_ok());
-        assert!(check_function(9).is_err());
-        assert!(check_function(1234).is_err());
+    fn sha256_and_blake3_are_accepted_and_nothing_else() {
+        assert_eq!(function(0).unwrap(), DigestFunction::Sha256);
+        assert_eq!(function(1).unwrap(), DigestFunction::Sha256);
+        assert_eq!(function(9).unwrap(), DigestFunction::Blake3);
+        for other in [2, 3, 4, 5, 6, 7, 8, 10, 1234, -1] {
+            assert_eq!(
+                function(other).unwrap_err().code(),
+                Code::InvalidArgument,
+                "{other}"
+            );
+        }
+        for f in DigestFunction::ALL {
+            assert_eq!(function(function_to_proto(f)).unwrap(), f);
+        }
     }
 }

@@ -36,7 +36,8 @@ use crate::proto::reapi::{
     BatchReadBlobsRequest, BatchReadBlobsResponse, BatchUpdateBlobsRequest,
     BatchUpdateBlobsResponse, FindMissingBlobsRequest, FindMissingBlobsResponse,
     GetActionResultRequest, GetCapabilitiesRequest, GetTreeRequest, GetTreeResponse,
-    ServerCapabilities, UpdateActionResultRequest,
+    ServerCapabilities, SpliceBlobRequest, SpliceBlobResponse, SplitBlobRequest, SplitBlobResponse,
+    UpdateActionResultRequest,
 };
 
 /// A service whose every call is authenticated and recorded.
@@ -303,6 +304,36 @@ impl<S: ContentAddressableStorage> ContentAddressableStorage for Guarded<S> {
         };
         self.unary(method, READ, request, describe, |r| {
             self.inner.batch_read_blobs(r)
+        })
+        .await
+    }
+
+    /// A read: the chunks it stores are derived from a stored blob, so they add nothing a
+    /// reader could not already fetch.
+    async fn split_blob(
+        &self,
+        request: Request<SplitBlobRequest>,
+    ) -> Result<Response<SplitBlobResponse>, Status> {
+        let method = ("ContentAddressableStorage", "SplitBlob");
+        let describe = |r: &SplitBlobRequest, call: &mut Call| {
+            call.key = r.blob_digest.as_ref().map(digest_key);
+        };
+        self.unary(method, READ, request, describe, |r| {
+            self.inner.split_blob(r)
+        })
+        .await
+    }
+
+    async fn splice_blob(
+        &self,
+        request: Request<SpliceBlobRequest>,
+    ) -> Result<Response<SpliceBlobResponse>, Status> {
+        let method = ("ContentAddressableStorage", "SpliceBlob");
+        let describe = |r: &SpliceBlobRequest, call: &mut Call| {
+            call.key = r.blob_digest.as_ref().map(digest_key);
+        };
+        self.unary(method, WRITE, request, describe, |r| {
+            self.inner.splice_blob(r)
         })
         .await
     }

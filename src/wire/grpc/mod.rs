@@ -16,9 +16,11 @@ mod compression;
 #[cfg(not(madsim))]
 mod connections;
 mod digests;
+pub mod fastcdc;
 mod guarded;
 mod health;
 mod resource;
+mod split;
 mod status;
 mod stream;
 mod tree;

@@ -5,6 +5,9 @@
 //! - Compressed forms: `compressed-blobs/{compressor}/` in place of `blobs/`, where the hash and
 //!   size are those of the UNCOMPRESSED blob; `zstd` is supported (`identity` is taken as a
 //!   plain blob), `deflate`, `brotli` and unknown names are INVALID_ARGUMENT.
+//! - `digest_function` is the lowercase name of the function (REAPI): `blake3` is served; the
+//!   REAPI says it MUST be omitted for SHA-256 (told apart by hash length), so no segment means
+//!   SHA-256, and a `sha256` segment is tolerated; any other function is INVALID_ARGUMENT.
 //!
 //! The instance name may be empty or span several segments; the REAPI forbids it to contain the
 //! reserved segments (`blobs`, `uploads`, `compressed-blobs`, ...), so the first reserved segment
@@ -14,7 +17,7 @@
 use tonic::Status;
 
 use super::compression::Compression;
-use crate::engine::Digest;
+use crate::engine::{Digest, DigestFunction};
 
 /// What a Read resource name designates.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -130,12 +133,13 @@ fn blob_part<'a, 'n>(
     };
     // The optional digest function segment names a function other than SHA-256 (whose hashes
     // are told apart by length); "sha256" itself is accepted too.
-    if let Some(function) = rest.first().filter(|s| DIGEST_FUNCTIONS.contains(*s)) {
-        if *function != "sha256" {
-            return Err(Status::invalid_argument(format!(
-                "resource name {name:?}: digest function {function:?} is not supported (only sha256)"
-            )));
-        }
+    let mut function = DigestFunction::Sha256;
+    if let Some(named) = rest.first().filter(|s| DIGEST_FUNCTIONS.contains(*s)) {
+        function = DigestFunction::from_name(named).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "resource name {name:?}: digest function {named:?} is not supported (sha256 and blake3 are)"
+            ))
+        })?;
         rest = &rest[1..];
     }
     let [hash, size, tail @ ..] = rest else {
@@ -144,7 +148,7 @@ fn blob_part<'a, 'n>(
     let size: i64 = size
         .parse()
         .map_err(|_| malformed(name, "the size is not a decimal integer"))?;
-    let digest = Digest::parse(hash, size)
+    let digest = Digest::parse_with(function, hash, size)
         .map_err(|e| Status::invalid_argument(format!("resource name {name:?}: {e}")))?;
     Ok((digest, compression, tail))
 }
@@ -244,6 +248,30 @@ mod tests {
     }
 
     #[test]
+    fn the_function_segment_selects_blake3_and_nothing_means_sha256() {
+        let blake = Digest::of_with(DigestFunction::Blake3, b"hi");
+        let b = blake.hex();
+        let h = hash();
+        let r = parse_read(&format!("main/blobs/blake3/{b}/2")).unwrap();
+        assert_eq!((r.instance.as_str(), r.digest), ("main", blake));
+        let r = parse_read(&format!("compressed-blobs/zstd/blake3/{b}/2")).unwrap();
+        assert_eq!((r.digest, r.compression), (blake, Compression::Zstd));
+        let (w, _) = parse_write(&format!("x/uploads/u/blobs/blake3/{b}/2/meta")).unwrap();
+        assert_eq!((w.instance.as_str(), w.digest), ("x", blake));
+        let (w, c) = parse_write(&format!("uploads/u/compressed-blobs/zstd/blake3/{b}/2")).unwrap();
+        assert_eq!((w.digest, c), (blake, Compression::Zstd));
+        // The same hash without the segment is a SHA-256 digest: another blob.
+        let r = parse_read(&format!("blobs/{h}/2")).unwrap();
+        assert_eq!(r.digest.function, DigestFunction::Sha256);
+        let (w, _) = parse_write(&format!("uploads/u/blobs/blake3/{h}/2")).unwrap();
+        assert_ne!(
+            w.digest,
+            Digest::of(b"hi"),
+            "upload keys keep functions apart"
+        );
+    }
+
+    #[test]
     fn malformed_names_are_invalid_argument() {
         let h = hash();
         let bad_reads = [
@@ -256,14 +284,16 @@ mod tests {
             format!("blobs/{}/2", h.to_uppercase()),
             format!("blobs/{}/2", &h[1..]),
             format!("blobs/{h}/2/extra"),
-            format!("blobs/blake3/{h}/2"),
+            format!("blobs/sha1/{h}/2"),
+            format!("blobs/blake3/{h}"),
+            format!("blobs/sha256tree/{h}/2"),
             format!("compressed-blobs/{h}/2"),
             format!("compressed-blobs/deflate/{h}/2"),
             format!("compressed-blobs/brotli/{h}/2"),
             format!("compressed-blobs/lz4/{h}/2"),
             format!("compressed-blobs/ZSTD/{h}/2"),
             format!("compressed-blobs/zstd/{h}"),
-            format!("compressed-blobs/zstd/blake3/{h}/2"),
+            format!("compressed-blobs/zstd/md5/{h}/2"),
             format!("compressed-blobs/zstd/{h}/2/extra"),
             format!("instance/{h}/2"),
             format!("blobs/{h}/99999999999999999999"),

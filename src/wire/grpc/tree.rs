@@ -83,7 +83,7 @@ impl Walk {
             let children = directory.directories.iter().filter_map(|node| {
                 node.digest
                     .as_ref()
-                    .and_then(|d| digests::parse(d, "subdirectory").ok())
+                    .and_then(|d| digests::parse(self.root.function, d, "subdirectory").ok())
             });
             for child in children {
                 if seen.insert(child) {

@@ -34,6 +34,8 @@ const SERVED: [(&str, &str, &[&str]); 5] = [
             "BatchUpdateBlobs",
             "BatchReadBlobs",
             "GetTree",
+            "SplitBlob",
+            "SpliceBlob",
         ],
     ),
     (

@@ -62,7 +62,7 @@ pub(super) async fn put(
 ) -> Result<Response<Body>, HttpError> {
     let size = declared_length(headers, body)?;
     // Too large, no space and busy are refused here, before a byte of the body is read.
-    let mut upload = store.begin_upload(Digest { hash, size }).await?;
+    let mut upload = store.begin_upload(Digest::sha256(hash, size)).await?;
     while let Some(data) = next_data(body).await? {
         upload.write(&data).await?;
     }
