@@ -1077,6 +1077,18 @@ impl Client {
         let bad = claimed != digest || withheld.is_some();
         if let Err(status) = &spliced {
             self.status("splice", &claimed, status);
+            // INVALID_ARGUMENT means the chunks do not make the blob (REAPI); a missing chunk
+            // is NOT_FOUND. Only a blob over the size limit may also be refused so.
+            let over_limit = status.message().contains("larger than the limit");
+            if status.code() == Code::InvalidArgument && claimed == digest && !over_limit {
+                self.oracle.fail(
+                    Invariant::SpliceAnswerWrong,
+                    format!(
+                        "SpliceBlob of {digest} from chunks that make it: {}",
+                        status.message()
+                    ),
+                );
+            }
         } else if claimed != digest {
             self.oracle.fail(
                 Invariant::BadInputAccepted,
