@@ -38,3 +38,13 @@ pub mod grpc {
 
 pub use build::bazel::remote::execution::v2 as reapi;
 pub use google::bytestream;
+
+impl From<&crate::engine::Digest> for reapi::Digest {
+    /// The wire form of a digest: lowercase hex and size (its function travels in the request).
+    fn from(digest: &crate::engine::Digest) -> reapi::Digest {
+        reapi::Digest {
+            hash: digest.hex(),
+            size_bytes: digest.size as i64,
+        }
+    }
+}
