@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use bytes::Bytes;
-use hoard::engine::Digest;
+use hoard::engine::{Digest, DigestFunction};
 use sha2::{Digest as _, Sha256};
 
 /// The invariants a seed is held to. Their names are stable: they appear in reports, in the
@@ -383,11 +383,12 @@ impl Oracle {
         self.with(|s| s.acked_blobs.insert(digest, epoch));
     }
 
-    /// Blobs acknowledged and not evicted since, in digest order.
-    pub fn acked_blobs(&self) -> Vec<Digest> {
+    /// Blobs of `function` acknowledged and not evicted since, in digest order.
+    pub fn acked_blobs(&self, function: DigestFunction) -> Vec<Digest> {
         self.with(|s| {
             s.acked_blobs
                 .iter()
+                .filter(|(d, _)| d.function == function)
                 .filter(|(d, epoch)| s.evictions.get(&d.hash).copied().unwrap_or(0) == **epoch)
                 .filter(|(d, _)| !s.damage.contains_key(&d.hash))
                 .map(|(d, _)| *d)

@@ -48,3 +48,14 @@ impl From<&crate::engine::Digest> for reapi::Digest {
         }
     }
 }
+
+impl From<crate::engine::DigestFunction> for reapi::digest_function::Value {
+    /// The REAPI value of a digest function.
+    fn from(function: crate::engine::DigestFunction) -> reapi::digest_function::Value {
+        use crate::engine::DigestFunction;
+        match function {
+            DigestFunction::Sha256 => reapi::digest_function::Value::Sha256,
+            DigestFunction::Blake3 => reapi::digest_function::Value::Blake3,
+        }
+    }
+}

@@ -44,11 +44,7 @@ pub fn function(digest_function: i32) -> Result<DigestFunction, Status> {
 
 /// The REAPI value of `function` (what capabilities announce).
 pub fn function_to_proto(function: DigestFunction) -> i32 {
-    use reapi::digest_function::Value;
-    match function {
-        DigestFunction::Sha256 => Value::Sha256 as i32,
-        DigestFunction::Blake3 => Value::Blake3 as i32,
-    }
+    reapi::digest_function::Value::from(function) as i32
 }
 
 #[cfg(test)]
