@@ -27,26 +27,12 @@ run_seeds() {
   sim run --seeds "$count" --jobs "$jobs" "$@"
 }
 
-# KNOWN DEFECT (issue 14): since the silent-fault and fsync-latency work, about 1 seed in 130
-# replays differently (its trace diverges before any crash, with or without silent faults), and
-# the cause is not found yet. Until it is, this step fails only if more than 2% of the seeds
-# diverge, and it always lists the ones that did, so the defect stays visible and a new source
-# of nondeterminism (which makes most seeds diverge) still fails CI.
+# Every seed run twice in one process must give the same trace both times: any failing seed
+# fails the step (the seeds' other invariants are held to as well).
 run_determinism() {
   cargo build --release --bin hoard-sim
   local n=$(( count / 10 > 20 ? count / 10 : 20 ))
-  set +e
-  local out
-  out=$(sim run --seeds "$n" --start 1000000 --jobs "$jobs" --check-determinism "$@" 2>&1)
-  set -e
-  echo "$out" | grep -E "INVARIANT VIOLATED|seeds/min|passed" || true
-  local failed
-  failed=$(echo "$out" | sed -n 's/^[0-9]* passed, \([0-9]*\) failed$/\1/p' | tail -1)
-  if [ -z "$failed" ] || [ $(( failed * 50 )) -gt "$n" ]; then
-    echo "determinism: ${failed:-?} of $n seeds diverged (more than 2%)"
-    return 1
-  fi
-  echo "determinism: $failed of $n seeds diverged (known defect, at most 2% tolerated)"
+  sim run --seeds "$n" --start 1000000 --jobs "$jobs" --check-determinism "$@"
 }
 
 # Tests that only exist in the simulated world: the simulated disk's own tests, and the HTTP,

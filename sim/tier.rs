@@ -16,7 +16,6 @@
 //! `put-response-lost` (applied, but the client hears an error), `short-get`.
 
 use std::collections::BTreeMap;
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -33,11 +32,11 @@ use hoard::tier::bucket::{ObjectStream, PartUpload};
 use hoard::tier::layout::{action_key, blob_key, decode_action, encode_action};
 use hoard::tier::{Bucket, BucketError, MemoryBucket, Tier, TierConfig};
 use madsim::rand::{thread_rng, Rng};
-use madsim::runtime::{Handle, Runtime};
+use madsim::runtime::Handle;
 use prost::Message as _;
 
 use crate::oracle::Invariant;
-use crate::world::{panicked, Failure, Outcome};
+use crate::world::{panicked, run_in_runtime, Failure, Outcome};
 
 /// The simulated bucket's faults.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -280,11 +279,9 @@ impl Shared {
 
 /// Runs the tier's world for one seed.
 pub fn run_seed(seed: u64, planted: Option<&str>, _verbose: bool) -> Outcome {
-    let mut runtime = Runtime::with_seed_and_config(seed, madsim::Config::default());
-    runtime.set_time_limit(VIRTUAL_TIME_LIMIT);
     let planted = planted.and_then(PlantedBug::from_name);
-    let result = std::panic::catch_unwind(AssertUnwindSafe(|| runtime.block_on(simulate(planted))));
-    result.unwrap_or_else(|panic| panicked(panic, Invariant::TierLiveness, "tier world (panicked)"))
+    run_in_runtime(seed, VIRTUAL_TIME_LIMIT, move || simulate(planted))
+        .unwrap_or_else(|panic| panicked(panic, Invariant::TierLiveness, "tier world (panicked)"))
 }
 
 /// A node's store stack over its own disk and the shared bucket; retried until it opens (the

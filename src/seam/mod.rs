@@ -8,6 +8,7 @@ pub mod fs;
 #[cfg(not(madsim))]
 pub mod real_fs;
 pub mod runtime;
+pub mod signal;
 #[cfg(madsim)]
 pub mod sim_fs;
 

@@ -19,6 +19,7 @@ use futures::StreamExt as _;
 use super::bucket::{read_all, BucketError, ObjectStream};
 use super::uploader::{Outcome, Retry};
 use super::{layout, Tier, TierMode};
+use crate::seam::signal::{signal, Trigger, Waiter};
 use crate::store::{
     forward_to, Accept, ActionKey, ActionValue, BlobRead, BlobUpload, Digest, Error, Store,
     StoreFuture, HASH_LEN,
@@ -34,7 +35,7 @@ pub struct TierStore<S> {
     inner: Arc<S>,
     tier: Arc<Tier>,
     /// Blobs being fetched from the bucket: later misses wait for that fetch.
-    fills: Arc<Mutex<HashMap<Digest, tokio::sync::watch::Receiver<()>>>>,
+    fills: Arc<Mutex<HashMap<Digest, Waiter>>>,
 }
 
 impl<S> TierStore<S> {
@@ -62,14 +63,14 @@ fn retry_error(e: Retry) -> Error {
 /// Either a fill of `digest` is ours to do, or someone else's is under way.
 enum Claim {
     Ours(FillGuard),
-    Theirs(tokio::sync::watch::Receiver<()>),
+    Theirs(Waiter),
 }
 
 /// Held by the one fill of a blob; dropping it wakes the readers waiting for that fill.
 struct FillGuard {
-    fills: Arc<Mutex<HashMap<Digest, tokio::sync::watch::Receiver<()>>>>,
+    fills: Arc<Mutex<HashMap<Digest, Waiter>>>,
     digest: Digest,
-    _done: tokio::sync::watch::Sender<()>,
+    _done: Trigger,
 }
 
 impl Drop for FillGuard {
@@ -84,7 +85,7 @@ impl<S: Store> TierStore<S> {
         if let Some(waiting) = fills.get(digest) {
             return Claim::Theirs(waiting.clone());
         }
-        let (done, waiting) = tokio::sync::watch::channel(());
+        let (done, waiting) = signal();
         fills.insert(*digest, waiting);
         Claim::Ours(FillGuard {
             fills: self.fills.clone(),
@@ -105,9 +106,9 @@ impl<S: Store> TierStore<S> {
         for _ in 0..3 {
             let guard = match self.claim(digest) {
                 Claim::Ours(guard) => guard,
-                Claim::Theirs(mut waiting) => {
-                    // Ends with an error once the fill's guard is gone: that is the signal.
-                    let _ = waiting.changed().await;
+                Claim::Theirs(waiting) => {
+                    // Fires once the fill's guard is gone.
+                    waiting.await;
                     match self.inner.open_blob(digest, offset).await {
                         Err(Error::NotFound(_)) => continue,
                         other => return other,

@@ -12,10 +12,10 @@ use hyper::Request;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 
 use super::timer::RuntimeTimer;
 use super::{handler, quick_ack, HttpConfig};
+use crate::seam::signal::Waiter;
 use crate::store::Store;
 use crate::wire::limits::Progress;
 
@@ -37,7 +37,7 @@ pub(super) async fn accept(
     tls: Option<Tls>,
     store: Arc<dyn Store>,
     config: Arc<HttpConfig>,
-    stopping: watch::Receiver<bool>,
+    stopping: Waiter,
 ) {
     let stream = quick_ack::wrap(stream);
     let Some(tls) = tls else {
@@ -55,12 +55,8 @@ pub(super) async fn accept(
 
 /// Serves requests on `stream` until the client closes it, it idles past the configured
 /// timeout, or `stopping` turns true (then the request in flight finishes first).
-async fn serve<S>(
-    stream: S,
-    store: Arc<dyn Store>,
-    config: Arc<HttpConfig>,
-    mut stopping: watch::Receiver<bool>,
-) where
+async fn serve<S>(stream: S, store: Arc<dyn Store>, config: Arc<HttpConfig>, stopping: Waiter)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let header_timeout = config.header_timeout;
@@ -77,16 +73,11 @@ async fn serve<S>(
         .header_read_timeout(header_timeout)
         .serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
-    let stop_requested = async move {
-        // A dropped sender means the server is gone: stop too. The guard `wait_for` returns
-        // is not `Send`, so it must not live past this block.
-        let _ = stopping.wait_for(|stop| *stop).await;
-    };
     // `biased`: an unbiased select draws from tokio's RNG, which the simulator does not seed.
     let result = tokio::select! {
         biased;
         result = connection.as_mut() => result,
-        () = stop_requested => {
+        () = stopping => {
             connection.as_mut().graceful_shutdown();
             connection.await
         }

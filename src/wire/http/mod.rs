@@ -36,10 +36,11 @@ use std::time::Duration;
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::{Method, Response, StatusCode};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use crate::auth::{Access, Auth};
 use crate::observe::{Metrics, Protocol};
+use crate::seam::signal;
 use crate::store::{stack, Store};
 use crate::tls::TlsConfig;
 use crate::wire::limits::ConnectionSlots;
@@ -140,7 +141,8 @@ pub async fn serve_listener(
     };
     let config = Arc::new(config);
     let slots = ConnectionSlots::new(config.max_connections);
-    let (stop, stopping) = watch::channel(false);
+    // Dropping `stop` tells every connection to finish the request in flight and close.
+    let (stop, stopping) = signal::signal();
     // Every connection task holds a sender; `recv` yields `None` once all of them are gone.
     let (open_connection, mut all_closed) = mpsc::channel::<()>(1);
     tokio::pin!(shutdown);
@@ -178,7 +180,7 @@ pub async fn serve_listener(
         });
     }
     drop(listener);
-    stop.send_replace(true);
+    drop(stop);
     drop(open_connection);
     let drained = tokio::time::timeout(config.drain_timeout, all_closed.recv()).await;
     if drained.is_err() {
