@@ -40,6 +40,7 @@ use bytes::Bytes;
 pub use bucket::{Bucket, BucketError, MemoryBucket};
 pub use metrics::TierMetrics;
 pub use store::TierStore;
+pub use uploader::PART_SIZE;
 
 use crate::engine::{Engine, LogCursor, PlantedBug};
 use crate::observe::Metrics;

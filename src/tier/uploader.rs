@@ -35,7 +35,7 @@ use crate::store::{ActionKey, ActionValue, BlobRead, EngineStore, Error, Store};
 /// Records dealt with between two watermark writes.
 const CHUNK: usize = 256;
 /// Objects up to this size go in one PUT; larger ones in parts of this size.
-pub(super) const PART_SIZE: usize = 2 * MIN_PART_SIZE;
+pub const PART_SIZE: usize = 2 * MIN_PART_SIZE;
 /// Blobs from this size on are looked for (HEAD) before they are sent: another node may have.
 const HEAD_FIRST: u64 = 1 << 20;
 /// The longest an action-cache value or a tree read whole may be.
