@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use bytes::Bytes;
-use hoard::engine::Digest;
+use hoard::engine::{Digest, DigestFunction};
 use sha2::{Digest as _, Sha256};
 
 /// The invariants a seed is held to. Their names are stable: they appear in reports, in the
@@ -37,6 +37,9 @@ pub enum Invariant {
     /// A blob stored under one digest function is never present under another (BLAKE3 and
     /// SHA-256 entries of one hash stay apart).
     FunctionsMixed,
+    /// SpliceBlob answers as REAPI says: chunks that make the claimed blob are never refused as
+    /// INVALID_ARGUMENT (that is for a digest they do not make; a missing chunk is NOT_FOUND).
+    SpliceAnswerWrong,
     /// No temp file outlives its upload or survives a restart.
     TempFileLeak,
     /// Nothing reopens a file by path while bytes of it sit unflushed in a handle (asserted by
@@ -84,7 +87,7 @@ pub enum Invariant {
 
 impl Invariant {
     /// Every invariant, in report order.
-    pub const ALL: [Invariant; 27] = [
+    pub const ALL: [Invariant; 28] = [
         Invariant::ReadHashesToDigest,
         Invariant::AcknowledgedBlobLost,
         Invariant::FindMissingLies,
@@ -95,6 +98,7 @@ impl Invariant {
         Invariant::InternalOnRequest,
         Invariant::BadInputAccepted,
         Invariant::FunctionsMixed,
+        Invariant::SpliceAnswerWrong,
         Invariant::TempFileLeak,
         Invariant::FullDiskNotResourceExhausted,
         Invariant::StaleActionValue,
@@ -127,6 +131,7 @@ impl Invariant {
             Invariant::InternalOnRequest => "internal-on-request",
             Invariant::BadInputAccepted => "bad-input-accepted",
             Invariant::FunctionsMixed => "functions-mixed",
+            Invariant::SpliceAnswerWrong => "splice-answer-wrong",
             Invariant::TempFileLeak => "temp-file-leak",
             Invariant::PersistBeforeFlush => "persist-before-flush",
             Invariant::FooterNamesUnsyncedRecord => "footer-names-unsynced-record",
@@ -378,11 +383,12 @@ impl Oracle {
         self.with(|s| s.acked_blobs.insert(digest, epoch));
     }
 
-    /// Blobs acknowledged and not evicted since, in digest order.
-    pub fn acked_blobs(&self) -> Vec<Digest> {
+    /// Blobs of `function` acknowledged and not evicted since, in digest order.
+    pub fn acked_blobs(&self, function: DigestFunction) -> Vec<Digest> {
         self.with(|s| {
             s.acked_blobs
                 .iter()
+                .filter(|(d, _)| d.function == function)
                 .filter(|(d, epoch)| s.evictions.get(&d.hash).copied().unwrap_or(0) == **epoch)
                 .filter(|(d, _)| !s.damage.contains_key(&d.hash))
                 .map(|(d, _)| *d)

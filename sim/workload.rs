@@ -520,7 +520,7 @@ impl Client {
 
     /// ByteStream reads at random offsets, and one BatchReadBlobs, checked byte for byte.
     async fn reads(&self, channel: &Channel, tag: &str) {
-        let acked = self.oracle.acked_blobs();
+        let acked = self.oracle.acked_blobs(DigestFunction::Sha256);
         let mut client = ByteStreamClient::new(channel.clone());
         for _ in 0..thread_rng().gen_range(1..=6) {
             let digest = if acked.is_empty() || thread_rng().gen_bool(0.2) {
@@ -798,7 +798,7 @@ impl Client {
 
     /// UpdateActionResult naming acknowledged blobs as outputs (Bazel uploads outputs first).
     async fn update_action(&self, channel: &Channel, tag: &str) {
-        let acked = self.oracle.acked_blobs();
+        let acked = self.oracle.acked_blobs(DigestFunction::Sha256);
         if acked.is_empty() {
             return;
         }
@@ -1033,6 +1033,10 @@ impl Client {
         // Upload all chunks but, sometimes, one: the splice must then be NOT_FOUND.
         let withheld = (chunks.len() > 1 && thread_rng().gen_bool(0.2))
             .then(|| thread_rng().gen_range(0..chunks.len()));
+        let epochs: Vec<u64> = chunks
+            .iter()
+            .map(|(d, _)| self.oracle.evictions(&d.hash))
+            .collect();
         let request = BatchUpdateBlobsRequest {
             requests: chunks
                 .iter()
@@ -1047,8 +1051,22 @@ impl Client {
             digest_function: BLAKE3,
             ..Default::default()
         };
-        if let Err(status) = cas.batch_update_blobs(request).await {
-            return self.status("blake3-chunks", &digest, &status);
+        let stored = match cas.batch_update_blobs(request).await {
+            Ok(reply) => reply.into_inner().responses,
+            Err(status) => return self.status("blake3-chunks", &digest, &status),
+        };
+        // Acknowledged chunks are held to the final audit like any blob.
+        for item in stored {
+            let acked = (item.status.as_ref().map_or(0, |s| s.code) == 0)
+                .then(|| {
+                    chunks
+                        .iter()
+                        .position(|(d, _)| Some(&wire_digest(d)) == item.digest.as_ref())
+                })
+                .flatten();
+            if let Some(i) = acked {
+                self.oracle.blob_acked(chunks[i].0, epochs[i]);
+            }
         }
         // Sometimes claim the wrong blob: the splice must be refused and store nothing.
         let claimed = if thread_rng().gen_bool(0.2) {
@@ -1077,6 +1095,18 @@ impl Client {
         let bad = claimed != digest || withheld.is_some();
         if let Err(status) = &spliced {
             self.status("splice", &claimed, status);
+            // INVALID_ARGUMENT means the chunks do not make the blob (REAPI); a missing chunk
+            // is NOT_FOUND. Only a blob over the size limit may also be refused so.
+            let over_limit = status.message().contains("larger than the limit");
+            if status.code() == Code::InvalidArgument && claimed == digest && !over_limit {
+                self.oracle.fail(
+                    Invariant::SpliceAnswerWrong,
+                    format!(
+                        "SpliceBlob of {digest} from chunks that make it: {}",
+                        status.message()
+                    ),
+                );
+            }
         } else if claimed != digest {
             self.oracle.fail(
                 Invariant::BadInputAccepted,
@@ -1107,6 +1137,7 @@ impl Client {
         if spliced.is_err() || bad {
             return;
         }
+        self.oracle.blob_acked(digest, epoch);
         // Acknowledged: present (unless evicted since) and, split again, the same bytes.
         if self.find(&mut cas, &digest, BLAKE3).await == Some(false)
             && self.oracle.miss_breaks(&digest.hash, Some(epoch))

@@ -11,12 +11,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::join_all;
-use hoard::engine::{record, Digest, EngineConfig, EvictionObserver, RecordKey};
+use hoard::engine::{record, Digest, DigestFunction, EngineConfig, EvictionObserver, RecordKey};
 use hoard::proto::bytestream::byte_stream_client::ByteStreamClient;
 use hoard::proto::bytestream::ReadRequest;
 use hoard::proto::reapi::action_cache_client::ActionCacheClient;
 use hoard::proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
-use hoard::proto::reapi::{FindMissingBlobsRequest, GetActionResultRequest};
+use hoard::proto::reapi::{self, FindMissingBlobsRequest, GetActionResultRequest};
 use hoard::seam::TokioRuntime;
 use hoard::server::{self, ServeConfig};
 use hoard::wire::grpc::GrpcConfig;
@@ -405,31 +405,8 @@ async fn audit(handle: &Handle, server: &NodeHandle, fs: &SimFs, oracle: &Oracle
         );
     }
 
-    let acked = oracle.acked_blobs();
-    let mut cas = ContentAddressableStorageClient::new(channel.clone());
-    let request = FindMissingBlobsRequest {
-        blob_digests: acked.iter().map(wire_digest).collect(),
-        ..Default::default()
-    };
-    match cas.find_missing_blobs(request).await {
-        Ok(response) => {
-            for missing in response.into_inner().missing_blob_digests {
-                oracle.fail(
-                    Invariant::AcknowledgedBlobLost,
-                    format!(
-                        "{}/{} missing after the final restart",
-                        missing.hash, missing.size_bytes
-                    ),
-                );
-            }
-        }
-        Err(status) => oracle.fail(
-            Invariant::InternalOnRequest,
-            format!("final FindMissingBlobs: {status}"),
-        ),
-    }
-    for digest in &acked {
-        audit_blob(&channel, oracle, pool, digest).await;
+    for function in DigestFunction::ALL {
+        audit_acked_blobs(&channel, oracle, pool, function).await;
     }
     for (instance, action) in oracle.acked_actions() {
         check_action(oracle, &channel, &instance, &action, true, "audit").await;
@@ -554,11 +531,51 @@ fn audit_footers(fs: &SimFs, oracle: &Oracle) {
     }
 }
 
+/// Every acknowledged blob of `function` (not evicted since) is present after the final restart
+/// and reads back whole as its bytes.
+async fn audit_acked_blobs(
+    channel: &Channel,
+    oracle: &Oracle,
+    pool: &Pool,
+    function: DigestFunction,
+) {
+    let acked = oracle.acked_blobs(function);
+    let mut cas = ContentAddressableStorageClient::new(channel.clone());
+    let request = FindMissingBlobsRequest {
+        blob_digests: acked.iter().map(wire_digest).collect(),
+        digest_function: reapi::digest_function::Value::from(function) as i32,
+        ..Default::default()
+    };
+    match cas.find_missing_blobs(request).await {
+        Ok(response) => {
+            for missing in response.into_inner().missing_blob_digests {
+                oracle.fail(
+                    Invariant::AcknowledgedBlobLost,
+                    format!(
+                        "{}/{} missing after the final restart",
+                        missing.hash, missing.size_bytes
+                    ),
+                );
+            }
+        }
+        Err(status) => oracle.fail(
+            Invariant::InternalOnRequest,
+            format!("final FindMissingBlobs: {status}"),
+        ),
+    }
+    for digest in &acked {
+        audit_blob(channel, oracle, pool, digest).await;
+    }
+}
+
 /// A ByteStream read of the whole blob.
 async fn read_whole(channel: &Channel, digest: &Digest) -> Result<Vec<u8>, tonic::Status> {
     let mut client = ByteStreamClient::new(channel.clone());
     let request = ReadRequest {
-        resource_name: format!("blobs/{}/{}", digest.hex(), digest.size),
+        resource_name: match digest.function {
+            DigestFunction::Sha256 => format!("blobs/{}/{}", digest.hex(), digest.size),
+            other => format!("blobs/{}/{}/{}", other.name(), digest.hex(), digest.size),
+        },
         ..Default::default()
     };
     let mut stream = client.read(request).await?.into_inner();
@@ -571,7 +588,7 @@ async fn read_whole(channel: &Channel, digest: &Digest) -> Result<Vec<u8>, tonic
 
 async fn audit_blob(channel: &Channel, oracle: &Oracle, pool: &Pool, digest: &Digest) {
     match read_whole(channel, digest).await {
-        Ok(data) if Digest::of(&data) == *digest => {}
+        Ok(data) if Digest::of_with(digest.function, &data) == *digest => {}
         Ok(data) => {
             oracle.check_read(pool, digest, 0, &data);
             oracle.fail(

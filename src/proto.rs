@@ -38,3 +38,24 @@ pub mod grpc {
 
 pub use build::bazel::remote::execution::v2 as reapi;
 pub use google::bytestream;
+
+impl From<&crate::engine::Digest> for reapi::Digest {
+    /// The wire form of a digest: lowercase hex and size (its function travels in the request).
+    fn from(digest: &crate::engine::Digest) -> reapi::Digest {
+        reapi::Digest {
+            hash: digest.hex(),
+            size_bytes: digest.size as i64,
+        }
+    }
+}
+
+impl From<crate::engine::DigestFunction> for reapi::digest_function::Value {
+    /// The REAPI value of a digest function.
+    fn from(function: crate::engine::DigestFunction) -> reapi::digest_function::Value {
+        use crate::engine::DigestFunction;
+        match function {
+            DigestFunction::Sha256 => reapi::digest_function::Value::Sha256,
+            DigestFunction::Blake3 => reapi::digest_function::Value::Blake3,
+        }
+    }
+}

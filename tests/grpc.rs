@@ -904,8 +904,8 @@ async fn oversized_blobs_and_too_many_uploads_are_resource_exhausted() {
     let requests = write_requests(&write_name("", "big", &big), b"x", 1);
     assert_eq!(
         write_code(&f, requests).await,
-        Code::ResourceExhausted,
-        "over the size limit"
+        Code::InvalidArgument,
+        "over the size limit (REAPI: INVALID_ARGUMENT)"
     );
 
     // A half-closed upload stays parked and keeps the only upload slot.

@@ -142,10 +142,7 @@ impl Servers {
 }
 
 fn proto(digest: &Digest) -> reapi::Digest {
-    reapi::Digest {
-        hash: digest.hex(),
-        size_bytes: digest.size as i64,
-    }
+    digest.into()
 }
 
 fn get_action(action: &Digest) -> reapi::GetActionResultRequest {

@@ -143,7 +143,7 @@ impl Lookup for Untouched<'_> {
 mod tests {
     use super::*;
     use crate::engine::EngineConfig;
-    use crate::proto::reapi::{self, ActionResult, OutputFile};
+    use crate::proto::reapi::{ActionResult, OutputFile};
     use crate::seam::real_fs::RealFs;
     use crate::seam::TokioRuntime;
     use bytes::Bytes;
@@ -172,10 +172,7 @@ mod tests {
                 .enumerate()
                 .map(|(i, d)| OutputFile {
                     path: format!("out{i}"),
-                    digest: Some(reapi::Digest {
-                        hash: d.hex(),
-                        size_bytes: d.size as i64,
-                    }),
+                    digest: Some(d.into()),
                     ..Default::default()
                 })
                 .collect(),

@@ -304,10 +304,7 @@ mod tests {
     use bytes::Bytes;
 
     fn proto(digest: &Digest) -> reapi::Digest {
-        reapi::Digest {
-            hash: digest.hex(),
-            size_bytes: digest.size as i64,
-        }
+        digest.into()
     }
 
     fn file(name: &str, digest: &Digest) -> FileNode {

@@ -34,7 +34,10 @@ impl Store for EngineStore {
     fn limits(&self) -> Limits {
         let config = self.engine.config();
         Limits {
-            max_blob_size: config.max_blob_size,
+            // What the engine admits: it also refuses a blob over half the size budget.
+            max_blob_size: config.max_size.map_or(config.max_blob_size, |budget| {
+                config.max_blob_size.min(budget / 2)
+            }),
             max_size: config.max_size,
         }
     }

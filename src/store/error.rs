@@ -106,14 +106,17 @@ impl Error {
     ///
     /// `DataLoss` is NOT_FOUND: the store already dropped the entry, so to the client it is
     /// absent, and NOT_FOUND is what makes Bazel upload it again. `Io` is UNAVAILABLE: the request
-    /// was fine and a retry may succeed. Only `Internal` is INTERNAL.
+    /// was fine and a retry may succeed. `TooLarge` is INVALID_ARGUMENT, as REAPI asks of an
+    /// upload over `max_cas_blob_size_bytes` (no retry can succeed; Bazel retries
+    /// RESOURCE_EXHAUSTED). Only `Internal` is INTERNAL.
     pub fn grpc_code(&self) -> tonic::Code {
         use tonic::Code;
         match self {
-            Error::InvalidArgument(_) | Error::HashMismatch { .. } | Error::SizeMismatch { .. } => {
-                Code::InvalidArgument
-            }
-            Error::TooLarge { .. } | Error::NoSpace(_) | Error::Busy(_) => Code::ResourceExhausted,
+            Error::InvalidArgument(_)
+            | Error::HashMismatch { .. }
+            | Error::SizeMismatch { .. }
+            | Error::TooLarge { .. } => Code::InvalidArgument,
+            Error::NoSpace(_) | Error::Busy(_) => Code::ResourceExhausted,
             Error::NotFound(_) | Error::DataLoss(_) => Code::NotFound,
             Error::Io { .. } => Code::Unavailable,
             Error::Internal(_) => Code::Internal,

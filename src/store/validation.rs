@@ -65,10 +65,7 @@ mod tests {
         ActionResult {
             output_files: vec![OutputFile {
                 path: path.into(),
-                digest: Some(crate::proto::reapi::Digest {
-                    hash: Digest::of(b"x").hex(),
-                    size_bytes: 1,
-                }),
+                digest: Some((&Digest::of(b"x")).into()),
                 ..Default::default()
             }],
             ..Default::default()
@@ -90,10 +87,7 @@ mod tests {
             let directory = ActionResult {
                 output_directories: vec![OutputDirectory {
                     path: "/etc".into(),
-                    tree_digest: Some(crate::proto::reapi::Digest {
-                        hash: Digest::of(b"t").hex(),
-                        size_bytes: 1,
-                    }),
+                    tree_digest: Some((&Digest::of(b"t")).into()),
                     ..Default::default()
                 }],
                 ..Default::default()

@@ -17,6 +17,9 @@
 //!
 //! The instance name is percent-encoded (every byte outside `A-Z a-z 0-9 . _ -`), behind a `_`
 //! so the empty instance has a name too (`ac/_/sha256/...`).
+//!
+//! The function is part of every key: a BLAKE3 blob and a SHA-256 blob never share an object,
+//! nor do action results of different functions.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use sha2::{Digest as _, Sha256};
@@ -92,11 +95,16 @@ pub fn decode_action(object: Bytes) -> Result<ActionValue, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::DigestFunction;
 
     #[test]
     fn keys_name_digest_function_hash_and_instance() {
         let digest = Digest::of(b"abc");
         assert_eq!(blob_key(&digest), format!("cas/sha256/{}", digest.hex()));
+        let blake3 = Digest::of_with(DigestFunction::Blake3, b"abc");
+        assert_eq!(blob_key(&blake3), format!("cas/blake3/{}", blake3.hex()));
+        let key = ActionKey::with_function("", DigestFunction::Blake3, [1; 32]);
+        assert!(action_key(&key).starts_with("ac/_/blake3/"));
         let key = ActionKey::new("main/linux x86", [0xab; 32]);
         assert_eq!(
             action_key(&key),

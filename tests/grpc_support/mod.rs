@@ -151,10 +151,7 @@ impl FrontEnds {
 
 /// The REAPI form of a digest.
 pub fn proto(digest: &Digest) -> reapi::Digest {
-    reapi::Digest {
-        hash: digest.hex(),
-        size_bytes: digest.size as i64,
-    }
+    digest.into()
 }
 
 /// The function segment of a resource name: none for SHA-256 (REAPI says it MUST be omitted).

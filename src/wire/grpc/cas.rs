@@ -139,7 +139,10 @@ impl ContentAddressableStorage for CasService {
             .collect::<Result<Vec<_>, _>>()?;
         let missing = self.store.find_missing_and_touch(&wanted).await?;
         Ok(Response::new(FindMissingBlobsResponse {
-            missing_blob_digests: missing.iter().map(digests::to_proto).collect(),
+            missing_blob_digests: missing
+                .iter()
+                .map(crate::proto::reapi::Digest::from)
+                .collect(),
         }))
     }
 
@@ -234,7 +237,10 @@ impl ContentAddressableStorage for CasService {
         tracing::debug!(%blob, "SplitBlob");
         let chunks = split::split(self.store.as_ref(), &self.chunker, &blob).await?;
         Ok(Response::new(SplitBlobResponse {
-            chunk_digests: chunks.iter().map(digests::to_proto).collect(),
+            chunk_digests: chunks
+                .iter()
+                .map(crate::proto::reapi::Digest::from)
+                .collect(),
             chunking_function: chunking_function::Value::FastCdc2020 as i32,
         }))
     }
@@ -255,7 +261,7 @@ impl ContentAddressableStorage for CasService {
         tracing::debug!(%blob, chunks = chunks.len(), "SpliceBlob");
         split::splice(self.store.as_ref(), &blob, &chunks).await?;
         Ok(Response::new(SpliceBlobResponse {
-            blob_digest: Some(digests::to_proto(&blob)),
+            blob_digest: Some((&blob).into()),
         }))
     }
 }

@@ -27,14 +27,6 @@ pub fn parse(
     Ok(action_result::parse_digest(function, digest, what)?)
 }
 
-/// The REAPI form of `digest` (the function travels in the request, not in the message).
-pub fn to_proto(digest: &Digest) -> reapi::Digest {
-    reapi::Digest {
-        hash: digest.hex(),
-        size_bytes: digest.size as i64,
-    }
-}
-
 /// The digest function a request names. UNKNOWN (0) means "infer it from the hash length"
 /// (REAPI): only functions with a hash length of their own may be left unset, so 64 hex
 /// characters without a function are SHA-256, and a BLAKE3 request must say so. Any function
@@ -52,11 +44,7 @@ pub fn function(digest_function: i32) -> Result<DigestFunction, Status> {
 
 /// The REAPI value of `function` (what capabilities announce).
 pub fn function_to_proto(function: DigestFunction) -> i32 {
-    use reapi::digest_function::Value;
-    match function {
-        DigestFunction::Sha256 => Value::Sha256 as i32,
-        DigestFunction::Blake3 => Value::Blake3 as i32,
-    }
+    reapi::digest_function::Value::from(function) as i32
 }
 
 #[cfg(test)]
@@ -68,10 +56,10 @@ mod tests {
     fn round_trips_and_rejects_malformed() {
         let sha = DigestFunction::Sha256;
         let d = Digest::of(b"abc");
-        assert_eq!(parse(sha, &to_proto(&d), "d").unwrap(), d);
+        assert_eq!(parse(sha, &(&d).into(), "d").unwrap(), d);
         let blake = Digest::of_with(DigestFunction::Blake3, b"abc");
         assert_eq!(
-            parse(DigestFunction::Blake3, &to_proto(&blake), "d").unwrap(),
+            parse(DigestFunction::Blake3, &(&blake).into(), "d").unwrap(),
             blake
         );
         let bad = reapi::Digest {
@@ -84,7 +72,7 @@ mod tests {
         );
         let negative = reapi::Digest {
             size_bytes: -1,
-            ..to_proto(&d)
+            ..reapi::Digest::from(&d)
         };
         assert_eq!(
             parse(sha, &negative, "d").unwrap_err().code(),
