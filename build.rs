@@ -7,10 +7,11 @@
 
 use std::path::PathBuf;
 
-const PROTOS: [&str; 4] = [
+const PROTOS: [&str; 5] = [
     "proto/build/bazel/remote/execution/v2/remote_execution.proto",
     "proto/google/bytestream/bytestream.proto",
     "proto/google/rpc/code.proto",
+    "proto/google/rpc/error_details.proto",
     "proto/grpc/health/v1/health.proto",
 ];
 

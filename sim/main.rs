@@ -158,6 +158,7 @@ mod cli {
         outcome.failures.extend(tier.failures);
         outcome.trace_hash = format!("{}+{}", outcome.trace_hash, tier.trace_hash);
         outcome.config = format!("{}\n{}", outcome.config, tier.config);
+        outcome.fs_stats = format!("{}\ntier world: {}", outcome.fs_stats, tier.fs_stats);
         outcome
     }
 

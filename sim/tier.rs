@@ -13,7 +13,13 @@
 //! - `tier-liveness`: A's queue drains once the bucket is healthy.
 //!
 //! Bucket faults ([`BucketFault`]): `latency`, `slow-down` (503), `timeout`, `reset-mid-put`,
-//! `put-response-lost` (applied, but the client hears an error), `short-get`.
+//! `put-response-lost` (applied, but the client hears an error), `short-get`; a multipart
+//! upload meets them at each part and at its completion.
+//!
+//! Actions use SHA-256 or BLAKE3 (drawn per action; the bucket keys name the function). Blobs
+//! are small, except in some seeds a few large ones: over the engine's `memory_stage_limit`
+//! (drawn, so written once into a segment of their own) and over [`PART_SIZE`] (uploaded in
+//! parts).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -22,7 +28,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use hoard::engine::{AcKind, Digest, Engine, EngineConfig, PlantedBug};
+use hoard::engine::{AcKind, Digest, DigestFunction, Engine, EngineConfig, PlantedBug};
 use hoard::proto::reapi;
 use hoard::seam::sim_fs::{FaultConfig, SimFs};
 use hoard::seam::TokioRuntime;
@@ -30,7 +36,7 @@ use hoard::store::stack::{self, StackConfig};
 use hoard::store::{Accept, ActionKey, ActionValue, EngineStore, Error, Store};
 use hoard::tier::bucket::{ObjectStream, PartUpload};
 use hoard::tier::layout::{action_key, blob_key, decode_action, encode_action};
-use hoard::tier::{Bucket, BucketError, MemoryBucket, Tier, TierConfig};
+use hoard::tier::{Bucket, BucketError, MemoryBucket, Tier, TierConfig, PART_SIZE};
 use madsim::rand::{thread_rng, Rng};
 use madsim::runtime::Handle;
 use prost::Message as _;
@@ -47,9 +53,10 @@ pub enum BucketFault {
     SlowDown,
     /// No answer for 2 s, then an error; nothing happened.
     Timeout,
-    /// The connection drops during a PUT; nothing was stored.
+    /// The connection drops during a PUT (or a part's); nothing was stored.
     ResetMidPut,
-    /// The PUT was applied but its response was lost: the client hears an error.
+    /// The PUT (or a multipart completion) was applied but its response was lost: the client
+    /// hears an error.
     PutResponseLost,
     /// A GET's body ends early.
     ShortGet,
@@ -77,18 +84,18 @@ impl BucketFault {
     }
 }
 
-/// A bucket in memory with faults, checking the action-result order at every PUT it applies.
-struct SimBucket {
-    objects: MemoryBucket,
-    /// Each fault's probability per request (swarm: many are off in a given seed).
+/// The bucket's faults: each one's probability per request, drawn from the seed (swarm: many
+/// are off in a given seed), shared with the multipart uploads in progress.
+struct Faults {
     rates: BTreeMap<&'static str, f64>,
     on: AtomicBool,
     injected: Mutex<BTreeMap<&'static str, u64>>,
-    failures: Arc<Mutex<Vec<Failure>>>,
+    /// Multipart uploads completed (the outcome reports it: the seed covered the parts path).
+    multipart_completed: AtomicUsize,
 }
 
-impl SimBucket {
-    fn draw(failures: Arc<Mutex<Vec<Failure>>>) -> SimBucket {
+impl Faults {
+    fn draw() -> Faults {
         let mut rng = thread_rng();
         let mut rates = BTreeMap::new();
         for fault in BucketFault::ALL {
@@ -96,12 +103,11 @@ impl SimBucket {
                 rates.insert(fault.name(), rng.gen_range(0.02..0.25));
             }
         }
-        SimBucket {
-            objects: MemoryBucket::new(),
+        Faults {
             rates,
             on: AtomicBool::new(true),
             injected: Mutex::default(),
-            failures,
+            multipart_completed: AtomicUsize::new(0),
         }
     }
 
@@ -140,6 +146,42 @@ impl SimBucket {
         Ok(())
     }
 
+    /// A request that stores something: `apply` runs unless the connection drops first, and
+    /// its response may be lost after.
+    async fn storing(
+        &self,
+        apply: impl std::future::Future<Output = Result<(), BucketError>>,
+    ) -> Result<(), BucketError> {
+        self.before().await?;
+        if self.hits(BucketFault::ResetMidPut) {
+            return Err(BucketError::Unavailable("connection reset mid-PUT".into()));
+        }
+        apply.await?;
+        if self.hits(BucketFault::PutResponseLost) {
+            return Err(BucketError::Unavailable(
+                "connection reset after the PUT".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A bucket in memory with faults, checking the action-result order at every PUT it applies.
+struct SimBucket {
+    objects: MemoryBucket,
+    faults: Arc<Faults>,
+    failures: Arc<Mutex<Vec<Failure>>>,
+}
+
+impl SimBucket {
+    fn draw(failures: Arc<Mutex<Vec<Failure>>>) -> SimBucket {
+        SimBucket {
+            objects: MemoryBucket::new(),
+            faults: Arc::new(Faults::draw()),
+            failures,
+        }
+    }
+
     /// Stores an object, checking first that an action result's blobs are all there.
     fn apply(&self, key: &str, data: Bytes) {
         if key.starts_with("ac/") {
@@ -158,11 +200,15 @@ impl SimBucket {
         let Ok(result) = reapi::ActionResult::decode(value.bytes) else {
             return;
         };
+        // `ac/_{instance}/{function}/{hash}`: the result's digests are of that function.
+        let Some(function) = key.rsplit('/').nth(1).and_then(DigestFunction::from_name) else {
+            return;
+        };
         for file in &result.output_files {
             let Some(digest) = file.digest.as_ref() else {
                 continue;
             };
-            let Ok(digest) = Digest::parse(&digest.hash, digest.size_bytes) else {
+            let Ok(digest) = Digest::parse_with(function, &digest.hash, digest.size_bytes) else {
                 continue;
             };
             if !digest.is_empty() && self.objects.object(&blob_key(&digest)).is_none() {
@@ -176,6 +222,7 @@ impl SimBucket {
 
     fn describe_faults(&self) -> String {
         let rates: Vec<String> = self
+            .faults
             .rates
             .iter()
             .map(|(name, rate)| format!("{name}={rate:.2}"))
@@ -187,45 +234,73 @@ impl SimBucket {
 #[async_trait]
 impl Bucket for SimBucket {
     async fn put(&self, key: &str, data: Bytes) -> Result<(), BucketError> {
-        self.before().await?;
-        if self.hits(BucketFault::ResetMidPut) {
-            return Err(BucketError::Unavailable("connection reset mid-PUT".into()));
-        }
-        self.apply(key, data);
-        if self.hits(BucketFault::PutResponseLost) {
-            return Err(BucketError::Unavailable(
-                "connection reset after the PUT".into(),
-            ));
-        }
-        Ok(())
+        self.faults
+            .storing(async {
+                self.apply(key, data);
+                Ok(())
+            })
+            .await
     }
 
     async fn put_multipart(&self, key: &str) -> Result<Box<dyn PartUpload>, BucketError> {
         // Only blobs go in parts (action results are one PUT), so no order check is needed.
-        self.before().await?;
-        self.objects.put_multipart(key).await
+        self.faults.before().await?;
+        let inner = self.objects.put_multipart(key).await?;
+        Ok(Box::new(SimParts {
+            faults: self.faults.clone(),
+            inner,
+        }))
     }
 
     async fn get(&self, key: &str, offset: u64) -> Result<Option<ObjectStream>, BucketError> {
-        self.before().await?;
+        self.faults.before().await?;
         let Some(object) = self.objects.object(key) else {
             return Ok(None);
         };
         let start = (offset as usize).min(object.len());
         let mut body = object.slice(start..);
-        if !body.is_empty() && self.hits(BucketFault::ShortGet) {
+        if !body.is_empty() && self.faults.hits(BucketFault::ShortGet) {
             body = body.slice(..thread_rng().gen_range(0..body.len()));
         }
         Ok(Some(Box::pin(futures::stream::iter([Ok(body)]))))
     }
 
     async fn head(&self, key: &str) -> Result<Option<u64>, BucketError> {
-        self.before().await?;
+        self.faults.before().await?;
         self.objects.head(key).await
     }
 
     fn describe(&self) -> String {
         "sim://bucket".into()
+    }
+}
+
+/// A multipart upload into the simulated bucket: each part and the completion meet the faults.
+struct SimParts {
+    faults: Arc<Faults>,
+    inner: Box<dyn PartUpload>,
+}
+
+#[async_trait]
+impl PartUpload for SimParts {
+    async fn put_part(&mut self, data: Bytes) -> Result<(), BucketError> {
+        let inner = &mut self.inner;
+        self.faults.storing(inner.put_part(data)).await
+    }
+
+    async fn complete(self: Box<Self>) -> Result<(), BucketError> {
+        let SimParts { faults, inner } = *self;
+        faults
+            .storing(async {
+                inner.complete().await?;
+                faults.multipart_completed.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            })
+            .await
+    }
+
+    async fn abort(self: Box<Self>) {
+        self.inner.abort().await;
     }
 }
 
@@ -243,16 +318,36 @@ struct TierPlan {
     power_loss: bool,
     max_size: Option<u64>,
     concurrency: usize,
+    /// Blobs over this are written once into a segment of their own.
+    memory_stage_limit: u64,
+    /// Actions whose first output is large, and its size.
+    large_outputs: BTreeMap<usize, usize>,
 }
 
 impl TierPlan {
     fn draw() -> TierPlan {
         let mut rng = thread_rng();
+        let max_size = rng.gen_bool(0.5).then_some(512 << 10);
+        let mut large_outputs = BTreeMap::new();
+        // Without a size budget (which refuses blobs over half of it), a few seeds store one
+        // blob over both stage limits drawn below, sent in one PUT, and one sent in parts.
+        if max_size.is_none() && rng.gen_bool(0.3) {
+            large_outputs.insert(
+                rng.gen_range(0..ACTIONS),
+                rng.gen_range((1 << 20) + 1..3 << 20),
+            );
+            large_outputs.insert(
+                rng.gen_range(0..ACTIONS),
+                rng.gen_range(PART_SIZE + 1..PART_SIZE + (2 << 20)),
+            );
+        }
         TierPlan {
             kills: rng.gen_range(0..4),
             power_loss: rng.gen_bool(0.5),
-            max_size: rng.gen_bool(0.5).then_some(512 << 10),
+            max_size,
             concurrency: rng.gen_range(1..8),
+            memory_stage_limit: if rng.gen_bool(0.5) { 32 << 10 } else { 1 << 20 },
+            large_outputs,
         }
     }
 }
@@ -260,7 +355,9 @@ impl TierPlan {
 /// What node A's clients were told, and what the world shares across A's restarts.
 #[derive(Default)]
 struct Shared {
-    acked_blobs: Mutex<Vec<Bytes>>,
+    /// [`TierPlan::large_outputs`].
+    large_outputs: BTreeMap<usize, usize>,
+    acked_blobs: Mutex<Vec<(Digest, Bytes)>>,
     acked_actions: Mutex<Vec<(ActionKey, ActionValue)>>,
     next_action: AtomicUsize,
     in_flight: AtomicUsize,
@@ -290,12 +387,14 @@ async fn open_node(
     fs: &SimFs,
     bucket: Arc<SimBucket>,
     plan_max_size: Option<u64>,
+    memory_stage_limit: u64,
     concurrency: usize,
     planted: Option<PlantedBug>,
 ) -> (Arc<dyn Store>, Arc<Tier>) {
     loop {
         let mut config = EngineConfig::new(DATA_DIR);
         config.max_size = plan_max_size;
+        config.memory_stage_limit = memory_stage_limit;
         config.hold_for_upload = true;
         let engine = match Engine::open(config, Arc::new(fs.clone()), Arc::new(TokioRuntime)).await
         {
@@ -385,21 +484,30 @@ async fn writer(store: Arc<dyn Store>, shared: Arc<Shared>) {
             return;
         }
         shared.in_flight.fetch_add(1, Ordering::SeqCst);
+        let function = if thread_rng().gen_bool(0.5) {
+            DigestFunction::Blake3
+        } else {
+            DigestFunction::Sha256
+        };
         let outputs = thread_rng().gen_range(1..4);
         let mut digests = Vec::new();
         for j in 0..outputs {
-            let len = thread_rng().gen_range(1..40_000);
+            let small = thread_rng().gen_range(1..40_000);
+            let len = match shared.large_outputs.get(&i) {
+                Some(&large) if j == 0 => large,
+                _ => small,
+            };
             let data = blob_bytes((i * 8 + j) as u64, len);
-            let digest = Digest::of(&data);
+            let digest = Digest::of_with(function, &data);
             if until_stored(|| store.put_blob(digest, data.clone())).await {
-                shared.acked_blobs.lock().unwrap().push(data);
+                shared.acked_blobs.lock().unwrap().push((digest, data));
                 digests.push(digest);
             }
         }
         let result = crate::workload::result_with_outputs("out/", &digests);
         let mut hash = [0u8; 32];
         hash[..8].copy_from_slice(&(i as u64).to_le_bytes());
-        let key = ActionKey::new("sim", hash);
+        let key = ActionKey::with_function("sim", function, hash);
         let value = ActionValue {
             kind: AcKind::ActionResult,
             bytes: result.encode_to_vec().into(),
@@ -416,28 +524,42 @@ async fn writer(store: Arc<dyn Store>, shared: Arc<Shared>) {
 async fn simulate(planted: Option<PlantedBug>) -> Outcome {
     let handle = Handle::current();
     let plan = TierPlan::draw();
-    let shared = Arc::new(Shared::default());
+    let shared = Arc::new(Shared {
+        large_outputs: plan.large_outputs.clone(),
+        ..Shared::default()
+    });
     let bucket = Arc::new(SimBucket::draw(shared.failures.clone()));
     let config = format!(
-        "tier world: kills={} power_loss={} max_size={:?} concurrency={} {}",
+        "tier world: kills={} power_loss={} max_size={:?} concurrency={} memory_stage_limit={} \
+         large_outputs={:?} {}",
         plan.kills,
         plan.power_loss,
         plan.max_size,
         plan.concurrency,
+        plan.memory_stage_limit,
+        plan.large_outputs,
         bucket.describe_faults()
     );
     let fs_a = quiet_disk();
     let node_a = {
         let (fs, bucket, shared) = (fs_a.clone(), bucket.clone(), shared.clone());
         let (max_size, concurrency) = (plan.max_size, plan.concurrency);
+        let memory_stage_limit = plan.memory_stage_limit;
         handle
             .create_node()
             .name("tier-a")
             .init(move || {
                 let (fs, bucket, shared) = (fs.clone(), bucket.clone(), shared.clone());
                 async move {
-                    let (store, tier) =
-                        open_node(&fs, bucket, max_size, concurrency, planted).await;
+                    let (store, tier) = open_node(
+                        &fs,
+                        bucket,
+                        max_size,
+                        memory_stage_limit,
+                        concurrency,
+                        planted,
+                    )
+                    .await;
                     *shared.tier.lock().unwrap() = Some(tier);
                     let writers = (0..WRITERS).map(|_| writer(store.clone(), shared.clone()));
                     futures::future::join_all(writers).await;
@@ -470,7 +592,7 @@ async fn simulate(planted: Option<PlantedBug>) -> Outcome {
     }
 
     // The bucket heals: A's queue must drain.
-    bucket.on.store(false, Ordering::SeqCst);
+    bucket.faults.on.store(false, Ordering::SeqCst);
     let mut waited = Duration::ZERO;
     loop {
         let tier = shared.tier.lock().unwrap().clone();
@@ -490,13 +612,14 @@ async fn simulate(planted: Option<PlantedBug>) -> Outcome {
     check_bucket(&bucket, &shared);
 
     // Node B, on an empty disk, with the faults back on for its reads.
-    bucket.on.store(true, Ordering::SeqCst);
+    bucket.faults.on.store(true, Ordering::SeqCst);
     let fs_b = quiet_disk();
     let checked = {
         let (bucket, shared) = (bucket.clone(), shared.clone());
+        let memory_stage_limit = plan.memory_stage_limit;
         let node_b = handle.create_node().name("tier-b").build();
         node_b.spawn(async move {
-            let (store, _tier) = open_node(&fs_b, bucket, None, 4, None).await;
+            let (store, _tier) = open_node(&fs_b, bucket, None, memory_stage_limit, 4, None).await;
             check_node_b(store.as_ref(), &shared).await;
         })
     };
@@ -504,7 +627,7 @@ async fn simulate(planted: Option<PlantedBug>) -> Outcome {
     handle.kill(node_a.id());
     fs_a.release();
 
-    let injected = bucket.injected.lock().unwrap().clone();
+    let injected = bucket.faults.injected.lock().unwrap().clone();
     let failures = std::mem::take(&mut *shared.failures.lock().unwrap());
     let trace = format!(
         "{injected:?} {} {}",
@@ -516,7 +639,10 @@ async fn simulate(planted: Option<PlantedBug>) -> Outcome {
         trace_hash: format!("{:08x}", crc32fast::hash(trace.as_bytes())),
         events: injected.values().sum(),
         failures,
-        fs_stats: format!("bucket faults injected: {injected:?}"),
+        fs_stats: format!(
+            "bucket faults injected: {injected:?}; multipart uploads completed: {}",
+            bucket.faults.multipart_completed.load(Ordering::SeqCst)
+        ),
     }
 }
 
@@ -530,9 +656,8 @@ fn quiet_disk() -> SimFs {
 
 /// Every acknowledged record is in the bucket, byte for byte.
 fn check_bucket(bucket: &SimBucket, shared: &Shared) {
-    for data in shared.acked_blobs.lock().unwrap().iter() {
-        let digest = Digest::of(data);
-        if bucket.objects.object(&blob_key(&digest)).as_ref() != Some(data) {
+    for (digest, data) in shared.acked_blobs.lock().unwrap().iter() {
+        if bucket.objects.object(&blob_key(digest)).as_ref() != Some(data) {
             shared.fail(
                 Invariant::TierQueueDropped,
                 format!("acknowledged blob {digest} is not in the bucket"),
@@ -553,8 +678,7 @@ fn check_bucket(bucket: &SimBucket, shared: &Shared) {
 /// wrong byte.
 async fn check_node_b(store: &dyn Store, shared: &Shared) {
     let blobs = shared.acked_blobs.lock().unwrap().clone();
-    for data in blobs {
-        let digest = Digest::of(&data);
+    for (digest, data) in blobs {
         let mut served = false;
         for _ in 0..50 {
             match store.read_blob(&digest).await {

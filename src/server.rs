@@ -75,6 +75,9 @@ pub async fn serve_with_bucket(
         stack_config.tier = Some(tier);
     }
     let metrics = Arc::new(metrics);
+    if let Some(tier) = &stack_config.tier {
+        tier.publish_to(metrics.clone());
+    }
     // One cache for both front ends: every rule of the cache applies to gRPC and HTTP alike.
     let cache = stack::over_engine(engine.clone(), &stack_config);
     let shutdown: Shared<futures::future::BoxFuture<'static, ()>> = shutdown.boxed().shared();

@@ -299,7 +299,11 @@ fn dechunk(mut body: &[u8]) -> Vec<u8> {
     }
 }
 
-/// What a Bazel-like client stores: blobs (one large, over ByteStream) and an action result.
+/// Bytes in each part of a multipart upload (README: blobs over 10 MiB go in 10 MiB parts).
+const PART_SIZE: usize = 10 << 20;
+
+/// What a Bazel-like client stores: blobs (over ByteStream; one under a part, one that goes in
+/// three parts, the last one short) and an action result.
 struct Build {
     outputs: Vec<Vec<u8>>,
     action: Digest,
@@ -312,6 +316,7 @@ impl Build {
                 pseudo_random(seed, 1000),
                 pseudo_random(seed + 1, 9 << 20),
                 pseudo_random(seed + 2, 70_000),
+                pseudo_random(seed + 4, 2 * PART_SIZE + 12_345),
             ],
             action: Digest::of(&pseudo_random(seed + 3, 100)),
         }
@@ -381,9 +386,12 @@ impl Build {
             .into_inner();
         assert!(missing.missing_blob_digests.is_empty(), "{missing:?}");
         let mut bytestream = ByteStreamClient::new(channel);
-        for output in &self.outputs[..2] {
+        for (i, output) in self.outputs.iter().enumerate().filter(|(i, _)| *i != 2) {
             let read = read_all(&mut bytestream, &read_name("", &Digest::of(output)), 0, 0).await;
-            assert!(read.unwrap() == *output, "gRPC read of an output");
+            assert!(
+                read.unwrap() == *output,
+                "gRPC read of output {i}, byte-exact"
+            );
         }
         let (status, body) =
             http_bytes(node.http, "GET", &format!("/ac/{}", self.action.hex()), b"");
@@ -392,6 +400,7 @@ impl Build {
             reapi::ActionResult::decode(&body[..]).unwrap(),
             self.result()
         );
+        // The third over HTTP (a client that sends no size: one HEAD for it).
         let third = &self.outputs[2];
         let (status, body) = http_bytes(
             node.http,
@@ -417,10 +426,36 @@ async fn two_nodes_share_a_bucket_over_grpc_and_http() {
     let (status, _) = http(a.http, "PUT", &format!("/ac/{}", "ab".repeat(32)), &value);
     assert_eq!(status, 200);
     a.drained();
+    // The large output went in three parts, each acknowledged, and the upload was completed.
+    let metrics = http(a.http, "GET", "/metrics", b"").1;
+    for (op, at_least) in [("put_part", 3), ("complete_multipart", 1)] {
+        let count: f64 = metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("hoard_bucket_requests_total{")
+                    && l.contains(&format!("op=\"{op}\""))
+                    && l.contains("status=\"ok\"")
+            })
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum();
+        assert!(count >= at_least as f64, "{op}: {count}\n{metrics}");
+    }
     let objects = s3.objects();
     assert!(
         objects.iter().any(|o| o == "shared/hoard-format"),
         "{objects:?}"
+    );
+    let large = &build.outputs[3];
+    let stored = std::fs::read(
+        s3.root
+            .path()
+            .join(BUCKET)
+            .join(format!("shared/cas/sha256/{}", Digest::of(large).hex())),
+    )
+    .expect("the large blob is one object");
+    assert!(
+        stored == *large,
+        "the multipart object holds the blob, byte-exact"
     );
     assert!(
         objects.iter().any(|o| o.starts_with("shared/ac/_/sha256/")),

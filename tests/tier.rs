@@ -1,8 +1,11 @@
 #![cfg(not(madsim))]
 //! The object-store tier over a real engine and an in-memory bucket: write-back order, fills,
-//! FindMissingBlobs, back-pressure, the watermark across a restart, write-through.
+//! FindMissingBlobs, back-pressure, the watermark across a restart, write-through; and through
+//! `hoard serve`'s front ends: the queue on the status page, the retry hint of a refusal.
 
 use std::collections::HashMap;
+use std::io::{Read as _, Write as _};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,14 +14,22 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use hoard::engine::{AcKind, Digest, Engine, EngineConfig};
+use hoard::proto::bytestream::byte_stream_client::ByteStreamClient;
+use hoard::proto::bytestream::WriteRequest;
+use hoard::proto::google::rpc;
 use hoard::proto::reapi;
+use hoard::proto::reapi::action_cache_client::ActionCacheClient;
+use hoard::proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
 use hoard::seam::real_fs::RealFs;
 use hoard::seam::TokioRuntime;
+use hoard::server::{self, ServeConfig};
 use hoard::store::stack::{self, StackConfig};
 use hoard::store::{Accept, ActionKey, ActionValue, EngineStore, Error, Store};
 use hoard::tier::bucket::{ObjectStream, PartUpload};
 use hoard::tier::layout::{action_key, blob_key};
 use hoard::tier::{Bucket, BucketError, MemoryBucket, Tier, TierConfig, TierMode};
+use hoard::wire::grpc::GrpcConfig;
+use hoard::wire::http::HttpConfig;
 use prost::Message as _;
 
 /// A bucket that can be taken down (every request then fails as unreachable) and counts GETs.
@@ -573,4 +584,183 @@ async fn an_empty_action_cache_value_is_uploaded_and_the_queue_goes_on() {
     assert!(bucket.object(&action_key(&key)).is_some());
     assert!(bucket.object(&blob_key(&after)).is_some());
     a.stop();
+}
+
+/// One HTTP/1.1 request to `addr`: the status, the response head and the body.
+fn http_request(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, String, String) {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: hoard\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body).unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    let (head, body) = reply.split_once("\r\n\r\n").expect("a response head");
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, head.to_ascii_lowercase(), body.to_owned())
+}
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// The retry delay of a `google.rpc.RetryInfo` among the details of `status`.
+fn retry_delay(details: &[prost_types::Any]) -> Option<prost_types::Duration> {
+    let info = details
+        .iter()
+        .find(|any| any.type_url == "type.googleapis.com/google.rpc.RetryInfo")?;
+    rpc::RetryInfo::decode(&info.value[..]).unwrap().retry_delay
+}
+
+/// The queue figures of the status page's data, `(depth, age)` (`None` while `null`).
+fn queue_figures(http: SocketAddr) -> (Option<u64>, Option<u64>) {
+    let (status, _, body) = http_request(http, "GET", "/ui/data", b"");
+    assert_eq!(status, 200);
+    let data: serde_json::Value = serde_json::from_str(&body).unwrap();
+    (
+        data["object_store_queue_depth"].as_u64(),
+        data["object_store_queue_age_seconds"].as_u64(),
+    )
+}
+
+/// Polls the status page until `wanted` holds of its queue figures.
+async fn wait_for_queue(http: SocketAddr, wanted: impl Fn(u64, u64) -> bool) -> (u64, u64) {
+    let started = Instant::now();
+    loop {
+        if let (Some(depth), Some(age)) = queue_figures(http) {
+            if wanted(depth, age) {
+                return (depth, age);
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "queue figures never as wanted: {:?}",
+            queue_figures(http)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_shows_the_queue_and_refusals_carry_a_retry_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = Arc::new(Switchable::default());
+    let (grpc_addr, http_addr) = (free_addr(), free_addr());
+    let mut tier = TierConfig::new("memory://test");
+    tier.backlog_budget = 256 << 10;
+    let config = ServeConfig {
+        engine: EngineConfig::new(dir.path()),
+        stack: StackConfig {
+            object_store: Some(tier),
+            ..StackConfig::default()
+        },
+        grpc_addr,
+        http_addr: Some(http_addr),
+        grpc: GrpcConfig::default(),
+        http: HttpConfig::default(),
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let shared: Arc<dyn Bucket> = bucket.clone();
+    let server = tokio::spawn(server::serve_with_bucket(
+        config,
+        Some(shared),
+        Arc::new(RealFs),
+        Arc::new(TokioRuntime),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let started = Instant::now();
+    while std::net::TcpStream::connect(http_addr).is_err()
+        || std::net::TcpStream::connect(grpc_addr).is_err()
+    {
+        assert!(started.elapsed() < Duration::from_secs(20), "not listening");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        wait_for_queue(http_addr, |depth, _| depth == 0).await,
+        (0, 0)
+    );
+
+    // The bucket goes down: writes queue up until the backlog is over its budget.
+    bucket.down.store(true, Ordering::SeqCst);
+    let mut seed = 300;
+    let (status, head) = loop {
+        let data = blob(seed, 20_000);
+        seed += 1;
+        let path = format!("/cas/{}", Digest::of(&data).hex());
+        let (status, head, _) = http_request(http_addr, "PUT", &path, &data);
+        if status != 200 {
+            break (status, head);
+        }
+        assert!(seed < 1300, "no back-pressure");
+    };
+    assert_eq!(status, 503, "{head}");
+    assert!(head.contains("\r\nretry-after: 1"), "{head}");
+    let (depth, age) = wait_for_queue(http_addr, |depth, age| depth > 256 << 10 && age >= 1).await;
+    assert!(depth > 256 << 10 && age >= 1, "{depth} bytes, {age} s");
+
+    // gRPC writes are refused with RESOURCE_EXHAUSTED and a RetryInfo detail.
+    let channel = tonic::transport::Channel::from_shared(format!("http://{grpc_addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let data = blob(seed, 1000);
+    let digest = Digest::of(&data);
+    let write = WriteRequest {
+        resource_name: format!("uploads/u1/blobs/{}/{}", digest.hex(), digest.size),
+        write_offset: 0,
+        finish_write: true,
+        data: data.clone(),
+    };
+    let refused = ByteStreamClient::new(channel.clone())
+        .write(futures::stream::iter([write]))
+        .await
+        .expect_err("refused while over budget");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused}");
+    let details = rpc::Status::decode(refused.details()).expect("status details");
+    let delay = retry_delay(&details.details).expect("a RetryInfo detail");
+    assert_eq!((delay.seconds, delay.nanos), (1, 0));
+    let batch = ContentAddressableStorageClient::new(channel.clone())
+        .batch_update_blobs(reapi::BatchUpdateBlobsRequest {
+            requests: vec![reapi::batch_update_blobs_request::Request {
+                digest: Some(proto(&digest)),
+                data: data.clone(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let item = batch.responses[0].status.clone().unwrap();
+    assert_eq!(item.code, tonic::Code::ResourceExhausted as i32);
+    assert!(retry_delay(&item.details).is_some(), "{item:?}");
+    let refused = ActionCacheClient::new(channel)
+        .update_action_result(reapi::UpdateActionResultRequest {
+            action_digest: Some(proto(&Digest::of(b"action"))),
+            action_result: Some(reapi::ActionResult::default()),
+            ..Default::default()
+        })
+        .await
+        .expect_err("refused while over budget");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused}");
+    assert!(retry_delay(&rpc::Status::decode(refused.details()).unwrap().details).is_some());
+
+    // Back up: the queue drains and the page says so.
+    bucket.down.store(false, Ordering::SeqCst);
+    assert_eq!(
+        wait_for_queue(http_addr, |depth, age| depth == 0 && age == 0).await,
+        (0, 0)
+    );
+    let (status, _, _) = http_request(http_addr, "PUT", &format!("/cas/{}", digest.hex()), &data);
+    assert_eq!(status, 200);
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
 }

@@ -242,8 +242,10 @@ pub struct Metrics {
     history: history::History,
     /// The busiest keys per instance, for the status page.
     top: top::TopKeys,
-    /// Uploads waiting for the object-store tier; [`NO_TIER`] while none is configured.
+    /// Bytes waiting for the object-store tier; [`NO_TIER`] while none is configured.
     object_store_queue_depth: AtomicU64,
+    /// Seconds the object-store tier's uploader has been behind (0: caught up).
+    object_store_queue_age: AtomicU64,
     /// Extra `/status` members (the object-store tier's queue).
     status_fields: Mutex<Option<StatusFields>>,
 }
@@ -352,6 +354,7 @@ impl Metrics {
             history: history::History::new(history::SAMPLES_KEPT),
             top: top::TopKeys::default(),
             object_store_queue_depth: AtomicU64::new(NO_TIER),
+            object_store_queue_age: AtomicU64::new(0),
             status_fields: Mutex::new(None),
         }
     }
@@ -377,16 +380,25 @@ impl Metrics {
             .count(top::CAS_INSTANCE, &digest.to_string(), bytes);
     }
 
-    /// Publishes how many uploads wait for the object-store tier (the status page shows it;
-    /// nothing is shown until a tier publishes a first value).
-    pub fn publish_object_store_queue_depth(&self, depth: u64) {
+    /// Publishes the object-store tier's upload queue: bytes of the local log not yet uploaded
+    /// and how long the uploader has been behind (the status page shows them; nothing is shown
+    /// until a tier publishes a first value).
+    pub fn publish_object_store_queue(&self, backlog_bytes: u64, behind: Duration) {
+        self.object_store_queue_age
+            .store(behind.as_secs(), Ordering::Relaxed);
         self.object_store_queue_depth
-            .store(depth.min(NO_TIER - 1), Ordering::Relaxed);
+            .store(backlog_bytes.min(NO_TIER - 1), Ordering::Relaxed);
     }
 
-    /// The last depth a tier published, `None` without a tier.
+    /// The last queue depth (bytes) a tier published, `None` without a tier.
     pub fn object_store_queue_depth(&self) -> Option<u64> {
         Some(self.object_store_queue_depth.load(Ordering::Relaxed)).filter(|&d| d != NO_TIER)
+    }
+
+    /// The last queue age (seconds behind) a tier published, `None` without a tier.
+    pub fn object_store_queue_age(&self) -> Option<u64> {
+        self.object_store_queue_depth()
+            .map(|_| self.object_store_queue_age.load(Ordering::Relaxed))
     }
 
     /// The registry, for a part of the server with metrics of its own to register them

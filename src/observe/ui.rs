@@ -3,7 +3,8 @@
 //!
 //! ```json
 //! {"version":"0.1.0","uptime_seconds":12.5,"interval_seconds":10,"max_size":null,
-//!  "max_blob_size":68719476736,"object_store_queue_depth":null,"latency_bounds":[0.00025,...],
+//!  "max_blob_size":68719476736,"object_store_queue_depth":null,
+//!  "object_store_queue_age_seconds":null,"latency_bounds":[0.00025,...],
 //!  "samples":[{"at":0.0,"ac":{"grpc":[hits,misses],"http":[0,0]},"cas":{...},
 //!              "requests":{"grpc":0,"http":0},"received":0,"sent":0,"blobs":0,"blob_bytes":0,
 //!              "actions":0,"disk_bytes":0,"evictions":0,"evicted_bytes":0,
@@ -13,8 +14,9 @@
 //! ```
 //!
 //! `samples` holds the history ring, oldest first, and always ends with one taken at the request
-//! (so a fresh server shows its numbers at once). `object_store_queue_depth` is `null` until an
-//! object-store tier publishes it ([`Metrics::publish_object_store_queue_depth`]).
+//! (so a fresh server shows its numbers at once). `object_store_queue_depth` (bytes not yet
+//! uploaded) and `object_store_queue_age_seconds` (how long the uploader has been behind) are
+//! `null` until an object-store tier publishes them ([`Metrics::publish_object_store_queue`]).
 
 use std::fmt::Write as _;
 
@@ -41,13 +43,15 @@ pub fn data(metrics: &Metrics, stats: Stats, limits: Limits) -> String {
     let _ = write!(
         out,
         "{{\"version\":{},\"uptime_seconds\":{:.3},\"interval_seconds\":{},\"max_size\":{},\
-         \"max_blob_size\":{},\"object_store_queue_depth\":{},\"latency_bounds\":[",
+         \"max_blob_size\":{},\"object_store_queue_depth\":{},\
+         \"object_store_queue_age_seconds\":{},\"latency_bounds\":[",
         string(env!("CARGO_PKG_VERSION")),
         metrics.uptime().as_secs_f64(),
         SAMPLE_INTERVAL.as_secs(),
         optional(limits.max_size),
         limits.max_blob_size,
         optional(metrics.object_store_queue_depth()),
+        optional(metrics.object_store_queue_age()),
     );
     join(&mut out, bounds.iter(), |out, bound| {
         // The last bound is +Inf, which JSON cannot hold.
@@ -193,14 +197,25 @@ mod tests {
         };
         let json = data(&metrics, stats, limits);
         assert!(json.contains("\"max_size\":100,"), "{json}");
-        assert!(json.contains("\"object_store_queue_depth\":null"), "{json}");
+        assert!(
+            json.contains("\"object_store_queue_depth\":null,"),
+            "{json}"
+        );
+        assert!(
+            json.contains("\"object_store_queue_age_seconds\":null,"),
+            "{json}"
+        );
         assert_eq!(json.matches("\"at\":").count(), 2, "{json}");
         let now = json.rsplit("{\"at\":").next().unwrap();
         assert!(now.contains("\"http\":[1,0]"), "{now}");
         assert!(now.contains("\"blob_bytes\":42"), "{now}");
         assert!(json.contains("\"instance\":\"we\\\"ird\\u000a\""), "{json}");
-        metrics.publish_object_store_queue_depth(7);
+        metrics.publish_object_store_queue(7, std::time::Duration::from_secs(3));
         let json = data(&metrics, stats, limits);
         assert!(json.contains("\"object_store_queue_depth\":7,"), "{json}");
+        assert!(
+            json.contains("\"object_store_queue_age_seconds\":3,"),
+            "{json}"
+        );
     }
 }

@@ -62,6 +62,10 @@ pub enum Error {
     Internal(String),
 }
 
+/// The retry hint of [`Error::Busy`]: upload slots free up and an upload backlog drains within
+/// moments, and a whole second keeps HTTP's `Retry-After` (whole seconds) exact.
+const BUSY_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 fn describe_size_mismatch(declared: u64, received: u64) -> String {
     if received > declared {
         format!("sent {received} bytes, more than its declared size")
@@ -133,6 +137,12 @@ impl Error {
             Error::NotFound(_) | Error::DataLoss(_) => StatusCode::NOT_FOUND,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
+    }
+
+    /// How long a client should wait before trying the same request again, for a refusal that
+    /// a moment later may succeed (`Busy`): gRPC's `google.rpc.RetryInfo`, HTTP's `Retry-After`.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        matches!(self, Error::Busy(_)).then_some(BUSY_RETRY_AFTER)
     }
 
     /// Whether the client caused it (and it is logged quietly).

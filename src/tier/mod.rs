@@ -32,7 +32,7 @@ mod watermark;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -40,8 +40,10 @@ use bytes::Bytes;
 pub use bucket::{Bucket, BucketError, MemoryBucket};
 pub use metrics::TierMetrics;
 pub use store::TierStore;
+pub use uploader::PART_SIZE;
 
 use crate::engine::{Engine, LogCursor, PlantedBug};
+use crate::observe::Metrics;
 use crate::seam::{Fs, Runtime};
 use crate::store::Error;
 use presence::Presence;
@@ -140,6 +142,8 @@ pub struct Tier {
     stopped: tokio::sync::Notify,
     present: Presence,
     metrics: TierMetrics,
+    /// The server's metrics, where the status page reads the queue ([`Tier::publish_to`]).
+    status_page: OnceLock<Arc<Metrics>>,
 }
 
 impl std::fmt::Debug for Tier {
@@ -210,14 +214,24 @@ impl Tier {
             wake: tokio::sync::Notify::new(),
             stopping: AtomicBool::new(false),
             stopped: tokio::sync::Notify::new(),
+            status_page: OnceLock::new(),
         });
         runtime.spawn(Box::pin(uploader::run(tier.clone())));
+        runtime.spawn(Box::pin(uploader::report_queue(tier.clone())));
         Ok(tier)
     }
 
     /// The tier's metrics (register them with the server's registry).
     pub fn metrics(&self) -> &TierMetrics {
         &self.metrics
+    }
+
+    /// Publishes the upload queue to `metrics` from now on (the status page shows it).
+    pub fn publish_to(&self, metrics: Arc<Metrics>) {
+        if self.status_page.set(metrics).is_err() {
+            tracing::warn!("the tier's queue is already published to a registry");
+        }
+        self.publish_queue();
     }
 
     /// Stops the uploader (at its next step; what it has not finished stays queued).

@@ -35,13 +35,16 @@ use crate::store::{ActionKey, ActionValue, BlobRead, EngineStore, Error, Store};
 /// Records dealt with between two watermark writes.
 const CHUNK: usize = 256;
 /// Objects up to this size go in one PUT; larger ones in parts of this size.
-pub(super) const PART_SIZE: usize = 2 * MIN_PART_SIZE;
+pub const PART_SIZE: usize = 2 * MIN_PART_SIZE;
 /// Blobs from this size on are looked for (HEAD) before they are sent: another node may have.
 const HEAD_FIRST: u64 = 1 << 20;
 /// The longest an action-cache value or a tree read whole may be.
 const MAX_WHOLE_READ: usize = 64 << 20;
 /// How long the uploader sleeps when caught up, unless woken by a write.
 const IDLE_POLL: Duration = Duration::from_secs(1);
+/// How often the queue's size and age are published while nothing else moves them (a bucket
+/// that is down stalls the uploader while writes grow the queue).
+const QUEUE_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 const FIRST_RETRY: Duration = Duration::from_millis(200);
 const MAX_RETRY: Duration = Duration::from_secs(30);
 
@@ -172,6 +175,14 @@ pub(super) async fn run(tier: Arc<Tier>) {
     }
 }
 
+/// Publishes the queue every [`QUEUE_REPORT_INTERVAL`] until [`Tier::stop`].
+pub(super) async fn report_queue(tier: Arc<Tier>) {
+    while !tier.stopping.load(Ordering::Acquire) {
+        tier.publish_queue();
+        tier.pause(QUEUE_REPORT_INTERVAL).await;
+    }
+}
+
 impl Tier {
     /// Sleeps for `duration`, or until the tier stops.
     async fn pause(&self, duration: Duration) {
@@ -195,12 +206,14 @@ impl Tier {
         self.publish_queue();
     }
 
-    fn publish_queue(&self) {
+    /// Sets the queue gauges and the status page's figures.
+    pub(super) fn publish_queue(&self) {
         let status = self.status();
-        self.metrics.queue(
-            status.backlog_bytes,
-            Duration::from_secs(status.behind_seconds),
-        );
+        let behind = Duration::from_secs(status.behind_seconds);
+        self.metrics.queue(status.backlog_bytes, behind);
+        if let Some(metrics) = self.status_page.get() {
+            metrics.publish_object_store_queue(status.backlog_bytes, behind);
+        }
     }
 
     /// Moves the upload position to `next`, writes the watermark and lets eviction free what is

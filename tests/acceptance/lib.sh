@@ -35,7 +35,7 @@ hoard_bin() {
     [ -x "$HOARD_BIN" ] || die "no binary at $HOARD_BIN"
 }
 
-# Creates $SCRATCH and removes it (and stops hoards) on exit.
+# Creates $SCRATCH and removes it (and stops hoards and s3s-fs) on exit.
 HOARD_PIDS=()
 setup_scratch() {
     SCRATCH="$(mktemp -d "${TMPDIR:-/tmp}/hoard-acceptance.XXXXXX")"
@@ -108,6 +108,51 @@ stop_hoard() {
     for p in "${HOARD_PIDS[@]}"; do [ "$p" = "$pid" ] || kept+=("$p"); done
     HOARD_PIDS=("${kept[@]}")
     log "hoard $pid stopped cleanly"
+}
+
+# s3s_fs_bin: sets S3S_FS to the s3s-fs binary ($HOARD_S3S_FS, else target/tools/bin/s3s-fs,
+# else on PATH), as tests/object_store_s3.rs finds it. Without one it returns 1 (the caller
+# skips), except under CI, where the run fails: CI must run the shared-bucket tests.
+s3s_fs_bin() {
+    local candidate
+    for candidate in "${HOARD_S3S_FS:-}" "$REPO_ROOT/target/tools/bin/s3s-fs" "$(command -v s3s-fs || true)"; do
+        if [ -n "$candidate" ] && [ -x "$candidate" ]; then
+            S3S_FS=$candidate
+            return 0
+        fi
+    done
+    local why="s3s-fs not found: set HOARD_S3S_FS or run \`cargo install s3s-fs --version 0.14.1 --features binary --root target/tools\`"
+    [ -z "${CI:-}" ] || die "$why (CI must run the shared-bucket test)"
+    log "SKIP: $why"
+    return 1
+}
+
+# start_s3s_fs ROOT PORT BUCKET ACCESS_KEY SECRET_KEY: an S3 server on 127.0.0.1:PORT storing
+# the bucket BUCKET as the directory ROOT/BUCKET; logs to $SCRATCH/s3s-fs.log. Stopped on exit.
+start_s3s_fs() {
+    local root=$1 port=$2 bucket=$3 access=$4 secret=$5 pid
+    mkdir -p "$root/$bucket"
+    "$S3S_FS" --host 127.0.0.1 --port "$port" --access-key "$access" --secret-key "$secret" \
+        "$root" >>"$SCRATCH/s3s-fs.log" 2>&1 &
+    pid=$!
+    HOARD_PIDS+=("$pid")
+    wait_port "$port" "$pid" || { cat "$SCRATCH/s3s-fs.log" >&2; die "s3s-fs did not start on $port"; }
+    log "s3s-fs up (pid $pid, :$port, root $root)"
+}
+
+# wait_drained NAME HTTP_PORT: waits (up to 120 s) until the hoard serving HTTP on HTTP_PORT has
+# uploaded everything to its bucket (`"backlog_bytes":0` in /status).
+wait_drained() {
+    local name=$1 port=$2 i status=""
+    for i in $(seq 1 1200); do
+        status=$(curl -fsS "http://127.0.0.1:$port/status" 2>/dev/null || true)
+        case $status in *'"backlog_bytes":0,'*)
+            log "hoard $name: upload queue drained"
+            return 0 ;;
+        esac
+        sleep 0.1
+    done
+    die "hoard $name: upload queue not drained within 120 s: $status"
 }
 
 # gen_c_sources DIR N: N small, distinct C files (unit_1.c ...) that include system headers and

@@ -78,7 +78,9 @@ impl HttpError {
 
 impl From<Error> for HttpError {
     fn from(error: Error) -> HttpError {
-        let retry_after = matches!(error, Error::Busy(_)).then_some(1);
+        let retry_after = error
+            .retry_after()
+            .map(|delay| u32::try_from(delay.as_secs().max(1)).unwrap_or(u32::MAX));
         HttpError {
             retry_after,
             ..HttpError::new(error.http_status(), error.to_string())
