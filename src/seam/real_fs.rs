@@ -321,3 +321,41 @@ impl FsFile for RealFile {
         file.flush()
     }
 }
+
+#[cfg(all(test, not(madsim)))]
+mod tests {
+    use super::*;
+
+    /// Reads from the page cache and through the blocking pool return the same bytes, fewer
+    /// only where the file ends, none past it.
+    #[tokio::test]
+    async fn reads_stop_at_the_end_of_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let bytes: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let mut file = RealFs.create(&path).await.unwrap();
+        file.write(&bytes).await.unwrap();
+        file.flush().await.unwrap();
+        for (offset, len) in [
+            (0, 300_000),
+            (7, 1000),
+            (299_990, 100),
+            (300_000, 5),
+            (400_000, 5),
+        ] {
+            let start = (offset as usize).min(bytes.len());
+            let end = (start + len).min(bytes.len());
+            let read = file.read_at(offset, len).await.unwrap();
+            assert_eq!(&read[..], &bytes[start..end], "read_at({offset}, {len})");
+            let raw = File::open(&path).unwrap();
+            let mut data = Vec::new();
+            read_into(&raw, &mut data, offset, len, 0).unwrap();
+            assert_eq!(&data[..], &bytes[start..end], "read_into({offset}, {len})");
+        }
+        // A read the page cache answered in part continues where it stopped.
+        let raw = File::open(&path).unwrap();
+        let mut data = bytes[100..150].to_vec();
+        read_into(&raw, &mut data, 100, 5000, 0).unwrap();
+        assert_eq!(&data[..], &bytes[100..5100]);
+    }
+}
