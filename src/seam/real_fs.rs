@@ -138,53 +138,10 @@ fn statvfs_available(path: &Path) -> io::Result<u64> {
     Ok(u64::from(stat.f_bavail).saturating_mul(u64::from(stat.f_frsize)))
 }
 
-/// Whether `preadv2(RWF_NOWAIT)` works here (cleared the first time the kernel or the
-/// filesystem refuses the flag).
-#[cfg(target_os = "linux")]
-static NOWAIT_READS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
-
-/// Reads what it can of `len` bytes at `offset` into `data` from the page cache alone, never
-/// waiting for the disk. `Ok(true)`: all of them are in `data` (fewer only where the file ends);
-/// `Ok(false)`: the rest must be read with [`read_into`], which continues where this stopped.
-fn read_cached(file: &File, data: &mut Vec<u8>, offset: u64, len: usize) -> io::Result<bool> {
-    #[cfg(target_os = "linux")]
-    {
-        use std::sync::atomic::Ordering;
-        if !NOWAIT_READS.load(Ordering::Relaxed) {
-            return Ok(false);
-        }
-        match read_into(file, data, offset, len, libc::RWF_NOWAIT) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS)
-                ) =>
-            {
-                NOWAIT_READS.store(false, Ordering::Relaxed);
-                Ok(false)
-            }
-            Err(e) => Err(e),
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = (file, data, offset, len);
-        Ok(false)
-    }
-}
-
 /// Reads into `data` (which holds the first `data.len()` bytes already) until it holds `len`
-/// bytes of the file from `offset`, or the file ends; `flags` are `preadv2`'s. The bytes land
-/// in `data`'s spare capacity, so nothing is zeroed first.
-fn read_into(
-    file: &File,
-    data: &mut Vec<u8>,
-    offset: u64,
-    len: usize,
-    flags: i32,
-) -> io::Result<()> {
+/// bytes of the file from `offset`, or the file ends. The bytes land in `data`'s spare
+/// capacity, so nothing is zeroed first.
+fn read_into(file: &File, data: &mut Vec<u8>, offset: u64, len: usize) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     data.reserve_exact(len.saturating_sub(data.len()));
     while data.len() < len {
@@ -192,20 +149,10 @@ fn read_into(
         let spare = &mut data.spare_capacity_mut()[..len - filled];
         let at = libc::off_t::try_from(offset + filled as u64)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset out of range"))?;
-        let iov = libc::iovec {
-            iov_base: spare.as_mut_ptr().cast(),
-            iov_len: spare.len(),
-        };
-        // SAFETY: `iov` names `spare`, memory `data` owns and does not otherwise touch during the
-        // call; the kernel writes at most `iov_len` bytes there.
-        #[cfg(target_os = "linux")]
-        let read = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, at, flags) };
-        #[cfg(not(target_os = "linux"))]
-        let read = {
-            let _ = flags;
-            // SAFETY: as above, with one buffer.
-            unsafe { libc::pread(file.as_raw_fd(), iov.iov_base, iov.iov_len, at) }
-        };
+        // SAFETY: the pointer and length name `spare`, memory `data` owns and does not otherwise
+        // touch during the call; the kernel writes at most that many bytes there.
+        let read =
+            unsafe { libc::pread(file.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len(), at) };
         match read {
             0 => break,
             n if n > 0 => {
@@ -288,15 +235,10 @@ impl FsFile for RealFile {
     }
 
     async fn read_at(&self, offset: u64, len: usize) -> io::Result<Bytes> {
-        // What the page cache holds is read at once, without a trip to the blocking pool (most
-        // reads: action results, recent blobs); only the rest waits for the disk there.
-        let mut data = Vec::with_capacity(len);
-        if read_cached(&self.file, &mut data, offset, len)? {
-            return Ok(Bytes::from(data));
-        }
         let file = self.file.clone();
         blocking(move || {
-            read_into(&file, &mut data, offset, len, 0)?;
+            let mut data = Vec::new();
+            read_into(&file, &mut data, offset, len)?;
             Ok(Bytes::from(data))
         })
         .await
@@ -326,8 +268,7 @@ impl FsFile for RealFile {
 mod tests {
     use super::*;
 
-    /// Reads from the page cache and through the blocking pool return the same bytes, fewer
-    /// only where the file ends, none past it.
+    /// Reads return the file's bytes, fewer only where the file ends, none past it.
     #[tokio::test]
     async fn reads_stop_at_the_end_of_the_file() {
         let dir = tempfile::tempdir().unwrap();
@@ -349,13 +290,13 @@ mod tests {
             assert_eq!(&read[..], &bytes[start..end], "read_at({offset}, {len})");
             let raw = File::open(&path).unwrap();
             let mut data = Vec::new();
-            read_into(&raw, &mut data, offset, len, 0).unwrap();
+            read_into(&raw, &mut data, offset, len).unwrap();
             assert_eq!(&data[..], &bytes[start..end], "read_into({offset}, {len})");
         }
-        // A read the page cache answered in part continues where it stopped.
+        // A read that holds the first bytes already continues where they stop.
         let raw = File::open(&path).unwrap();
         let mut data = bytes[100..150].to_vec();
-        read_into(&raw, &mut data, 100, 5000, 0).unwrap();
+        read_into(&raw, &mut data, 100, 5000).unwrap();
         assert_eq!(&data[..], &bytes[100..5100]);
     }
 }
