@@ -6,7 +6,8 @@
 //! `hoard-server`: their CPU time, read from `/proc/self/task`, is the server's. The load
 //! client runs on another runtime in the same process. Numbers on a shared machine are noisy.
 //!
-//! Run: `cargo run --release --example bench_grpc` (the data directory is a temp dir under
+//! Run: `cargo run --release --example bench_grpc [large|small]` (one part alone, e.g. under
+//! `perf record`; the data directory is a temp dir under
 //! `$TMPDIR`; set `TMPDIR` to bench another disk).
 
 #[cfg(madsim)]
@@ -27,7 +28,8 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         .build()?;
     let dir = tempfile::tempdir()?;
     let (engine, addr) = server.block_on(bench::start(dir.path()))?;
-    client.block_on(bench::run(engine, addr, server.handle().clone()))
+    let part = bench::Part::from_args()?;
+    client.block_on(bench::run(engine, addr, server.handle().clone(), part))
 }
 
 #[cfg(not(madsim))]
@@ -140,7 +142,38 @@ mod bench {
         );
     }
 
-    pub async fn run(engine: Arc<Engine>, addr: SocketAddr, server: Handle) -> Result<()> {
+    /// Which part of the benchmark runs (all by default; one alone, to profile it).
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    pub enum Part {
+        All,
+        /// One 256 MiB blob.
+        Large,
+        /// Many 4 KiB blobs and action results.
+        Small,
+    }
+
+    impl Part {
+        /// The part named by the first argument (`large`, `small`; none: all).
+        pub fn from_args() -> Result<Part> {
+            match std::env::args().nth(1).as_deref() {
+                None => Ok(Part::All),
+                Some("large") => Ok(Part::Large),
+                Some("small") => Ok(Part::Small),
+                Some(other) => Err(format!("unknown part {other:?}: large or small").into()),
+            }
+        }
+
+        fn runs(self, part: Part) -> bool {
+            self == Part::All || self == part
+        }
+    }
+
+    pub async fn run(
+        engine: Arc<Engine>,
+        addr: SocketAddr,
+        server: Handle,
+        part: Part,
+    ) -> Result<()> {
         let channel = Channel::from_shared(format!("http://{addr}"))?
             .initial_stream_window_size(Some(8 << 20))
             .initial_connection_window_size(Some(32 << 20))
@@ -150,9 +183,22 @@ mod bench {
         let bytestream = ByteStreamClient::new(channel.clone())
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit);
-        let cas = ContentAddressableStorageClient::new(channel.clone());
         println!("{:<44} {:>22}  {:<14}", "what", "measured", "target");
+        if part.runs(Part::Large) {
+            large(&engine, bytestream.clone(), &server).await?;
+        }
+        if part.runs(Part::Small) {
+            small(&engine, channel, bytestream, &server).await?;
+        }
+        Ok(())
+    }
 
+    /// One 256 MiB blob: SHA-256 alone, the engine alone, ByteStream Write and Read.
+    async fn large(
+        engine: &Arc<Engine>,
+        bytestream: ByteStreamClient<Channel>,
+        server: &Handle,
+    ) -> Result<()> {
         let big = pseudo_random(BIG);
         let started = Instant::now();
         let digest = Digest::of(&big);
@@ -202,8 +248,18 @@ mod bench {
         let (read, elapsed, cpu) = measure(download(bytestream.clone(), &digest)).await;
         assert_eq!(read?, BIG);
         throughput("ByteStream.Read, 256 MiB", BIG, elapsed, cpu, "");
-        drop(big);
+        Ok(())
+    }
 
+    /// 4 KiB blobs (engine puts, BatchUpdateBlobs, one Write each), action-cache hits on them,
+    /// FindMissingBlobs.
+    async fn small(
+        engine: &Arc<Engine>,
+        channel: Channel,
+        bytestream: ByteStreamClient<Channel>,
+        server: &Handle,
+    ) -> Result<()> {
+        let cas = ContentAddressableStorageClient::new(channel.clone());
         // The engine's part of a batch: the same puts without gRPC, as many at once as the batch
         // calls make.
         let engine_puts = BATCHES * SMALL_PER_BATCH;

@@ -138,6 +138,38 @@ fn statvfs_available(path: &Path) -> io::Result<u64> {
     Ok(u64::from(stat.f_bavail).saturating_mul(u64::from(stat.f_frsize)))
 }
 
+/// Reads into `data` (which holds the first `data.len()` bytes already) until it holds `len`
+/// bytes of the file from `offset`, or the file ends. The bytes land in `data`'s spare
+/// capacity, so nothing is zeroed first.
+fn read_into(file: &File, data: &mut Vec<u8>, offset: u64, len: usize) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    data.reserve_exact(len.saturating_sub(data.len()));
+    while data.len() < len {
+        let filled = data.len();
+        let spare = &mut data.spare_capacity_mut()[..len - filled];
+        let at = libc::off_t::try_from(offset + filled as u64)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset out of range"))?;
+        // SAFETY: the pointer and length name `spare`, memory `data` owns and does not otherwise
+        // touch during the call; the kernel writes at most that many bytes there.
+        let read =
+            unsafe { libc::pread(file.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len(), at) };
+        match read {
+            0 => break,
+            n if n > 0 => {
+                // SAFETY: the kernel initialized the first `n` bytes of the spare capacity.
+                unsafe { data.set_len(filled + n as usize) };
+            }
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 struct RealLock {
     _file: File,
 }
@@ -205,17 +237,8 @@ impl FsFile for RealFile {
     async fn read_at(&self, offset: u64, len: usize) -> io::Result<Bytes> {
         let file = self.file.clone();
         blocking(move || {
-            let mut data = vec![0; len];
-            let mut filled = 0;
-            while filled < len {
-                match file.read_at(&mut data[filled..], offset + filled as u64) {
-                    Ok(0) => break,
-                    Ok(n) => filled += n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            data.truncate(filled);
+            let mut data = Vec::new();
+            read_into(&file, &mut data, offset, len)?;
             Ok(Bytes::from(data))
         })
         .await
@@ -238,5 +261,42 @@ impl FsFile for RealFile {
         self.write_through().await?;
         let mut file = &*self.file;
         file.flush()
+    }
+}
+
+#[cfg(all(test, not(madsim)))]
+mod tests {
+    use super::*;
+
+    /// Reads return the file's bytes, fewer only where the file ends, none past it.
+    #[tokio::test]
+    async fn reads_stop_at_the_end_of_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let bytes: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let mut file = RealFs.create(&path).await.unwrap();
+        file.write(&bytes).await.unwrap();
+        file.flush().await.unwrap();
+        for (offset, len) in [
+            (0, 300_000),
+            (7, 1000),
+            (299_990, 100),
+            (300_000, 5),
+            (400_000, 5),
+        ] {
+            let start = (offset as usize).min(bytes.len());
+            let end = (start + len).min(bytes.len());
+            let read = file.read_at(offset, len).await.unwrap();
+            assert_eq!(&read[..], &bytes[start..end], "read_at({offset}, {len})");
+            let raw = File::open(&path).unwrap();
+            let mut data = Vec::new();
+            read_into(&raw, &mut data, offset, len).unwrap();
+            assert_eq!(&data[..], &bytes[start..end], "read_into({offset}, {len})");
+        }
+        // A read that holds the first bytes already continues where they stop.
+        let raw = File::open(&path).unwrap();
+        let mut data = bytes[100..150].to_vec();
+        read_into(&raw, &mut data, 100, 5000).unwrap();
+        assert_eq!(&data[..], &bytes[100..5100]);
     }
 }

@@ -47,6 +47,11 @@ use crate::wire::limits::{BodyError, ConnectionSlots, Progress};
 /// follow it: once this much has arrived, the HTTP/2 handshake is the client's no longer.
 const HANDSHAKE_BYTES: u64 = 24 + 9;
 
+/// Largest HTTP/2 frame a client may send: 1 MiB of an upload is 4 DATA frames instead of
+/// HTTP/2's default 64, each a wake of the call's task and a trip through h2 and tonic. A frame
+/// counts against the stream window like any bytes, so no more is buffered than before.
+const MAX_FRAME_SIZE: u32 = 256 << 10;
+
 /// How long a peer may take to answer a keep-alive PING.
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -123,6 +128,7 @@ fn http2_builder(config: &GrpcConfig) -> http2::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .initial_stream_window_size(config.stream_window)
         .initial_connection_window_size(config.connection_window)
+        .max_frame_size(MAX_FRAME_SIZE)
         .keep_alive_interval(config.keepalive_interval)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT);
     builder
