@@ -746,7 +746,11 @@ mod tests {
     /// User `bea` with bcrypt password "pw" (cost 4: fast enough for tests) and `sam` with a
     /// `{SHA}` hash of "hunter2".
     fn bcrypt_auth() -> Auth {
-        let hash = bcrypt::hash("pw", 4).unwrap();
+        bcrypt_auth_costing(4)
+    }
+
+    fn bcrypt_auth_costing(cost: u32) -> Auth {
+        let hash = bcrypt::hash("pw", cost).unwrap();
         let text = format!("bea:{hash}\nsam:{{SHA}}87u9ZqY9S/F0eUBXjsPQEDUw4h0=\n");
         Auth::new(None, Some(Htpasswd::parse(&text).unwrap()), false)
     }
@@ -821,7 +825,9 @@ mod tests {
     #[cfg(not(madsim))]
     #[tokio::test]
     async fn bcrypt_runs_off_the_async_workers() {
-        let auth = bcrypt_auth();
+        // Costly enough (tens of milliseconds) that the pool cannot finish it before the first
+        // poll returns, however loaded the machine (at cost 4 it sometimes did).
+        let auth = bcrypt_auth_costing(10);
         let header = basic("bea", "pw");
         let check = auth.check(Some(&header), Access::Write);
         futures::pin_mut!(check);

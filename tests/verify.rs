@@ -17,6 +17,11 @@ use hoard::seam::TokioRuntime;
 use hoard::verify::{self, Problem};
 use real_server::{cas_path, RealServer, HOARD};
 
+/// Held by every test here: a test that forks `hoard` lends the child a copy of each open
+/// descriptor until its exec, so an engine another test drops would keep the data directory's
+/// lock in that child for a moment, and the test's next open or verify would find it busy.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn verify_command(dir: &Path, repair: bool) -> Output {
     let mut command = Command::new(HOARD);
     command.arg("verify").arg("--dir").arg(dir);
@@ -64,6 +69,7 @@ fn blobs() -> Vec<Vec<u8>> {
 
 #[test]
 fn a_flipped_byte_is_found_repaired_and_the_rest_is_served() {
+    let _serial = ONE_AT_A_TIME.blocking_lock();
     let dir = tempfile::tempdir().unwrap();
     let server = RealServer::start(dir.path(), &[]);
     for blob in blobs() {
@@ -133,6 +139,7 @@ fn a_flipped_byte_is_found_repaired_and_the_rest_is_served() {
 
 #[test]
 fn a_directory_that_is_not_a_data_directory_is_refused() {
+    let _serial = ONE_AT_A_TIME.blocking_lock();
     let dir = tempfile::tempdir().unwrap();
     let output = verify_command(&dir.path().join("nothing here"), false);
     assert_eq!(output.status.code(), Some(2));
@@ -171,6 +178,7 @@ async fn open_with_blobs(dir: &Path) -> Arc<Engine> {
 
 #[tokio::test]
 async fn a_torn_tail_is_left_to_recovery_and_a_bad_footer_is_damage() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let engine = open_with_blobs(dir.path()).await;
     // Busy: the engine holds the lock.
@@ -220,6 +228,7 @@ async fn a_torn_tail_is_left_to_recovery_and_a_bad_footer_is_damage() {
 
 #[tokio::test]
 async fn the_background_scrub_drops_a_cold_corrupt_record() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let engine = open_with_blobs(dir.path()).await;
     engine
@@ -267,6 +276,7 @@ async fn the_background_scrub_drops_a_cold_corrupt_record() {
 
 #[tokio::test]
 async fn a_repair_keeps_the_records_that_removed_action_results() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let engine = open_with_blobs(dir.path()).await;
     let action = Digest::of(b"an action whose result the cascade removed").hash;
