@@ -7,6 +7,7 @@ mod bazel_http;
 #[cfg(madsim)]
 mod ccache;
 #[cfg(madsim)]
+mod coverage;
 #[cfg(madsim)]
 mod fsync_latency;
 #[cfg(madsim)]

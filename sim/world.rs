@@ -11,11 +11,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::join_all;
+use hoard::auth::Auth;
 use hoard::engine::{record, Digest, EngineConfig, EvictionObserver, RecordKey};
-use hoard::proto::bytestream::byte_stream_client::ByteStreamClient;
 use hoard::proto::bytestream::ReadRequest;
-use hoard::proto::reapi::action_cache_client::ActionCacheClient;
-use hoard::proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
 use hoard::proto::reapi::{FindMissingBlobsRequest, GetActionResultRequest};
 use hoard::seam::TokioRuntime;
 use hoard::server::{self, ServeConfig};
@@ -30,7 +28,9 @@ use crate::fsync_latency::FsyncLatency;
 pub use crate::oracle::Failure;
 use crate::oracle::{Invariant, Oracle, Pool};
 use crate::plan::Plan;
-use crate::workload::{check_action, connect, wire_digest, Client};
+use crate::workload::{
+    ac_client, bytestream_client, cas_client, check_action, connect, wire_digest, Client,
+};
 use crate::{bazel_http, ccache};
 use hoard::seam::sim_fs::SimFs;
 
@@ -256,6 +256,10 @@ async fn simulate(planted: Option<String>, verbose: bool) -> Outcome {
     }
     let pool = Arc::new(draw_pool(&plan));
     let engine = engine_config(&plan, planted.as_deref(), &oracle);
+    let auth = match plan.auth {
+        true => Auth::new(Some(crate::workload::TOKEN), None, false),
+        false => Auth::open(),
+    };
     let config = ServeConfig {
         stack: hoard::store::stack::StackConfig {
             cascade_interval: plan.cascade_interval,
@@ -266,8 +270,14 @@ async fn simulate(planted: Option<String>, verbose: bool) -> Outcome {
         engine,
         grpc_addr: SocketAddr::new(IpAddr::V4(SERVER_IP), 9092),
         http_addr: Some(crate::ccache::SERVER_HTTP),
-        grpc: GrpcConfig::default(),
-        http: HttpConfig::default(),
+        grpc: GrpcConfig {
+            auth: auth.clone(),
+            ..Default::default()
+        },
+        http: HttpConfig {
+            auth,
+            ..Default::default()
+        },
     };
     let stops = Arc::new(Stops::default());
     let server = start_server(&handle, &fs, config, stops.clone());
@@ -406,7 +416,7 @@ async fn audit(handle: &Handle, server: &NodeHandle, fs: &SimFs, oracle: &Oracle
     }
 
     let acked = oracle.acked_blobs();
-    let mut cas = ContentAddressableStorageClient::new(channel.clone());
+    let mut cas = cas_client(&channel);
     let request = FindMissingBlobsRequest {
         blob_digests: acked.iter().map(wire_digest).collect(),
         ..Default::default()
@@ -556,7 +566,7 @@ fn audit_footers(fs: &SimFs, oracle: &Oracle) {
 
 /// A ByteStream read of the whole blob.
 async fn read_whole(channel: &Channel, digest: &Digest) -> Result<Vec<u8>, tonic::Status> {
-    let mut client = ByteStreamClient::new(channel.clone());
+    let mut client = bytestream_client(&channel);
     let request = ReadRequest {
         resource_name: format!("blobs/{}/{}", digest.hex(), digest.size),
         ..Default::default()
@@ -605,7 +615,7 @@ async fn audit_damaged(channel: &Channel, oracle: &Oracle, pool: &Pool) {
                 ),
             ),
             Err(status) if status.code() == tonic::Code::NotFound => {
-                let mut cas = ContentAddressableStorageClient::new(channel.clone());
+                let mut cas = cas_client(&channel);
                 let request = FindMissingBlobsRequest {
                     blob_digests: vec![wire_digest(digest)],
                     ..Default::default()
@@ -641,7 +651,7 @@ async fn audit_opaque(channel: &Channel, oracle: &Oracle) {
         );
         return;
     };
-    let mut ac = ActionCacheClient::new(channel.clone());
+    let mut ac = ac_client(&channel);
     for key in keys {
         let path = format!("/{}/ac/{}", ccache::INSTANCE, hex::encode(key));
         match ccache::send(&mut sender, Method::GET, &path, Bytes::new()).await {
@@ -677,7 +687,7 @@ async fn audit_opaque(channel: &Channel, oracle: &Oracle) {
 }
 
 async fn wait_until_serving(channel: &Channel) {
-    let mut cas = ContentAddressableStorageClient::new(channel.clone());
+    let mut cas = cas_client(&channel);
     loop {
         let probe = FindMissingBlobsRequest::default();
         if cas.find_missing_blobs(probe).await.is_ok() {
