@@ -183,7 +183,7 @@ impl Client {
             }
         };
         // Children first, so each parent can name its subdirectories' digests.
-        let depth = thread_rng().gen_range(0..=2);
+        let depth = thread_rng().gen_range(1..=4);
         let mut children: Vec<Directory> = Vec::new();
         let mut below: Option<Digest> = None;
         for level in 0..depth {

@@ -11,6 +11,8 @@ mod coverage;
 #[cfg(madsim)]
 mod fsync_latency;
 #[cfg(madsim)]
+mod http_probes;
+#[cfg(madsim)]
 mod oracle;
 #[cfg(madsim)]
 mod plan;
