@@ -274,7 +274,7 @@ impl Client {
             digest.hex(),
             digest.size
         );
-        let mut client = bytestream_client(&channel);
+        let mut client = bytestream_client(channel);
         let mut offset = 0u64;
         if let Some(chunks) = break_after {
             let sent = self.write_chunks(&content, &resource, 0, Some(chunks));
@@ -339,7 +339,7 @@ impl Client {
             }
             requests
         };
-        let mut client = bytestream_client(&channel);
+        let mut client = bytestream_client(channel);
         let mut offset = 0u64;
         if let Some(chunks) = break_after {
             let sent = zstd_chunks(&compressed, 0, Some(chunks));
@@ -522,7 +522,7 @@ impl Client {
                 .collect(),
             ..Default::default()
         };
-        let mut client = cas_client(&channel);
+        let mut client = cas_client(channel);
         let epochs: Vec<u64> = items
             .iter()
             .map(|(d, _)| self.oracle.evictions(&d.hash))
@@ -559,7 +559,7 @@ impl Client {
     /// ByteStream reads at random offsets, and one BatchReadBlobs, checked byte for byte.
     async fn reads(&self, channel: &Channel, tag: &str) {
         let acked = self.oracle.acked_blobs();
-        let mut client = bytestream_client(&channel);
+        let mut client = bytestream_client(channel);
         for _ in 0..thread_rng().gen_range(1..=6) {
             let digest = if acked.is_empty() || thread_rng().gen_bool(0.2) {
                 self.pick_blob().0
@@ -736,7 +736,7 @@ impl Client {
             acceptable_compressors,
             ..Default::default()
         };
-        let mut client = cas_client(&channel);
+        let mut client = cas_client(channel);
         let response = match client.batch_read_blobs(request).await {
             Ok(r) => r.into_inner(),
             Err(status) => return self.status("batch-read", &Digest::EMPTY, &status),
@@ -808,7 +808,7 @@ impl Client {
             blob_digests: digests.iter().map(wire_digest).collect(),
             ..Default::default()
         };
-        let mut client = cas_client(&channel);
+        let mut client = cas_client(channel);
         match client.find_missing_blobs(request).await {
             Ok(response) => {
                 let missing = response.into_inner().missing_blob_digests;
@@ -939,7 +939,7 @@ impl Client {
             wrong.size
         );
         let requests = self.write_chunks(&content, &resource, 0, None);
-        let mut client = bytestream_client(&channel);
+        let mut client = bytestream_client(channel);
         match client.write(futures::stream::iter(requests)).await {
             Ok(_) => self.oracle.fail(
                 Invariant::BadInputAccepted,
@@ -947,7 +947,7 @@ impl Client {
             ),
             Err(status) => {
                 self.status("bad-write", &wrong, &status);
-                let mut cas = cas_client(&channel);
+                let mut cas = cas_client(channel);
                 let request = FindMissingBlobsRequest {
                     blob_digests: vec![wire_digest(&wrong)],
                     ..Default::default()
@@ -991,7 +991,7 @@ pub async fn check_action(
     must_hit: bool,
     tag: &str,
 ) {
-    let mut client = ac_client(&channel);
+    let mut client = ac_client(channel);
     let evictions_before = oracle.total_evictions();
     let request = GetActionResultRequest {
         instance_name: instance.to_owned(),
@@ -1053,7 +1053,7 @@ pub async fn check_action(
         .filter(|d| !d.is_empty())
         .map(wire_digest)
         .collect();
-    let mut cas = cas_client(&channel);
+    let mut cas = cas_client(channel);
     let request = FindMissingBlobsRequest {
         blob_digests: referenced,
         ..Default::default()
@@ -1097,7 +1097,7 @@ impl Client {
             chunks.push((Digest::of_with(DigestFunction::Blake3, &chunk), chunk));
             at += len;
         }
-        let mut cas = cas_client(&channel);
+        let mut cas = cas_client(channel);
         // Upload all chunks but, sometimes, one: the splice must then be NOT_FOUND.
         let withheld = (chunks.len() > 1 && thread_rng().gen_bool(0.2))
             .then(|| thread_rng().gen_range(0..chunks.len()));

@@ -566,7 +566,7 @@ fn audit_footers(fs: &SimFs, oracle: &Oracle) {
 
 /// A ByteStream read of the whole blob.
 async fn read_whole(channel: &Channel, digest: &Digest) -> Result<Vec<u8>, tonic::Status> {
-    let mut client = bytestream_client(&channel);
+    let mut client = bytestream_client(channel);
     let request = ReadRequest {
         resource_name: format!("blobs/{}/{}", digest.hex(), digest.size),
         ..Default::default()
@@ -615,7 +615,7 @@ async fn audit_damaged(channel: &Channel, oracle: &Oracle, pool: &Pool) {
                 ),
             ),
             Err(status) if status.code() == tonic::Code::NotFound => {
-                let mut cas = cas_client(&channel);
+                let mut cas = cas_client(channel);
                 let request = FindMissingBlobsRequest {
                     blob_digests: vec![wire_digest(digest)],
                     ..Default::default()
@@ -651,7 +651,7 @@ async fn audit_opaque(channel: &Channel, oracle: &Oracle) {
         );
         return;
     };
-    let mut ac = ac_client(&channel);
+    let mut ac = ac_client(channel);
     for key in keys {
         let path = format!("/{}/ac/{}", ccache::INSTANCE, hex::encode(key));
         match ccache::send(&mut sender, Method::GET, &path, Bytes::new()).await {
@@ -687,7 +687,7 @@ async fn audit_opaque(channel: &Channel, oracle: &Oracle) {
 }
 
 async fn wait_until_serving(channel: &Channel) {
-    let mut cas = cas_client(&channel);
+    let mut cas = cas_client(channel);
     loop {
         let probe = FindMissingBlobsRequest::default();
         if cas.find_missing_blobs(probe).await.is_ok() {
