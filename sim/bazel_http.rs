@@ -37,7 +37,7 @@ const ACTIONS: u64 = 16;
 const SKIP_OUTPUT: f64 = 0.25;
 
 /// Share of rounds that end with a probe of the protocol's edges (`sim/http_probes.rs`).
-const PROBE_SHARE: f64 = 0.4;
+const PROBE_SHARE: f64 = 0.3;
 
 /// Probability that an upload sends bytes that hash to something else than its key.
 const WRONG_HASH: f64 = 0.05;

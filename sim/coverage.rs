@@ -233,7 +233,7 @@ impl Client {
             .iter()
             .filter(|d| Some(**d) != withheld && !d.is_empty())
             .filter_map(|d| Some((*d, self.pool.content(d)?.clone())))
-            .filter(|(d, _)| d.size < 256 << 10)
+            .filter(|(d, _)| d.size < 64 << 10)
             .collect();
         let skipped_large = items.len() + usize::from(withheld.is_some())
             < files.iter().filter(|d| !d.is_empty()).count();

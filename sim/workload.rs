@@ -45,7 +45,7 @@ const BLAKE3_SHARE: f64 = 0.15;
 
 /// Share of rounds that also run one coverage round (`sim/coverage.rs`): trees, bad input,
 /// vanishing clients, auth and instance probes.
-const COVERAGE_SHARE: f64 = 0.3;
+const COVERAGE_SHARE: f64 = 0.2;
 
 /// `DigestFunction.Value` of BLAKE3.
 pub const BLAKE3: i32 = 9;
