@@ -683,12 +683,7 @@ impl Client {
         if !self.refused(what, &answer, &[Code::InvalidArgument]) {
             return;
         }
-        let request = GetActionResultRequest {
-            instance_name: instance.to_owned(),
-            action_digest: Some(wire_digest(&action)),
-            ..Default::default()
-        };
-        if ac_client(channel).get_action_result(request).await.is_ok() {
+        if served(channel, instance, &action).await {
             self.oracle.fail(
                 Invariant::BadInputAccepted,
                 format!("{what} was refused, yet it is served"),
@@ -747,21 +742,12 @@ impl Client {
             resource_name: format!("blobs/{}/{}", blob.hex(), blob.size),
             ..Default::default()
         };
-        if let Ok(reply) = bytestream.read(request.clone()).await {
+        if let Ok(reply) = bytestream.read(request).await {
             let mut stream = reply.into_inner();
             let _ = stream.message().await;
         }
         let promise = self.oracle.promise(&blob);
-        let whole = async {
-            let mut stream = bytestream.read(request).await?.into_inner();
-            let mut data = Vec::new();
-            while let Some(chunk) = stream.message().await? {
-                data.extend_from_slice(&chunk.data);
-            }
-            Ok::<_, Status>(data)
-        }
-        .await;
-        match whole {
+        match crate::world::read_whole(channel, &blob).await {
             Ok(data) => self.oracle.check_read(&self.pool, &blob, 0, &data),
             Err(status) => {
                 self.status("read-after-dropped-read", &blob, &status);
@@ -847,18 +833,11 @@ impl Client {
         self.oracle
             .action_answered(instance, action, number, answer.is_ok());
         self.gate(&format!("UpdateActionResult with {who}"), &answer);
-        if self.plan.auth {
-            let request = GetActionResultRequest {
-                instance_name: instance.to_owned(),
-                action_digest: Some(wire_digest(&action)),
-                ..Default::default()
-            };
-            if ac_client(channel).get_action_result(request).await.is_ok() {
-                self.oracle.fail(
-                    Invariant::AuthGateBroken,
-                    format!("an UpdateActionResult refused for {who} is served"),
-                );
-            }
+        if self.plan.auth && served(channel, instance, &action).await {
+            self.oracle.fail(
+                Invariant::AuthGateBroken,
+                format!("an UpdateActionResult refused for {who} is served"),
+            );
         }
     }
 
@@ -905,6 +884,16 @@ impl Client {
         ));
         check_action(&self.oracle, channel, instance, action, false, tag).await;
     }
+}
+
+/// Whether GetActionResult (with credentials) serves `action` under `instance`.
+async fn served(channel: &Channel, instance: &str, action: &Digest) -> bool {
+    let request = GetActionResultRequest {
+        instance_name: instance.to_owned(),
+        action_digest: Some(wire_digest(action)),
+        ..Default::default()
+    };
+    ac_client(channel).get_action_result(request).await.is_ok()
 }
 
 /// An interceptor sending a token the server does not accept.

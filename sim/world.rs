@@ -565,7 +565,7 @@ fn audit_footers(fs: &SimFs, oracle: &Oracle) {
 }
 
 /// A ByteStream read of the whole blob.
-async fn read_whole(channel: &Channel, digest: &Digest) -> Result<Vec<u8>, tonic::Status> {
+pub async fn read_whole(channel: &Channel, digest: &Digest) -> Result<Vec<u8>, tonic::Status> {
     let mut client = bytestream_client(channel);
     let request = ReadRequest {
         resource_name: format!("blobs/{}/{}", digest.hex(), digest.size),
