@@ -36,10 +36,14 @@ const ACTIONS: u64 = 16;
 /// Probability that an action leaves one of its outputs un-uploaded.
 const SKIP_OUTPUT: f64 = 0.25;
 
+/// Share of rounds that end with a probe of the protocol's edges (`sim/http_probes.rs`).
+const PROBE_SHARE: f64 = 0.3;
+
 /// Probability that an upload sends bytes that hash to something else than its key.
 const WRONG_HASH: f64 = 0.05;
 
-type Sender = SendRequest<Full<Bytes>>;
+/// A keep-alive HTTP/1.1 connection to the server.
+pub type Sender = SendRequest<Full<Bytes>>;
 
 fn is_unexpected_server_error(status: StatusCode) -> bool {
     status.is_server_error()
@@ -62,6 +66,9 @@ pub async fn run(id: usize, oracle: Arc<Oracle>, pool: Arc<Pool>, plan: Plan) {
             if !build(&tag, &oracle, &pool, &mut sender, action).await {
                 break;
             }
+        }
+        if thread_rng().gen_bool(PROBE_SHARE) {
+            crate::http_probes::probe(&tag, &oracle, &mut sender, plan.auth).await;
         }
     }
 }

@@ -6,10 +6,11 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::{self, SendRequest};
-use hyper::header::{CONTENT_LENGTH, HOST};
+use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, HOST};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use madsim::rand::{thread_rng, Rng};
@@ -62,14 +63,37 @@ pub async fn connect() -> Option<SendRequest<Full<Bytes>>> {
 /// How long a client waits for an answer (ccache gives up too; a killed server never answers).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Sends one request; `None` when the connection failed or timed out (a crash, say).
+/// The `Authorization` value HTTP clients send: the seed's token as a basic-auth password, as
+/// ccache and Bazel send `http://user:TOKEN@host` (an open server ignores it).
+pub fn credentials() -> String {
+    let pair = format!("ccache:{}", crate::workload::TOKEN);
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    )
+}
+
+/// Sends one request with the seed's credentials; `None` when the connection failed or timed
+/// out (a crash, say).
 pub async fn send(
     sender: &mut SendRequest<Full<Bytes>>,
     method: Method,
     path: &str,
     body: Bytes,
 ) -> Option<(StatusCode, Bytes)> {
-    tokio::time::timeout(REQUEST_TIMEOUT, exchange(sender, method, path, body))
+    send_as(sender, method, path, body, Some(&credentials())).await
+}
+
+/// [`send`] with the given `Authorization` value, or none.
+pub async fn send_as(
+    sender: &mut SendRequest<Full<Bytes>>,
+    method: Method,
+    path: &str,
+    body: Bytes,
+    authorization: Option<&str>,
+) -> Option<(StatusCode, Bytes)> {
+    let exchange = exchange(sender, method, path, body, authorization);
+    tokio::time::timeout(REQUEST_TIMEOUT, exchange)
         .await
         .ok()
         .flatten()
@@ -80,14 +104,17 @@ async fn exchange(
     method: Method,
     path: &str,
     body: Bytes,
+    authorization: Option<&str>,
 ) -> Option<(StatusCode, Bytes)> {
-    let request = Request::builder()
+    let mut request = Request::builder()
         .method(method)
         .uri(path)
         .header(HOST, "hoard")
-        .header(CONTENT_LENGTH, body.len())
-        .body(Full::new(body))
-        .expect("a valid request");
+        .header(CONTENT_LENGTH, body.len());
+    if let Some(value) = authorization {
+        request = request.header(AUTHORIZATION, value);
+    }
+    let request = request.body(Full::new(body)).expect("a valid request");
     let response = sender.send_request(request).await.ok()?;
     let status = response.status();
     let body = response.into_body().collect().await.ok()?.to_bytes();

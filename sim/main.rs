@@ -7,8 +7,11 @@ mod bazel_http;
 #[cfg(madsim)]
 mod ccache;
 #[cfg(madsim)]
+mod coverage;
 #[cfg(madsim)]
 mod fsync_latency;
+#[cfg(madsim)]
+mod http_probes;
 #[cfg(madsim)]
 mod oracle;
 #[cfg(madsim)]

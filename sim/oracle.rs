@@ -61,6 +61,21 @@ pub enum Invariant {
     /// A blob that fails verification is never served whole and, once a read found it corrupt,
     /// is reported missing (until uploaded again).
     CorruptBlobStillPresent,
+    /// A bad input is refused with the code its class calls for (INVALID_ARGUMENT for a
+    /// malformed request, OUT_OF_RANGE for a read past the end, 400/404/413 over HTTP), not
+    /// another one, and never served.
+    WrongRefusalCode,
+    /// With credentials configured, a request without valid ones is UNAUTHENTICATED (HTTP 401)
+    /// and changes nothing; without, no request is refused as unauthenticated.
+    AuthGateBroken,
+    /// An action result stored under one instance name is never served under another.
+    InstanceLeak,
+    /// GetTree of a stored directory tree returns exactly its directories, each once, across
+    /// pages resumed by their tokens (an empty token only on the last page).
+    GetTreeMismatch,
+    /// An upload that never finished (refused midway, or its client vanished) leaves no blob
+    /// present or complete.
+    HalfWrittenVisible,
     /// The server never panics.
     ServerPanic,
     /// A seed finishes within its virtual time limit (a hang fails it).
@@ -87,7 +102,7 @@ pub enum Invariant {
 
 impl Invariant {
     /// Every invariant, in report order.
-    pub const ALL: [Invariant; 28] = [
+    pub const ALL: [Invariant; 33] = [
         Invariant::ReadHashesToDigest,
         Invariant::AcknowledgedBlobLost,
         Invariant::FindMissingLies,
@@ -106,6 +121,11 @@ impl Invariant {
         Invariant::PersistBeforeFlush,
         Invariant::FooterNamesUnsyncedRecord,
         Invariant::FooterVouchesForCorruptRecord,
+        Invariant::WrongRefusalCode,
+        Invariant::AuthGateBroken,
+        Invariant::InstanceLeak,
+        Invariant::GetTreeMismatch,
+        Invariant::HalfWrittenVisible,
         Invariant::ServerPanic,
         Invariant::Liveness,
         Invariant::CascadeRemovedCompleteAction,
@@ -139,6 +159,11 @@ impl Invariant {
             Invariant::FullDiskNotResourceExhausted => "full-disk-not-resource-exhausted",
             Invariant::StaleActionValue => "stale-action-value",
             Invariant::CorruptBlobStillPresent => "corrupt-blob-still-present",
+            Invariant::WrongRefusalCode => "wrong-refusal-code",
+            Invariant::AuthGateBroken => "auth-gate-broken",
+            Invariant::InstanceLeak => "instance-leak",
+            Invariant::GetTreeMismatch => "get-tree-mismatch",
+            Invariant::HalfWrittenVisible => "half-written-visible",
             Invariant::ServerPanic => "server-panic",
             Invariant::Liveness => "liveness",
             Invariant::CascadeRemovedCompleteAction => "cascade-removed-complete-action",
@@ -213,6 +238,12 @@ struct State {
     clock: u64,
     /// The same for opaque values stored over HTTP by ccache-like clients, by key.
     opaque: BTreeMap<[u8; 32], (Vec<Bytes>, Option<u64>)>,
+    /// The file blobs inside each `Tree` blob a client stored, by the
+    /// tree's hash: what an action result naming the tree depends on beyond the tree itself.
+    trees: BTreeMap<[u8; 32], Vec<Digest>>,
+    /// BLAKE3 blobs some client sent a SpliceBlob for with every chunk stored first (it may
+    /// have stored the blob, after which any splice of it may answer OK at once).
+    full_splices: std::collections::BTreeSet<[u8; 32]>,
     abandoned_uploads: usize,
     failures: Vec<Failure>,
     trace: Sha256,
@@ -240,14 +271,43 @@ impl State {
     fn names_lost_blob(&self, value: &[u8]) -> bool {
         let result = <hoard::proto::reapi::ActionResult as prost::Message>::decode(value);
         result.is_ok_and(|r| {
-            r.output_files
+            self.referenced(&r)
                 .iter()
-                .filter_map(|f| f.digest.as_ref())
-                .chain(r.stdout_digest.as_ref())
-                .chain(r.stderr_digest.as_ref())
-                .filter_map(|d| hoard::engine::parse_hash(&d.hash).ok())
-                .any(|h| self.evictions.contains_key(&h) || self.damage.contains_key(&h))
+                .any(|d| self.evictions.contains_key(&d.hash) || self.damage.contains_key(&d.hash))
         })
+    }
+
+    /// Every blob an action result depends on: the ones it names, and the files inside the
+    /// trees it names (as their uploader registered them).
+    fn referenced(&self, result: &hoard::proto::reapi::ActionResult) -> Vec<Digest> {
+        let parse = |d: &hoard::proto::reapi::Digest| Digest::parse(&d.hash, d.size_bytes).ok();
+        let trees: Vec<Digest> = result
+            .output_directories
+            .iter()
+            .filter_map(|d| d.tree_digest.as_ref().and_then(parse))
+            .collect();
+        // Only a tree named as an output directory's: the same blob may be an output file.
+        let inside = trees
+            .iter()
+            .filter_map(|t| self.trees.get(&t.hash))
+            .flatten()
+            .copied();
+        result
+            .output_files
+            .iter()
+            .filter_map(|f| f.digest.as_ref())
+            .chain(result.stdout_digest.as_ref())
+            .chain(result.stderr_digest.as_ref())
+            .chain(
+                result
+                    .output_directories
+                    .iter()
+                    .filter_map(|d| d.root_directory_digest.as_ref()),
+            )
+            .filter_map(parse)
+            .chain(trees.iter().copied())
+            .chain(inside)
+            .collect()
     }
 }
 
@@ -534,6 +594,35 @@ impl Oracle {
                 .map(|(k, _)| *k)
                 .collect()
         })
+    }
+
+    /// A client stored the `Tree` blob `tree`, whose directories hold the files `inside`.
+    pub fn tree_stored(&self, tree: &Digest, inside: Vec<Digest>) {
+        self.with(|s| s.trees.insert(tree.hash, inside));
+    }
+
+    /// Every blob the action result `result` depends on (see [`Oracle::tree_stored`]).
+    pub fn referenced(&self, result: &hoard::proto::reapi::ActionResult) -> Vec<Digest> {
+        self.with(|s| s.referenced(result))
+    }
+
+    /// Whether `value` was stored for the action under an instance other than `instance`.
+    pub fn action_value_elsewhere(&self, instance: &str, action: &Digest, value: &[u8]) -> bool {
+        self.with(|s| {
+            s.actions.iter().any(|((i, a), (values, _))| {
+                i != instance && a == action && values.iter().any(|v| v[..] == *value)
+            })
+        })
+    }
+
+    /// A client is about to splice the blob `hash` from chunks it all stored.
+    pub fn full_splice_sent(&self, hash: &[u8; 32]) {
+        self.with(|s| s.full_splices.insert(*hash));
+    }
+
+    /// Whether any client sent a splice of `hash` that may have stored it.
+    pub fn full_splice_ever(&self, hash: &[u8; 32]) -> bool {
+        self.with(|s| s.full_splices.contains(hash))
     }
 
     /// An upload's stream broke and was never completed.

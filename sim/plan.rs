@@ -48,6 +48,9 @@ pub struct Plan {
     /// Server: the background scrub's rate in bytes/s, if on (it must never drop an intact
     /// record: `acknowledged-blob-lost` would catch it).
     pub scrub_rate: Option<u64>,
+    /// Server: credentials required (the workload's token); clients send them, and the auth
+    /// probes check that requests without them are refused and change nothing.
+    pub auth: bool,
 }
 
 impl Plan {
@@ -78,6 +81,7 @@ impl Plan {
             faults: FaultConfig::swarm(),
             // Drawn last, so the rest of a seed's plan is what it was before the scrub existed.
             scrub_rate: *pick(&mut rng, &[None, None, Some(64 << 10), Some(16 << 20)]),
+            auth: rng.gen_bool(0.3),
         }
     }
 }
@@ -91,7 +95,7 @@ impl fmt::Display for Plan {
         write!(
             f,
             "clients={} ccache_clients={} http_clients={} rounds={} burst_max={} pool={} max_blob={} chunk={} \
-             break={} stage_limit={} segment_size={} max_size={:?} crashes={} stops={} cascade={:?} scrub_rate={:?} | faults: {}",
+             break={} stage_limit={} segment_size={} max_size={:?} crashes={} stops={} cascade={:?} scrub_rate={:?} auth={} | faults: {}",
             self.clients,
             self.ccache_clients,
             self.http_clients,
@@ -108,6 +112,7 @@ impl fmt::Display for Plan {
             self.stops,
             self.cascade_interval,
             self.scrub_rate,
+            self.auth,
             self.faults
         )
     }

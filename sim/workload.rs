@@ -18,6 +18,8 @@ use hoard::proto::reapi::{
 use hoard::wire::grpc::fastcdc::FastCdc;
 use madsim::rand::{thread_rng, Rng};
 use prost::Message;
+use tonic::codegen::IdentityInterceptor;
+use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
@@ -28,24 +30,28 @@ use crate::plan::Plan;
 pub const SERVER_GRPC: &str = "http://10.0.0.1:9092";
 
 /// Instance names clients use (AC entries are per instance).
-const INSTANCES: [&str; 3] = ["", "main", "ci/linux"];
+pub const INSTANCES: [&str; 3] = ["", "main", "ci/linux"];
 
 /// Share of uploads, ByteStream reads and batch calls that use zstd (`compressed-blobs/zstd`,
 /// compressed batch items, `acceptable_compressors`).
 const ZSTD_SHARE: f64 = 0.25;
 
 /// `Compressor.Value` numbers.
-const IDENTITY: i32 = 0;
+pub const IDENTITY: i32 = 0;
 const ZSTD: i32 = 1;
 
 /// Share of rounds that also run the BLAKE3 and chunking round (`blake3_chunked`).
 const BLAKE3_SHARE: f64 = 0.15;
 
+/// Share of rounds that also run one coverage round (`sim/coverage.rs`): trees, bad input,
+/// vanishing clients, auth and instance probes.
+const COVERAGE_SHARE: f64 = 0.2;
+
 /// `DigestFunction.Value` of BLAKE3.
-const BLAKE3: i32 = 9;
+pub const BLAKE3: i32 = 9;
 
 /// How many distinct action keys exist (small, so updates of one key race and overwrite).
-const ACTION_KEYS: u64 = 24;
+pub const ACTION_KEYS: u64 = 24;
 
 /// A simulated client: one node's worth of traffic.
 pub struct Client {
@@ -86,6 +92,35 @@ pub fn result_with_outputs(prefix: &str, outputs: &[Digest]) -> reapi::ActionRes
             .collect(),
         ..Default::default()
     }
+}
+
+/// The bearer token of seeds whose server requires credentials ([`Plan::auth`]). Every client
+/// sends it: an open server ignores it, and only the auth probes (`sim/coverage.rs`) go without.
+pub const TOKEN: &str = "sim-token";
+
+/// The interceptor of every gRPC client the workload builds: adds the token. An
+/// `IdentityInterceptor` (a plain function), so clients keep the type `new` gives them.
+const CREDENTIALS: IdentityInterceptor = with_token;
+
+fn with_token(mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+    let bearer = MetadataValue::try_from(format!("Bearer {TOKEN}")).expect("ASCII");
+    request.metadata_mut().insert("authorization", bearer);
+    Ok(request)
+}
+
+/// A CAS client carrying the seed's credentials.
+pub fn cas_client(channel: &Channel) -> ContentAddressableStorageClient<Channel> {
+    ContentAddressableStorageClient::with_interceptor(channel.clone(), CREDENTIALS)
+}
+
+/// A ByteStream client carrying the seed's credentials.
+pub fn bytestream_client(channel: &Channel) -> ByteStreamClient<Channel> {
+    ByteStreamClient::with_interceptor(channel.clone(), CREDENTIALS)
+}
+
+/// An ActionCache client carrying the seed's credentials.
+pub fn ac_client(channel: &Channel) -> ActionCacheClient<Channel> {
+    ActionCacheClient::with_interceptor(channel.clone(), CREDENTIALS)
 }
 
 /// Connects to the server, retrying while it is down (it may be mid-crash), for at most
@@ -135,12 +170,15 @@ impl Client {
             if thread_rng().gen_bool(BLAKE3_SHARE) {
                 self.blake3_chunked(&channel, &tag).await;
             }
+            if thread_rng().gen_bool(COVERAGE_SHARE) {
+                self.coverage(&channel, &tag).await;
+            }
         }
     }
 
     /// Records a status in the trace and checks that it is never INTERNAL, and that a full
     /// disk is RESOURCE_EXHAUSTED.
-    fn status(&self, op: &str, digest: &Digest, status: &Status) {
+    pub(crate) fn status(&self, op: &str, digest: &Digest, status: &Status) {
         self.oracle
             .event(format!("{} {op} {digest} {:?}", self.id, status.code()));
         if status.code() == Code::Internal {
@@ -157,7 +195,7 @@ impl Client {
         }
     }
 
-    fn pick_blob(&self) -> (Digest, Bytes) {
+    pub(crate) fn pick_blob(&self) -> (Digest, Bytes) {
         let i = thread_rng().gen_range(0..self.pool.blobs.len());
         (self.pool.digests[i], self.pool.blobs[i].clone())
     }
@@ -199,7 +237,7 @@ impl Client {
                 blob_digests: vec![wire_digest(&digest)],
                 ..Default::default()
             };
-            let mut cas = ContentAddressableStorageClient::new(channel);
+            let mut cas = cas_client(&channel);
             match cas.find_missing_blobs(request).await {
                 Ok(r)
                     if !r.get_ref().missing_blob_digests.is_empty()
@@ -236,7 +274,7 @@ impl Client {
             digest.hex(),
             digest.size
         );
-        let mut client = ByteStreamClient::new(channel.clone());
+        let mut client = bytestream_client(channel);
         let mut offset = 0u64;
         if let Some(chunks) = break_after {
             let sent = self.write_chunks(&content, &resource, 0, Some(chunks));
@@ -301,7 +339,7 @@ impl Client {
             }
             requests
         };
-        let mut client = ByteStreamClient::new(channel.clone());
+        let mut client = bytestream_client(channel);
         let mut offset = 0u64;
         if let Some(chunks) = break_after {
             let sent = zstd_chunks(&compressed, 0, Some(chunks));
@@ -420,7 +458,7 @@ impl Client {
     }
 
     /// The write requests for `content` from `offset`, all of them or only `limit` chunks.
-    fn write_chunks(
+    pub(crate) fn write_chunks(
         &self,
         content: &Bytes,
         resource: &str,
@@ -484,7 +522,7 @@ impl Client {
                 .collect(),
             ..Default::default()
         };
-        let mut client = ContentAddressableStorageClient::new(channel.clone());
+        let mut client = cas_client(channel);
         let epochs: Vec<u64> = items
             .iter()
             .map(|(d, _)| self.oracle.evictions(&d.hash))
@@ -521,7 +559,7 @@ impl Client {
     /// ByteStream reads at random offsets, and one BatchReadBlobs, checked byte for byte.
     async fn reads(&self, channel: &Channel, tag: &str) {
         let acked = self.oracle.acked_blobs(DigestFunction::Sha256);
-        let mut client = ByteStreamClient::new(channel.clone());
+        let mut client = bytestream_client(channel);
         for _ in 0..thread_rng().gen_range(1..=6) {
             let digest = if acked.is_empty() || thread_rng().gen_bool(0.2) {
                 self.pick_blob().0
@@ -698,7 +736,7 @@ impl Client {
             acceptable_compressors,
             ..Default::default()
         };
-        let mut client = ContentAddressableStorageClient::new(channel.clone());
+        let mut client = cas_client(channel);
         let response = match client.batch_read_blobs(request).await {
             Ok(r) => r.into_inner(),
             Err(status) => return self.status("batch-read", &Digest::EMPTY, &status),
@@ -770,7 +808,7 @@ impl Client {
             blob_digests: digests.iter().map(wire_digest).collect(),
             ..Default::default()
         };
-        let mut client = ContentAddressableStorageClient::new(channel.clone());
+        let mut client = cas_client(channel);
         match client.find_missing_blobs(request).await {
             Ok(response) => {
                 let missing = response.into_inner().missing_blob_digests;
@@ -832,6 +870,21 @@ impl Client {
                 .then(|| wire_digest(&Digest::EMPTY)),
             ..Default::default()
         };
+        self.store_action(channel, tag, instance, action, result)
+            .await;
+    }
+
+    /// UpdateActionResult of `result` for `action` in `instance`, recorded in the oracle (the
+    /// caller marks a result whose blobs it did not all store with `action_may_be_incomplete`).
+    /// Whether it was acknowledged.
+    pub(crate) async fn store_action(
+        &self,
+        channel: &Channel,
+        tag: &str,
+        instance: &str,
+        action: Digest,
+        result: ActionResult,
+    ) -> bool {
         let number = self
             .oracle
             .action_attempted(instance, action, result.encode_to_vec().into());
@@ -841,7 +894,7 @@ impl Client {
             action_result: Some(result),
             ..Default::default()
         };
-        let mut client = ActionCacheClient::new(channel.clone());
+        let mut client = ac_client(channel);
         let epoch = self.oracle.evictions(&action.hash);
         let answer = client.update_action_result(request).await;
         self.oracle
@@ -851,8 +904,12 @@ impl Client {
                 self.oracle
                     .event(format!("{tag} update-action {instance:?} {action} ok"));
                 self.oracle.action_acked(instance, action, epoch);
+                true
             }
-            Err(status) => self.status("update-action", &action, &status),
+            Err(status) => {
+                self.status("update-action", &action, &status);
+                false
+            }
         }
     }
 
@@ -882,7 +939,7 @@ impl Client {
             wrong.size
         );
         let requests = self.write_chunks(&content, &resource, 0, None);
-        let mut client = ByteStreamClient::new(channel.clone());
+        let mut client = bytestream_client(channel);
         match client.write(futures::stream::iter(requests)).await {
             Ok(_) => self.oracle.fail(
                 Invariant::BadInputAccepted,
@@ -890,7 +947,7 @@ impl Client {
             ),
             Err(status) => {
                 self.status("bad-write", &wrong, &status);
-                let mut cas = ContentAddressableStorageClient::new(channel.clone());
+                let mut cas = cas_client(channel);
                 let request = FindMissingBlobsRequest {
                     blob_digests: vec![wire_digest(&wrong)],
                     ..Default::default()
@@ -934,7 +991,7 @@ pub async fn check_action(
     must_hit: bool,
     tag: &str,
 ) {
-    let mut client = ActionCacheClient::new(channel.clone());
+    let mut client = ac_client(channel);
     let evictions_before = oracle.total_evictions();
     let request = GetActionResultRequest {
         instance_name: instance.to_owned(),
@@ -968,7 +1025,16 @@ pub async fn check_action(
     };
     oracle.event(format!("{tag} get-action {instance:?} {action} hit"));
     let value = result.encode_to_vec();
-    if !oracle.action_value_known(instance, action, &value) {
+    if !oracle.action_value_known(instance, action, &value)
+        && oracle.action_value_elsewhere(instance, action, &value)
+    {
+        oracle.fail(
+            Invariant::InstanceLeak,
+            format!(
+                "action {action} in {instance:?} returned a value stored under another instance"
+            ),
+        );
+    } else if !oracle.action_value_known(instance, action, &value) {
         oracle.fail(
             Invariant::AcReturnsUnknownValue,
             format!("action {action} in {instance:?} returned a value nobody stored"),
@@ -979,13 +1045,15 @@ pub async fn check_action(
             format!("action {action} in {instance:?} holds a value a later acknowledged update replaced"),
         );
     }
-    let referenced: Vec<reapi::Digest> = result
-        .output_files
+    // Named blobs and the files inside named trees: a hit must be downloadable whole. The empty
+    // blob is never stored (the server has it implicitly), so it is left out.
+    let referenced: Vec<reapi::Digest> = oracle
+        .referenced(&result)
         .iter()
-        .filter_map(|f| f.digest.clone())
-        .chain(result.stdout_digest.clone())
+        .filter(|d| !d.is_empty())
+        .map(wire_digest)
         .collect();
-    let mut cas = ContentAddressableStorageClient::new(channel.clone());
+    let mut cas = cas_client(channel);
     let request = FindMissingBlobsRequest {
         blob_digests: referenced,
         ..Default::default()
@@ -1029,7 +1097,7 @@ impl Client {
             chunks.push((Digest::of_with(DigestFunction::Blake3, &chunk), chunk));
             at += len;
         }
-        let mut cas = ContentAddressableStorageClient::new(channel.clone());
+        let mut cas = cas_client(channel);
         // Upload all chunks but, sometimes, one: the splice must then be NOT_FOUND.
         let withheld = (chunks.len() > 1 && thread_rng().gen_bool(0.2))
             .then(|| thread_rng().gen_range(0..chunks.len()));
@@ -1080,16 +1148,17 @@ impl Client {
         } else {
             digest
         };
-        // REAPI lets a splice of a blob already stored succeed as a no-op, whatever its chunks.
-        let stored_before = withheld.is_some()
-            && (self.oracle.promise(&digest).is_some()
-                || self.find(&mut cas, &digest, BLAKE3).await == Some(true));
         let splice = reapi::SpliceBlobRequest {
             blob_digest: Some(wire_digest(&claimed)),
             chunk_digests: chunks.iter().map(|(d, _)| wire_digest(d)).collect(),
             digest_function: BLAKE3,
             ..Default::default()
         };
+        // A withheld chunk another upload stored may be evicted again before it is looked up.
+        let withheld_epoch = withheld.map(|i| self.oracle.evictions(&chunks[i].0.hash));
+        if claimed == digest && withheld.is_none() {
+            self.oracle.full_splice_sent(&digest.hash);
+        }
         let spliced = cas.splice_blob(splice).await;
         self.oracle.event(format!(
             "{tag} splice {claimed} of {} chunks: {:?}",
@@ -1118,11 +1187,10 @@ impl Client {
             );
         } else if let Some(i) = withheld {
             // Acceptable only if that chunk was there anyway (another upload of the same bytes),
-            // or the blob was (another client's splice).
-            let stored_since = self.oracle.promise(&digest).is_some();
-            if !stored_before
-                && !stored_since
+            // or the blob was (another client's splice stored it: the server answers at once).
+            if !self.oracle.full_splice_ever(&digest.hash)
                 && self.find(&mut cas, &chunks[i].0, BLAKE3).await == Some(false)
+                && withheld_epoch == Some(self.oracle.evictions(&chunks[i].0.hash))
             {
                 self.oracle.fail(
                     Invariant::BadInputAccepted,
@@ -1198,7 +1266,7 @@ impl Client {
 
     /// Whether FindMissingBlobs under `function` reports `digest` present; `None` if the call
     /// failed (which proves nothing either way).
-    async fn find(
+    pub(crate) async fn find(
         &self,
         cas: &mut ContentAddressableStorageClient<Channel>,
         digest: &Digest,

@@ -11,11 +11,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::join_all;
+use hoard::auth::Auth;
 use hoard::engine::{record, Digest, DigestFunction, EngineConfig, EvictionObserver, RecordKey};
-use hoard::proto::bytestream::byte_stream_client::ByteStreamClient;
 use hoard::proto::bytestream::ReadRequest;
-use hoard::proto::reapi::action_cache_client::ActionCacheClient;
-use hoard::proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
 use hoard::proto::reapi::{self, FindMissingBlobsRequest, GetActionResultRequest};
 use hoard::seam::TokioRuntime;
 use hoard::server::{self, ServeConfig};
@@ -30,7 +28,9 @@ use crate::fsync_latency::FsyncLatency;
 pub use crate::oracle::Failure;
 use crate::oracle::{Invariant, Oracle, Pool};
 use crate::plan::Plan;
-use crate::workload::{check_action, connect, wire_digest, Client};
+use crate::workload::{
+    ac_client, bytestream_client, cas_client, check_action, connect, wire_digest, Client,
+};
 use crate::{bazel_http, ccache};
 use hoard::seam::sim_fs::SimFs;
 
@@ -288,6 +288,10 @@ async fn simulate(planted: Option<String>, verbose: bool) -> Outcome {
     }
     let pool = Arc::new(draw_pool(&plan));
     let engine = engine_config(&plan, planted.as_deref(), &oracle);
+    let auth = match plan.auth {
+        true => Auth::new(Some(crate::workload::TOKEN), None, false),
+        false => Auth::open(),
+    };
     let config = ServeConfig {
         stack: hoard::store::stack::StackConfig {
             cascade_interval: plan.cascade_interval,
@@ -298,8 +302,14 @@ async fn simulate(planted: Option<String>, verbose: bool) -> Outcome {
         engine,
         grpc_addr: SocketAddr::new(IpAddr::V4(SERVER_IP), 9092),
         http_addr: Some(crate::ccache::SERVER_HTTP),
-        grpc: GrpcConfig::default(),
-        http: HttpConfig::default(),
+        grpc: GrpcConfig {
+            auth: auth.clone(),
+            ..Default::default()
+        },
+        http: HttpConfig {
+            auth,
+            ..Default::default()
+        },
     };
     let stops = Arc::new(Stops::default());
     let server = start_server(&handle, &fs, config, stops.clone());
@@ -572,7 +582,7 @@ async fn audit_acked_blobs(
     function: DigestFunction,
 ) {
     let acked = oracle.acked_blobs(function);
-    let mut cas = ContentAddressableStorageClient::new(channel.clone());
+    let mut cas = cas_client(channel);
     let request = FindMissingBlobsRequest {
         blob_digests: acked.iter().map(wire_digest).collect(),
         digest_function: reapi::digest_function::Value::from(function) as i32,
@@ -601,8 +611,8 @@ async fn audit_acked_blobs(
 }
 
 /// A ByteStream read of the whole blob.
-async fn read_whole(channel: &Channel, digest: &Digest) -> Result<Vec<u8>, tonic::Status> {
-    let mut client = ByteStreamClient::new(channel.clone());
+pub async fn read_whole(channel: &Channel, digest: &Digest) -> Result<Vec<u8>, tonic::Status> {
+    let mut client = bytestream_client(channel);
     let request = ReadRequest {
         resource_name: match digest.function {
             DigestFunction::Sha256 => format!("blobs/{}/{}", digest.hex(), digest.size),
@@ -654,7 +664,7 @@ async fn audit_damaged(channel: &Channel, oracle: &Oracle, pool: &Pool) {
                 ),
             ),
             Err(status) if status.code() == tonic::Code::NotFound => {
-                let mut cas = ContentAddressableStorageClient::new(channel.clone());
+                let mut cas = cas_client(channel);
                 let request = FindMissingBlobsRequest {
                     blob_digests: vec![wire_digest(digest)],
                     ..Default::default()
@@ -690,7 +700,7 @@ async fn audit_opaque(channel: &Channel, oracle: &Oracle) {
         );
         return;
     };
-    let mut ac = ActionCacheClient::new(channel.clone());
+    let mut ac = ac_client(channel);
     for key in keys {
         let path = format!("/{}/ac/{}", ccache::INSTANCE, hex::encode(key));
         match ccache::send(&mut sender, Method::GET, &path, Bytes::new()).await {
@@ -726,7 +736,7 @@ async fn audit_opaque(channel: &Channel, oracle: &Oracle) {
 }
 
 async fn wait_until_serving(channel: &Channel) {
-    let mut cas = ContentAddressableStorageClient::new(channel.clone());
+    let mut cas = cas_client(channel);
     loop {
         let probe = FindMissingBlobsRequest::default();
         if cas.find_missing_blobs(probe).await.is_ok() {

@@ -103,6 +103,20 @@ struct Policy {
     slow_runs: AtomicU64,
 }
 
+/// A fresh key for this process's verdicts. Under madsim it comes from the seeded RNG: rand's
+/// thread RNG is seeded once per OS thread there, from the simulation's RNG, so its first use
+/// would make a seed's draws depend on which seeds ran before it in the same thread.
+fn process_key() -> [u8; 32] {
+    #[cfg(madsim)]
+    {
+        madsim::rand::random()
+    }
+    #[cfg(not(madsim))]
+    {
+        rand::random()
+    }
+}
+
 /// How many verdicts of slow hashes are remembered (about 50 bytes each).
 pub const VERDICTS_KEPT: usize = 4096;
 
@@ -190,7 +204,7 @@ impl Auth {
                 users,
                 allow_unauthenticated_reads,
                 verdicts: Mutex::new(Verdicts::new(VERDICTS_KEPT)),
-                key: rand::random(),
+                key: process_key(),
                 slow_permits: tokio::sync::Semaphore::new(parallelism),
                 slow_runs: AtomicU64::new(0),
             })),

@@ -117,7 +117,16 @@ async fn tree_gap(
         let field = match fields.next_directory(max_directory_size).await {
             Ok(Some(bytes)) => bytes,
             Ok(None) => break,
-            Err(Unreadable(why)) => return Ok(Some(unreadable(format!("tree {tree}"), why))),
+            Err(FieldError::Unreadable(why)) => {
+                return Ok(Some(unreadable(format!("tree {tree}"), why)))
+            }
+            // Gone or corrupt since it was opened: a gap, as a missing tree is.
+            Err(FieldError::Read(Error::NotFound(_) | Error::DataLoss(_))) => {
+                return Ok(Some(Gap::Missing(*tree)))
+            }
+            // Any other failure (an I/O error) says nothing about the result: it is no gap, or
+            // the cascade would remove a complete result for a transient error.
+            Err(FieldError::Read(e)) => return Err(e),
         };
         let directory = match Directory::decode(field.as_slice()) {
             Ok(directory) => directory,
@@ -200,8 +209,13 @@ impl<S: Store> Store for CompletenessChecking<S> {
     }
 }
 
-/// Why a tree cannot be read through (its result is then incomplete).
-struct Unreadable(String);
+/// Why a tree could not be read through.
+enum FieldError {
+    /// Its bytes are not a `Tree` within the bounds (its result is then incomplete).
+    Unreadable(String),
+    /// The store failed to read it.
+    Read(Error),
+}
 
 /// Reads the length-delimited `Directory` fields (1: root, 2: children) of a `Tree` blob as
 /// it streams, holding one field at a time.
@@ -224,20 +238,20 @@ impl FieldReader {
 
     /// Makes at least `n` unread bytes available unless the blob ends first; returns how many
     /// there are.
-    async fn fill(&mut self, n: usize) -> Result<usize, Unreadable> {
+    async fn fill(&mut self, n: usize) -> Result<usize, FieldError> {
         while self.buffer.len() - self.at < n && !self.ended {
             self.buffer.drain(..self.at);
             self.at = 0;
             match self.reader.next_chunk(1 << 20).await {
                 Ok(Some(chunk)) => self.buffer.extend_from_slice(&chunk),
                 Ok(None) => self.ended = true,
-                Err(e) => return Err(Unreadable(format!("reading it failed: {e}"))),
+                Err(e) => return Err(FieldError::Read(e)),
             }
         }
         Ok(self.buffer.len() - self.at)
     }
 
-    async fn varint(&mut self) -> Result<Option<u64>, Unreadable> {
+    async fn varint(&mut self) -> Result<Option<u64>, FieldError> {
         let available = self.fill(10).await?;
         if available == 0 {
             return Ok(None);
@@ -251,12 +265,12 @@ impl FieldReader {
                 return Ok(Some(value));
             }
         }
-        Err(Unreadable("a field header is malformed".into()))
+        Err(FieldError::Unreadable("a field header is malformed".into()))
     }
 
-    async fn take(&mut self, len: usize) -> Result<Vec<u8>, Unreadable> {
+    async fn take(&mut self, len: usize) -> Result<Vec<u8>, FieldError> {
         if self.fill(len).await? < len {
-            return Err(Unreadable("it ends inside a field".into()));
+            return Err(FieldError::Unreadable("it ends inside a field".into()));
         }
         let bytes = self.buffer[self.at..self.at + len].to_vec();
         self.at += len;
@@ -264,7 +278,7 @@ impl FieldReader {
     }
 
     /// The next directory message's bytes, skipping other fields; `None` at the end.
-    async fn next_directory(&mut self, max: usize) -> Result<Option<Vec<u8>>, Unreadable> {
+    async fn next_directory(&mut self, max: usize) -> Result<Option<Vec<u8>>, FieldError> {
         loop {
             let Some(key) = self.varint().await? else {
                 return Ok(None);
@@ -281,10 +295,14 @@ impl FieldReader {
                     let len = self.varint().await?.unwrap_or(u64::MAX);
                     usize::try_from(len).unwrap_or(usize::MAX)
                 }
-                _ => return Err(Unreadable(format!("wire type {wire_type} is not a Tree's"))),
+                _ => {
+                    return Err(FieldError::Unreadable(format!(
+                        "wire type {wire_type} is not a Tree's"
+                    )))
+                }
             };
             if len > max {
-                return Err(Unreadable(format!(
+                return Err(FieldError::Unreadable(format!(
                     "a field of {len} bytes is over the {max} byte bound on a directory"
                 )));
             }
@@ -458,6 +476,66 @@ mod tests {
             };
             store.put_action(&key, garbage).await.unwrap();
             assert_eq!(store.get_action(&key, Accept::Any).await.unwrap(), None);
+        });
+    }
+
+    /// A lookup over `store` whose reads of `failing` break after their first chunk with an I/O
+    /// error (a disk failing for a moment).
+    struct FlakyReads<'s> {
+        store: &'s MemoryStore,
+        failing: Digest,
+    }
+
+    struct BrokenRead {
+        first: Option<Bytes>,
+    }
+
+    #[async_trait::async_trait]
+    impl BlobRead for BrokenRead {
+        async fn next_chunk(&mut self, _max: usize) -> Result<Option<Bytes>, Error> {
+            match self.first.take() {
+                Some(chunk) => Ok(Some(chunk)),
+                None => Err(Error::io("reading", std::io::Error::other("eio"))),
+            }
+        }
+    }
+
+    impl Lookup for FlakyReads<'_> {
+        fn missing<'a>(&'a self, digests: &'a [Digest]) -> StoreFuture<'a, Vec<Digest>> {
+            self.store.find_missing_and_touch(digests)
+        }
+
+        fn open<'a>(&'a self, digest: &'a Digest) -> StoreFuture<'a, Box<dyn BlobRead>> {
+            Box::pin(async move {
+                if *digest != self.failing {
+                    return self.store.open_blob(digest, 0).await;
+                }
+                let bytes = self.store.read_blob(digest).await?;
+                let first = bytes.slice(..bytes.len().min(3));
+                Ok(Box::new(BrokenRead { first: Some(first) }) as Box<dyn BlobRead>)
+            })
+        }
+    }
+
+    /// An I/O error while a tree streams says nothing about the result: an error, not a gap
+    /// (the cascade removes the results its check finds a gap in, so a gap here would cost a
+    /// complete result for a transient fault).
+    #[test]
+    fn a_failing_tree_read_is_an_error_not_a_gap() {
+        futures::executor::block_on(async {
+            let full = case(4).await;
+            let tree = full.blobs.last().unwrap().0;
+            let value = full.store.inner.get_action(&full.key, Accept::Any).await;
+            let value = value.unwrap().unwrap().bytes;
+            let lookup = FlakyReads {
+                store: &full.store.inner,
+                failing: tree,
+            };
+            let gap = first_gap(&lookup, DigestFunction::Sha256, &value, 1 << 20).await;
+            assert!(
+                matches!(gap, Err(Error::Io { .. })),
+                "a read error must pass up, got {gap:?}"
+            );
         });
     }
 }
