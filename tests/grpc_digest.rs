@@ -11,8 +11,8 @@ use grpc_support::{
 use hoard::engine::{Digest, DigestFunction};
 use hoard::proto::reapi::{
     batch_update_blobs_request, ActionResult, BatchReadBlobsRequest, BatchUpdateBlobsRequest,
-    Directory, FileNode, FindMissingBlobsRequest, GetActionResultRequest, GetCapabilitiesRequest,
-    GetTreeRequest, OutputFile, SpliceBlobRequest, SplitBlobRequest, UpdateActionResultRequest,
+    Directory, FileNode, FindMissingBlobsRequest, GetActionResultRequest, GetTreeRequest,
+    OutputFile, SpliceBlobRequest, SplitBlobRequest, UpdateActionResultRequest,
 };
 use hoard::wire::grpc::GrpcConfig;
 use prost::Message as _;
@@ -90,29 +90,15 @@ async fn batch_update(f: &Fixture, function: i32, blobs: &[(Digest, Vec<u8>)]) -
 async fn capabilities_announce_both_functions_chunking_and_the_blob_limit() {
     let f = Fixture::with(|c| c.max_blob_size = 300 << 20, GrpcConfig::default()).await;
     let budget = Fixture::with(|c| c.max_size = Some(200 << 20), GrpcConfig::default()).await;
-    let caps = f
-        .capabilities()
-        .get_capabilities(GetCapabilitiesRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    let cache = caps.cache_capabilities.unwrap();
+    let cache = f.cache_capabilities().await;
     assert_eq!(cache.digest_functions, vec![SHA256, BLAKE3]);
     assert_eq!(cache.max_cas_blob_size_bytes, 300 << 20);
     assert!(cache.split_blob_support && cache.splice_blob_support);
     let cdc = cache.fast_cdc_2020_params.unwrap();
     assert_eq!((cdc.avg_chunk_size_bytes, cdc.seed), (512 << 10, 0));
     // Under a size budget the announced limit is what the engine admits: half the budget.
-    let caps = budget
-        .capabilities()
-        .get_capabilities(GetCapabilitiesRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        caps.cache_capabilities.unwrap().max_cas_blob_size_bytes,
-        100 << 20
-    );
+    let cache = budget.cache_capabilities().await;
+    assert_eq!(cache.max_cas_blob_size_bytes, 100 << 20);
 }
 
 /// One round of every RPC under `function` (sent as `sent`: 0 is "unset", SHA-256 implied).

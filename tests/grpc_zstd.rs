@@ -10,7 +10,6 @@ use hoard::engine::Digest;
 use hoard::proto::bytestream::{QueryWriteStatusRequest, ReadRequest, WriteRequest};
 use hoard::proto::reapi::{
     batch_update_blobs_request, BatchReadBlobsRequest, BatchUpdateBlobsRequest,
-    GetCapabilitiesRequest,
 };
 use tonic::Code;
 
@@ -121,14 +120,7 @@ async fn write_status(f: &Fixture, name: &str) -> (i64, bool) {
 #[tokio::test]
 async fn capabilities_list_zstd() {
     let f = Fixture::start().await;
-    let cache = f
-        .capabilities()
-        .get_capabilities(GetCapabilitiesRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .cache_capabilities
-        .unwrap();
+    let cache = f.cache_capabilities().await;
     assert_eq!(cache.supported_compressors, vec![ZSTD]);
     assert_eq!(cache.supported_batch_update_compressors, vec![ZSTD]);
 }

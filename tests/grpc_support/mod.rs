@@ -93,6 +93,14 @@ impl Fixture {
         CapabilitiesClient::new(self.channel.clone())
     }
 
+    /// The cache capabilities the server announces.
+    pub async fn cache_capabilities(&self) -> reapi::CacheCapabilities {
+        let request = reapi::GetCapabilitiesRequest::default();
+        let reply = self.capabilities().get_capabilities(request).await;
+        let caps = reply.expect("GetCapabilities").into_inner();
+        caps.cache_capabilities.expect("cache capabilities")
+    }
+
     /// Uploads `data` in one ByteStream write and asserts it committed.
     pub async fn upload(&self, data: &[u8]) -> Digest {
         let digest = Digest::of(data);
