@@ -381,10 +381,7 @@ mod bench {
             let request = FindMissingBlobsRequest {
                 blob_digests: digests
                     .iter()
-                    .map(|d| hoard::proto::reapi::Digest {
-                        hash: d.hex(),
-                        size_bytes: d.size as i64,
-                    })
+                    .map(hoard::proto::reapi::Digest::from)
                     .collect(),
                 ..Default::default()
             };
@@ -472,7 +469,7 @@ mod bench {
             .into_iter()
             .zip(&digests)
             .map(|(data, digest)| batch_update_blobs_request::Request {
-                digest: Some(wire(digest)),
+                digest: Some(hoard::proto::reapi::Digest::from(digest)),
                 data: data.into(),
                 compressor: 0,
             })
@@ -491,13 +488,6 @@ mod bench {
         Ok(digests)
     }
 
-    fn wire(digest: &Digest) -> hoard::proto::reapi::Digest {
-        hoard::proto::reapi::Digest {
-            hash: digest.hex(),
-            size_bytes: digest.size as i64,
-        }
-    }
-
     /// Stores [`AC_ENTRIES`] action results, each naming a stored blob; returns their keys.
     async fn store_actions(
         mut client: ActionCacheClient<Channel>,
@@ -509,14 +499,14 @@ mod bench {
             let result = ActionResult {
                 output_files: vec![OutputFile {
                     path: format!("out/{i}"),
-                    digest: Some(wire(&blobs[i % blobs.len()])),
+                    digest: Some(hoard::proto::reapi::Digest::from(&blobs[i % blobs.len()])),
                     ..Default::default()
                 }],
                 ..Default::default()
             };
             client
                 .update_action_result(UpdateActionResultRequest {
-                    action_digest: Some(wire(&key)),
+                    action_digest: Some(hoard::proto::reapi::Digest::from(&key)),
                     action_result: Some(result),
                     ..Default::default()
                 })
@@ -536,7 +526,7 @@ mod bench {
             let key = &keys[(caller * 7 + i) % keys.len()];
             client
                 .get_action_result(GetActionResultRequest {
-                    action_digest: Some(wire(key)),
+                    action_digest: Some(hoard::proto::reapi::Digest::from(key)),
                     ..Default::default()
                 })
                 .await?;

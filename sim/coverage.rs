@@ -45,8 +45,8 @@ use tonic::{Code, Status};
 
 use crate::oracle::Invariant;
 use crate::workload::{
-    ac_client, action_key, bytestream_client, cas_client, check_action, wire_digest, Client,
-    ACTION_KEYS, IDENTITY, INSTANCES,
+    ac_client, action_key, bytestream_client, cas_client, check_action, Client, ACTION_KEYS,
+    IDENTITY, INSTANCES,
 };
 
 /// Codes any request may get from a server in trouble (restarting, a failing or full disk, a
@@ -177,7 +177,7 @@ impl Client {
             files.push(digest);
             FileNode {
                 name,
-                digest: Some(wire_digest(&digest)),
+                digest: Some(reapi::Digest::from(&digest)),
                 is_executable: thread_rng().gen_bool(0.2),
                 ..Default::default()
             }
@@ -196,7 +196,7 @@ impl Client {
             if let Some(digest) = &below {
                 directory.directories.push(DirectoryNode {
                     name: format!("sub{level}"),
-                    digest: Some(wire_digest(digest)),
+                    digest: Some(reapi::Digest::from(digest)),
                 });
             }
             let digest = Digest::of(&directory.encode_to_vec());
@@ -212,7 +212,7 @@ impl Client {
         if let Some(digest) = &below {
             root.directories.push(DirectoryNode {
                 name: "lib".into(),
-                digest: Some(wire_digest(digest)),
+                digest: Some(reapi::Digest::from(digest)),
             });
         }
         let root_digest = Digest::of(&root.encode_to_vec());
@@ -252,7 +252,7 @@ impl Client {
             requests: items
                 .iter()
                 .map(|(d, data)| batch_update_blobs_request::Request {
-                    digest: Some(wire_digest(d)),
+                    digest: Some(reapi::Digest::from(d)),
                     data: data.clone(),
                     compressor: IDENTITY,
                 })
@@ -267,7 +267,7 @@ impl Client {
         for ((digest, _), epoch) in items.iter().zip(&epochs) {
             let code = stored
                 .iter()
-                .find(|r| r.digest.as_ref() == Some(&wire_digest(digest)))
+                .find(|r| r.digest.as_ref() == Some(&reapi::Digest::from(digest)))
                 .map_or(-1, |r| r.status.as_ref().map_or(0, |s| s.code));
             self.oracle
                 .event(format!("{tag} tree item {digest} code {code}"));
@@ -299,7 +299,7 @@ impl Client {
             output_files: if thread_rng().gen_bool(0.5) {
                 vec![OutputFile {
                     path: "out/log".into(),
-                    digest: Some(wire_digest(&files[0])),
+                    digest: Some(reapi::Digest::from(&files[0])),
                     ..Default::default()
                 }]
             } else {
@@ -307,10 +307,10 @@ impl Client {
             },
             output_directories: vec![OutputDirectory {
                 path: "out/dir".into(),
-                tree_digest: Some(wire_digest(&tree_digest)),
+                tree_digest: Some(reapi::Digest::from(&tree_digest)),
                 root_directory_digest: thread_rng()
                     .gen_bool(0.5)
-                    .then(|| wire_digest(&root_digest)),
+                    .then(|| reapi::Digest::from(&root_digest)),
                 ..Default::default()
             }],
             exit_code: thread_rng().gen_range(0..2),
@@ -355,7 +355,7 @@ impl Client {
         let outcome: Result<(), Status> = async {
             loop {
                 let request = GetTreeRequest {
-                    root_digest: Some(wire_digest(root)),
+                    root_digest: Some(reapi::Digest::from(root)),
                     page_size,
                     page_token: token.clone(),
                     ..Default::default()
@@ -568,7 +568,7 @@ impl Client {
                 let mut cas = cas_client(channel);
                 let request = BatchUpdateBlobsRequest {
                     requests: vec![batch_update_blobs_request::Request {
-                        digest: Some(wire_digest(&digest)),
+                        digest: Some(reapi::Digest::from(&digest)),
                         data: content.clone(),
                         compressor: IDENTITY,
                     }],
@@ -582,7 +582,7 @@ impl Client {
                         .await;
                 }
                 let request = FindMissingBlobsRequest {
-                    blob_digests: vec![wire_digest(&digest)],
+                    blob_digests: vec![reapi::Digest::from(&digest)],
                     digest_function: function,
                     ..Default::default()
                 };
@@ -596,7 +596,7 @@ impl Client {
                     size_bytes: if thread_rng().gen_bool(0.5) { -1 } else { 3 },
                 };
                 let request = FindMissingBlobsRequest {
-                    blob_digests: vec![wire_digest(&digest), malformed.clone()],
+                    blob_digests: vec![reapi::Digest::from(&digest), malformed.clone()],
                     ..Default::default()
                 };
                 let answer = cas_client(channel).find_missing_blobs(request).await;
@@ -613,7 +613,7 @@ impl Client {
                 // GetTree with a token not issued for the root, or a negative page size.
                 let bad_token = thread_rng().gen_bool(0.5);
                 let request = GetTreeRequest {
-                    root_digest: Some(wire_digest(&digest)),
+                    root_digest: Some(reapi::Digest::from(&digest)),
                     page_size: if bad_token { 2 } else { -1 },
                     page_token: if bad_token {
                         format!("{}-1", &Digest::of(b"other root").hex()[..16])
@@ -649,11 +649,11 @@ impl Client {
         let mut result = ActionResult::default();
         let what = match thread_rng().gen_range(0..4) {
             0 => {
-                result.output_files = vec![file("../../etc/passwd", wire_digest(output))];
+                result.output_files = vec![file("../../etc/passwd", reapi::Digest::from(output))];
                 "an action result with a path out of the output tree"
             }
             1 => {
-                result.output_files = vec![file("/abs/out", wire_digest(output))];
+                result.output_files = vec![file("/abs/out", reapi::Digest::from(output))];
                 "an action result with an absolute path"
             }
             2 => {
@@ -675,7 +675,7 @@ impl Client {
         let instance = INSTANCES[thread_rng().gen_range(0..INSTANCES.len())];
         let request = UpdateActionResultRequest {
             instance_name: instance.to_owned(),
-            action_digest: Some(wire_digest(&action)),
+            action_digest: Some(reapi::Digest::from(&action)),
             action_result: Some(result),
             ..Default::default()
         };
@@ -780,7 +780,7 @@ impl Client {
         let (digest, content) = probe_blob(tag, "auth", 100);
         let request = BatchUpdateBlobsRequest {
             requests: vec![batch_update_blobs_request::Request {
-                digest: Some(wire_digest(&digest)),
+                digest: Some(reapi::Digest::from(&digest)),
                 data: content,
                 compressor: IDENTITY,
             }],
@@ -809,7 +809,7 @@ impl Client {
         }
         let found = cas
             .find_missing_blobs(FindMissingBlobsRequest {
-                blob_digests: vec![wire_digest(&digest)],
+                blob_digests: vec![reapi::Digest::from(&digest)],
                 ..Default::default()
             })
             .await;
@@ -825,7 +825,7 @@ impl Client {
         self.oracle.action_may_be_incomplete(instance, action);
         let request = UpdateActionResultRequest {
             instance_name: instance.to_owned(),
-            action_digest: Some(wire_digest(&action)),
+            action_digest: Some(reapi::Digest::from(&action)),
             action_result: Some(result),
             ..Default::default()
         };
@@ -890,7 +890,7 @@ impl Client {
 async fn served(channel: &Channel, instance: &str, action: &Digest) -> bool {
     let request = GetActionResultRequest {
         instance_name: instance.to_owned(),
-        action_digest: Some(wire_digest(action)),
+        action_digest: Some(reapi::Digest::from(action)),
         ..Default::default()
     };
     ac_client(channel).get_action_result(request).await.is_ok()

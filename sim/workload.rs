@@ -70,14 +70,6 @@ pub fn is_full_disk(message: &str) -> bool {
     message.contains("disk full") || message.contains("No space left")
 }
 
-/// Converts an engine digest to the wire form.
-pub fn wire_digest(d: &Digest) -> reapi::Digest {
-    reapi::Digest {
-        hash: d.hex(),
-        size_bytes: d.size as i64,
-    }
-}
-
 /// An `ActionResult` naming `outputs` as its output files, at `{prefix}{i}`.
 pub fn result_with_outputs(prefix: &str, outputs: &[Digest]) -> reapi::ActionResult {
     reapi::ActionResult {
@@ -86,7 +78,7 @@ pub fn result_with_outputs(prefix: &str, outputs: &[Digest]) -> reapi::ActionRes
             .enumerate()
             .map(|(i, d)| reapi::OutputFile {
                 path: format!("{prefix}{i}"),
-                digest: Some(wire_digest(d)),
+                digest: Some(reapi::Digest::from(d)),
                 ..Default::default()
             })
             .collect(),
@@ -234,7 +226,7 @@ impl Client {
         if thread_rng().gen_bool(0.3) {
             let promise = self.oracle.promise(&digest);
             let request = FindMissingBlobsRequest {
-                blob_digests: vec![wire_digest(&digest)],
+                blob_digests: vec![reapi::Digest::from(&digest)],
                 ..Default::default()
             };
             let mut cas = cas_client(&channel);
@@ -515,7 +507,7 @@ impl Client {
             requests: items
                 .iter()
                 .map(|(digest, data)| batch_update_blobs_request::Request {
-                    digest: Some(wire_digest(digest)),
+                    digest: Some(reapi::Digest::from(digest)),
                     data: if zstd { zstd_frame(data) } else { data.clone() },
                     compressor: if zstd { ZSTD } else { IDENTITY },
                 })
@@ -535,7 +527,7 @@ impl Client {
             let code = response
                 .responses
                 .iter()
-                .find(|r| r.digest.as_ref() == Some(&wire_digest(digest)))
+                .find(|r| r.digest.as_ref() == Some(&reapi::Digest::from(digest)))
                 .and_then(|r| r.status.as_ref())
                 .map_or(-1, |s| s.code);
             self.oracle
@@ -732,7 +724,7 @@ impl Client {
         };
         let zstd_ok = !acceptable_compressors.is_empty();
         let request = BatchReadBlobsRequest {
-            digests: digests.iter().map(wire_digest).collect(),
+            digests: digests.iter().map(reapi::Digest::from).collect(),
             acceptable_compressors,
             ..Default::default()
         };
@@ -805,7 +797,7 @@ impl Client {
             .map(|d| self.oracle.evictions(&d.hash))
             .collect();
         let request = FindMissingBlobsRequest {
-            blob_digests: digests.iter().map(wire_digest).collect(),
+            blob_digests: digests.iter().map(reapi::Digest::from).collect(),
             ..Default::default()
         };
         let mut client = cas_client(channel);
@@ -818,7 +810,7 @@ impl Client {
                     digests.len()
                 ));
                 for ((digest, promise), epoch) in digests.iter().zip(promises).zip(epochs) {
-                    if !missing.contains(&wire_digest(digest)) {
+                    if !missing.contains(&reapi::Digest::from(digest)) {
                         // "Present" is a promise Bazel builds on (it references the blob without
                         // uploading it): from now on it holds like an acknowledged upload.
                         self.oracle.blob_acked(*digest, epoch);
@@ -858,16 +850,16 @@ impl Client {
                 .enumerate()
                 .map(|(i, d)| OutputFile {
                     path: format!("out/{i}"),
-                    digest: Some(wire_digest(d)),
+                    digest: Some(reapi::Digest::from(d)),
                     ..Default::default()
                 })
                 .collect(),
             exit_code,
-            stdout_digest: Some(wire_digest(&outputs[0])),
+            stdout_digest: Some(reapi::Digest::from(&outputs[0])),
             // Bazel names an empty stderr by the empty blob's digest, which is never stored.
             stderr_digest: thread_rng()
                 .gen_bool(0.5)
-                .then(|| wire_digest(&Digest::EMPTY)),
+                .then(|| reapi::Digest::from(&Digest::EMPTY)),
             ..Default::default()
         };
         self.store_action(channel, tag, instance, action, result)
@@ -890,7 +882,7 @@ impl Client {
             .action_attempted(instance, action, result.encode_to_vec().into());
         let request = UpdateActionResultRequest {
             instance_name: instance.to_owned(),
-            action_digest: Some(wire_digest(&action)),
+            action_digest: Some(reapi::Digest::from(&action)),
             action_result: Some(result),
             ..Default::default()
         };
@@ -949,7 +941,7 @@ impl Client {
                 self.status("bad-write", &wrong, &status);
                 let mut cas = cas_client(channel);
                 let request = FindMissingBlobsRequest {
-                    blob_digests: vec![wire_digest(&wrong)],
+                    blob_digests: vec![reapi::Digest::from(&wrong)],
                     ..Default::default()
                 };
                 if let Ok(r) = cas.find_missing_blobs(request).await {
@@ -995,7 +987,7 @@ pub async fn check_action(
     let evictions_before = oracle.total_evictions();
     let request = GetActionResultRequest {
         instance_name: instance.to_owned(),
-        action_digest: Some(wire_digest(action)),
+        action_digest: Some(reapi::Digest::from(action)),
         ..Default::default()
     };
     let result = match client.get_action_result(request).await {
@@ -1051,7 +1043,7 @@ pub async fn check_action(
         .referenced(&result)
         .iter()
         .filter(|d| !d.is_empty())
-        .map(wire_digest)
+        .map(reapi::Digest::from)
         .collect();
     let mut cas = cas_client(channel);
     let request = FindMissingBlobsRequest {
@@ -1111,7 +1103,7 @@ impl Client {
                 .enumerate()
                 .filter(|(i, _)| Some(*i) != withheld)
                 .map(|(_, (d, data))| batch_update_blobs_request::Request {
-                    digest: Some(wire_digest(d)),
+                    digest: Some(reapi::Digest::from(d)),
                     data: data.clone(),
                     compressor: IDENTITY,
                 })
@@ -1129,7 +1121,7 @@ impl Client {
                 .then(|| {
                     chunks
                         .iter()
-                        .position(|(d, _)| Some(&wire_digest(d)) == item.digest.as_ref())
+                        .position(|(d, _)| Some(&reapi::Digest::from(d)) == item.digest.as_ref())
                 })
                 .flatten();
             if let Some(i) = acked {
@@ -1149,8 +1141,8 @@ impl Client {
             digest
         };
         let splice = reapi::SpliceBlobRequest {
-            blob_digest: Some(wire_digest(&claimed)),
-            chunk_digests: chunks.iter().map(|(d, _)| wire_digest(d)).collect(),
+            blob_digest: Some(reapi::Digest::from(&claimed)),
+            chunk_digests: chunks.iter().map(|(d, _)| reapi::Digest::from(d)).collect(),
             digest_function: BLAKE3,
             ..Default::default()
         };
@@ -1225,7 +1217,7 @@ impl Client {
             );
         }
         let split = reapi::SplitBlobRequest {
-            blob_digest: Some(wire_digest(&digest)),
+            blob_digest: Some(reapi::Digest::from(&digest)),
             digest_function: BLAKE3,
             ..Default::default()
         };
@@ -1273,7 +1265,7 @@ impl Client {
         function: i32,
     ) -> Option<bool> {
         let request = FindMissingBlobsRequest {
-            blob_digests: vec![wire_digest(digest)],
+            blob_digests: vec![reapi::Digest::from(digest)],
             digest_function: function,
             ..Default::default()
         };

@@ -28,9 +28,7 @@ use crate::fsync_latency::FsyncLatency;
 pub use crate::oracle::Failure;
 use crate::oracle::{Invariant, Oracle, Pool};
 use crate::plan::Plan;
-use crate::workload::{
-    ac_client, bytestream_client, cas_client, check_action, connect, wire_digest, Client,
-};
+use crate::workload::{ac_client, bytestream_client, cas_client, check_action, connect, Client};
 use crate::{bazel_http, ccache};
 use hoard::seam::sim_fs::SimFs;
 
@@ -584,7 +582,7 @@ async fn audit_acked_blobs(
     let acked = oracle.acked_blobs(function);
     let mut cas = cas_client(channel);
     let request = FindMissingBlobsRequest {
-        blob_digests: acked.iter().map(wire_digest).collect(),
+        blob_digests: acked.iter().map(reapi::Digest::from).collect(),
         digest_function: reapi::digest_function::Value::from(function) as i32,
         ..Default::default()
     };
@@ -666,7 +664,7 @@ async fn audit_damaged(channel: &Channel, oracle: &Oracle, pool: &Pool) {
             Err(status) if status.code() == tonic::Code::NotFound => {
                 let mut cas = cas_client(channel);
                 let request = FindMissingBlobsRequest {
-                    blob_digests: vec![wire_digest(digest)],
+                    blob_digests: vec![reapi::Digest::from(digest)],
                     ..Default::default()
                 };
                 let present = cas
@@ -715,7 +713,7 @@ async fn audit_opaque(channel: &Channel, oracle: &Oracle) {
         }
         let request = GetActionResultRequest {
             instance_name: ccache::INSTANCE.to_owned(),
-            action_digest: Some(wire_digest(&Digest::sha256(key, 0))),
+            action_digest: Some(reapi::Digest::from(&Digest::sha256(key, 0))),
             ..Default::default()
         };
         match ac.get_action_result(request).await {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hoard::engine::{Digest, Engine, EngineConfig};
-use hoard::proto::reapi::{self, ActionResult, OutputFile};
+use hoard::proto::reapi::{ActionResult, OutputFile};
 use hoard::seam::real_fs::RealFs;
 use hoard::seam::TokioRuntime;
 use hoard::store::stack::{self, StackConfig};
@@ -25,10 +25,7 @@ fn result_naming(output: &Digest) -> ActionValue {
     let result = ActionResult {
         output_files: vec![OutputFile {
             path: "out".into(),
-            digest: Some(reapi::Digest {
-                hash: output.hex(),
-                size_bytes: output.size as i64,
-            }),
+            digest: Some(output.into()),
             ..Default::default()
         }],
         ..Default::default()

@@ -3,11 +3,13 @@
 //! Mounting needs root (CI and the dev box run tests as root); without it these tests say so
 //! and pass vacuously.
 
+mod blobs;
+use blobs::blob;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use hoard::engine::{Digest, Engine, EngineConfig, Error};
 use hoard::seam::real_fs::RealFs;
 use hoard::seam::TokioRuntime;
@@ -58,20 +60,6 @@ fn config(dir: &Path, segment_size: u64) -> EngineConfig {
 
 async fn open(config: EngineConfig) -> Result<Arc<Engine>, Error> {
     Engine::open(config, Arc::new(RealFs), Arc::new(TokioRuntime)).await
-}
-
-/// Distinct bytes per seed.
-fn blob(seed: u64, len: usize) -> Bytes {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect::<Vec<u8>>()
-        .into()
 }
 
 fn segment_files(dir: &Path) -> Vec<(String, u64)> {

@@ -1,6 +1,9 @@
 #![cfg(not(madsim))]
 //! Engine round trips on the real filesystem.
 
+mod blobs;
+use blobs::blob;
+
 use std::path::Path;
 use std::sync::Arc;
 
@@ -21,20 +24,6 @@ async fn open(dir: &Path) -> Arc<Engine> {
     Engine::open(config(dir), Arc::new(RealFs), Arc::new(TokioRuntime))
         .await
         .expect("engine opens")
-}
-
-/// Deterministic pseudo-random bytes (xorshift), distinct per seed.
-fn blob(seed: u64, len: usize) -> Bytes {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect::<Vec<u8>>()
-        .into()
 }
 
 async fn read_all(engine: &Engine, digest: &Digest) -> Bytes {

@@ -87,10 +87,7 @@ async fn grpc_calls_are_counted_in_the_simulated_world() {
             let action = Digest::of(format!("action {n}").as_bytes());
             let status = ac
                 .get_action_result(reapi::GetActionResultRequest {
-                    action_digest: Some(reapi::Digest {
-                        hash: action.hex(),
-                        size_bytes: action.size as i64,
-                    }),
+                    action_digest: Some((&action).into()),
                     ..Default::default()
                 })
                 .await

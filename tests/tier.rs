@@ -3,6 +3,9 @@
 //! FindMissingBlobs, back-pressure, the watermark across a restart, write-through; and through
 //! `hoard serve`'s front ends: the queue on the status page, the retry hint of a refusal.
 
+mod blobs;
+use blobs::blob;
+
 use std::collections::HashMap;
 use std::io::{Read as _, Write as _};
 use std::net::SocketAddr;
@@ -152,24 +155,8 @@ impl Node {
     }
 }
 
-fn blob(seed: u64, len: usize) -> Bytes {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect::<Vec<u8>>()
-        .into()
-}
-
 fn proto(digest: &Digest) -> reapi::Digest {
-    reapi::Digest {
-        hash: digest.hex(),
-        size_bytes: digest.size as i64,
-    }
+    digest.into()
 }
 
 fn action_result(outputs: &[Digest]) -> ActionValue {
