@@ -408,12 +408,7 @@ async fn open_node(
         let mut tier_config = TierConfig::new("sim://bucket");
         tier_config.upload_concurrency = concurrency;
         tier_config.backlog_budget = plan_max_size.map_or(tier_config.backlog_budget, |b| b / 4);
-        #[cfg(feature = "planted-bugs")]
-        {
-            tier_config.planted = planted;
-        }
-        #[cfg(not(feature = "planted-bugs"))]
-        let _ = planted;
+        tier_config.planted = planted;
         let opened = Tier::open(
             tier_config,
             bucket.clone(),

@@ -12,7 +12,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::join_all;
 use hoard::auth::Auth;
-use hoard::engine::{record, Digest, DigestFunction, EngineConfig, EvictionObserver, RecordKey};
+use hoard::engine::{
+    record, Digest, DigestFunction, EngineConfig, EvictionObserver, PlantedBug, RecordKey,
+};
 use hoard::proto::bytestream::ReadRequest;
 use hoard::proto::reapi::{self, FindMissingBlobsRequest, GetActionResultRequest};
 use hoard::seam::TokioRuntime;
@@ -147,18 +149,13 @@ fn engine_config(plan: &Plan, planted: Option<&str>, oracle: &Arc<Oracle>) -> En
             RecordKey::Seal => {}
         },
     )));
-    #[cfg(feature = "planted-bugs")]
-    {
-        use hoard::engine::PlantedBug;
-        config.planted = planted.map(|name| {
-            PlantedBug::from_name(name).unwrap_or_else(|| panic!("unknown planted bug {name:?}"))
-        });
-    }
-    #[cfg(not(feature = "planted-bugs"))]
     assert!(
-        planted.is_none(),
+        cfg!(feature = "planted-bugs") || planted.is_none(),
         "planting a bug needs --features planted-bugs"
     );
+    config.planted = planted.map(|name| {
+        PlantedBug::from_name(name).unwrap_or_else(|| panic!("unknown planted bug {name:?}"))
+    });
     config
 }
 
@@ -293,7 +290,6 @@ async fn simulate(planted: Option<String>, verbose: bool) -> Outcome {
     let config = ServeConfig {
         stack: hoard::store::stack::StackConfig {
             cascade_interval: plan.cascade_interval,
-            #[cfg(feature = "planted-bugs")]
             planted: engine.planted,
             ..Default::default()
         },

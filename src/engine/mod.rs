@@ -95,6 +95,12 @@ impl PlantedBug {
         PlantedBug::WatermarkPastUnacked,
     ];
 
+    /// Whether `planted` (a configuration's bug) is this one. Always false in a build without
+    /// the `planted-bugs` feature, whatever the configuration says.
+    pub fn is_planted_in(self, planted: Option<PlantedBug>) -> bool {
+        cfg!(feature = "planted-bugs") && planted == Some(self)
+    }
+
     /// The name `hoard-sim --planted` takes.
     pub fn name(self) -> &'static str {
         match self {
@@ -143,8 +149,7 @@ pub struct EngineConfig {
     /// Evict nothing until [`Engine::set_upload_floor`] says what is uploaded (the
     /// object-store tier sets this).
     pub hold_for_upload: bool,
-    /// A planted bug (simulator only).
-    #[cfg(feature = "planted-bugs")]
+    /// A planted bug (simulator only: ignored without the `planted-bugs` feature).
     pub planted: Option<PlantedBug>,
 }
 
@@ -161,20 +166,12 @@ impl EngineConfig {
             max_concurrent_uploads: 4096,
             scrub_rate: None,
             hold_for_upload: false,
-            #[cfg(feature = "planted-bugs")]
             planted: None,
         }
     }
 
-    fn planted(&self, _bug: PlantedBug) -> bool {
-        #[cfg(feature = "planted-bugs")]
-        {
-            self.planted == Some(_bug)
-        }
-        #[cfg(not(feature = "planted-bugs"))]
-        {
-            false
-        }
+    fn planted(&self, bug: PlantedBug) -> bool {
+        bug.is_planted_in(self.planted)
     }
 }
 

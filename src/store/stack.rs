@@ -25,8 +25,8 @@ pub struct StackConfig {
     pub object_store: Option<TierConfig>,
     /// The opened object-store tier, put under the completeness check.
     pub tier: Option<Arc<Tier>>,
-    /// A planted bug (simulator only); see [`PlantedBug::IncompleteActionServed`].
-    #[cfg(feature = "planted-bugs")]
+    /// A planted bug (simulator only: ignored without the `planted-bugs` feature); see
+    /// [`PlantedBug::IncompleteActionServed`].
     pub planted: Option<PlantedBug>,
 }
 
@@ -37,22 +37,14 @@ impl Default for StackConfig {
             cascade_interval: Duration::from_secs(30),
             object_store: None,
             tier: None,
-            #[cfg(feature = "planted-bugs")]
             planted: None,
         }
     }
 }
 
 impl StackConfig {
-    fn planted(&self, _bug: PlantedBug) -> bool {
-        #[cfg(feature = "planted-bugs")]
-        {
-            self.planted == Some(_bug)
-        }
-        #[cfg(not(feature = "planted-bugs"))]
-        {
-            false
-        }
+    fn planted(&self, bug: PlantedBug) -> bool {
+        bug.is_planted_in(self.planted)
     }
 }
 

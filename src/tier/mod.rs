@@ -84,8 +84,7 @@ pub struct TierConfig {
     pub upload_concurrency: usize,
     /// How long a blob seen in the bucket is taken to be there without asking again.
     pub presence_ttl: Duration,
-    /// A planted bug (simulator only).
-    #[cfg(feature = "planted-bugs")]
+    /// A planted bug (simulator only: ignored without the `planted-bugs` feature).
     pub planted: Option<PlantedBug>,
 }
 
@@ -98,20 +97,12 @@ impl TierConfig {
             backlog_budget: 4 << 30,
             upload_concurrency: 16,
             presence_ttl: Duration::from_secs(60),
-            #[cfg(feature = "planted-bugs")]
             planted: None,
         }
     }
 
-    fn planted(&self, _bug: PlantedBug) -> bool {
-        #[cfg(feature = "planted-bugs")]
-        {
-            self.planted == Some(_bug)
-        }
-        #[cfg(not(feature = "planted-bugs"))]
-        {
-            false
-        }
+    fn planted(&self, bug: PlantedBug) -> bool {
+        bug.is_planted_in(self.planted)
     }
 }
 
