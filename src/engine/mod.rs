@@ -154,6 +154,14 @@ pub struct EngineConfig {
 }
 
 impl EngineConfig {
+    /// The largest blob the engine admits: `max_blob_size`, and at most half of `max_size`
+    /// (evicting everything else would still not make room for a larger one next to a segment).
+    pub fn largest_blob(&self) -> u64 {
+        self.max_size.map_or(self.max_blob_size, |budget| {
+            self.max_blob_size.min(budget / 2)
+        })
+    }
+
     /// Defaults for a data directory.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         EngineConfig {
@@ -428,19 +436,17 @@ impl Engine {
     /// Starts an upload of the blob `expected`. Fails early when the declared size is over the
     /// blob limit or the free space, or when too many uploads are in progress.
     pub async fn begin_upload(self: &Arc<Self>, expected: Digest) -> Result<Upload, Error> {
-        if expected.size > self.config.max_blob_size {
+        let largest = self.config.largest_blob();
+        if expected.size > largest {
+            let (what, limit) = if expected.size > self.config.max_blob_size {
+                ("blob", self.config.max_blob_size)
+            } else {
+                ("blob (half the cache size budget at most)", largest)
+            };
             return Err(Error::TooLarge {
-                what: "blob",
+                what,
                 size: expected.size,
-                limit: self.config.max_blob_size,
-            });
-        }
-        if let Some(budget) = self.config.max_size.filter(|&b| expected.size > b / 2) {
-            // Evicting everything else still would not make room for it next to a segment.
-            return Err(Error::TooLarge {
-                what: "blob (half the cache size budget at most)",
-                size: expected.size,
-                limit: budget / 2,
+                limit,
             });
         }
         let permit = self.uploads.admit()?;

@@ -34,10 +34,7 @@ impl Store for EngineStore {
     fn limits(&self) -> Limits {
         let config = self.engine.config();
         Limits {
-            // What the engine admits: it also refuses a blob over half the size budget.
-            max_blob_size: config.max_size.map_or(config.max_blob_size, |budget| {
-                config.max_blob_size.min(budget / 2)
-            }),
+            max_blob_size: config.largest_blob(),
             max_size: config.max_size,
         }
     }
