@@ -142,6 +142,9 @@ async fn receive(
         }
         wire_end += message.data.len() as u64;
         finished = message.finish_write;
+        // Released before the next message is decoded: its bytes share tonic's receive buffer,
+        // which then reuses that memory instead of allocating (and faulting in) a fresh one.
+        drop(message);
         let end = match stream.message().await {
             Ok(Some(next)) => {
                 message = next;
