@@ -383,8 +383,12 @@ async fn simulate(planted: Option<String>, verbose: bool) -> Outcome {
     if audited.await.is_err() {
         oracle.fail(Invariant::ServerPanic, "the audit task panicked");
     }
-    // The disk's own record of injected faults is part of what must replay identically.
+    // The disk's own record of injected faults is part of what must replay identically (and,
+    // in a replay, is printed: which fault hit which bytes is what a failure is traced back to).
     for event in fs.events() {
+        if verbose {
+            println!("disk: {event}");
+        }
         oracle.event(event);
     }
     let (trace_hash, events) = oracle.trace();
@@ -491,11 +495,14 @@ fn footer_names_unsynced_record(before: &[u8], after: &[u8]) -> Option<String> {
 }
 
 /// The keys (blob hashes, action keys) of the records a silent damage of `range` in the segment
-/// whose intended contents are `image` may cost: the records it touches and every record after
-/// them, since a scan of an unsealed segment stops at the first record that fails its checks and
-/// the tail from there is cut off. Files outside the segment directory hold no records.
+/// whose intended contents are `image` may cost: the records it touches, and no others (a scan
+/// of an unsealed segment resumes at the next intact record after damage, so the records after
+/// it must survive). Records live in the segment directory and in `tmp/`, where a large upload is
+/// written as a segment of its own before it joins the log (damage there is acknowledged with
+/// it: the bytes were hashed on arrival, and nothing reads them back before the commit).
 fn spoiled_records(path: &Path, image: &[u8], range: std::ops::Range<u64>) -> Vec<[u8; 32]> {
-    if !path.starts_with(Path::new(DATA_DIR).join("segments")) {
+    let data = Path::new(DATA_DIR);
+    if !path.starts_with(data.join("segments")) && !path.starts_with(data.join("tmp")) {
         return Vec::new();
     }
     let mut keys = Vec::new();
@@ -503,14 +510,14 @@ fn spoiled_records(path: &Path, image: &[u8], range: std::ops::Range<u64>) -> Ve
     while at < image.len() {
         let Ok(header) = record::decode_header(&image[at..]) else {
             // Damaged or not a record: look for the next record header after it.
-            match image[at + 1..].windows(4).position(|w| w == b"HRD2") {
+            match image[at + 1..].windows(4).position(|w| w == record::MAGIC) {
                 Some(next) => at += 1 + next,
                 None => break,
             }
             continue;
         };
         let end = at + header.header_len + header.payload_len as usize;
-        if end as u64 > range.start {
+        if end as u64 > range.start && (at as u64) < range.end {
             match header.key {
                 RecordKey::Blob(digest) => keys.push(digest.hash),
                 // A lost removal brings the entry back: its key's state is the disk's doing too.

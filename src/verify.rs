@@ -22,7 +22,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::engine::record::{self, FooterBuilder, FooterEntry, RecordKey, Torn};
-use crate::engine::DigestFunction;
+use crate::engine::{next_intact_record, DigestFunction};
 use crate::seam::{Fs, FsFile};
 use crate::store::Error;
 
@@ -44,6 +44,16 @@ pub enum Problem {
         /// Offset of the payload the footer names.
         offset: u64,
         /// What differs.
+        why: String,
+    },
+    /// Bytes of an unsealed segment between intact records that are no record (a header the
+    /// disk damaged, or a record it wrote to the wrong place): the next start skips them.
+    Unreadable {
+        /// Where they start.
+        offset: u64,
+        /// How many.
+        len: u64,
+        /// Why they are not a record.
         why: String,
     },
     /// Bytes of a sealed segment's records that no footer entry accounts for.
@@ -86,6 +96,11 @@ impl fmt::Display for Problem {
             Problem::FooterMismatch { offset, why } => {
                 write!(f, "footer entry for the payload at {offset}: {why}")
             }
+            Problem::Unreadable { offset, len, why } => write!(
+                f,
+                "unreadable: {len} bytes at {offset} before intact records ({why}); the next \
+                 start skips them"
+            ),
             Problem::Orphaned { offset, len } => {
                 write!(
                     f,
@@ -471,8 +486,8 @@ async fn check_sealed(
     Ok(())
 }
 
-/// Walks the records of a segment without a (valid) footer, as recovery does, but on past a
-/// payload that fails (its header says how long it is): recovery would cut the segment there.
+/// Walks the records of a segment without a (valid) footer as recovery does: past damage, on
+/// at the next intact record; bytes after the last one are a torn tail.
 async fn scan_unsealed(
     file: &dyn FsFile,
     path: &Path,
@@ -488,65 +503,75 @@ async fn scan_unsealed(
             .read_at(at, want)
             .await
             .map_err(io_error(format!("reading {}", path.display())))?;
-        let torn = |why: String| Problem::TornTail {
-            offset: at,
-            len: len - at,
-            why,
-        };
-        if record::is_footer_start(&bytes) {
-            report
-                .problems
-                .push(torn("a footer that fails its checks".into()));
-            break;
-        }
-        let header = match record::decode_header(&bytes) {
-            Ok(header) => header,
-            Err(Torn::Short) => {
-                report
-                    .problems
-                    .push(torn("the segment ends inside a header".into()));
-                break;
-            }
-            Err(Torn::Corrupt(why)) => {
-                report.problems.push(torn(why));
-                break;
-            }
-            Err(Torn::Unsupported(what)) => return Err(unsupported(path, &what)),
-        };
-        let payload_at = at + header.header_len as u64;
-        if header.key == RecordKey::Seal {
-            // A version 1 seal: the records before it are complete; the start converts it.
-            break;
-        }
-        if payload_at + header.payload_len > len {
-            report
-                .problems
-                .push(torn("the segment ends inside a payload".into()));
-            break;
-        }
-        if hashes_to(
-            file,
-            path,
-            payload_at,
-            header.payload_len,
-            (header.key.checksum_function(), &header.payload_sha256),
-        )
-        .await?
-        {
-            kept.push(Kept {
-                key: header.key,
-                payload_offset: payload_at,
-                payload_len: header.payload_len,
-                sha256: header.payload_sha256,
-            });
+        let not_a_record = if record::is_footer_start(&bytes) {
+            "a footer that fails its checks".to_owned()
         } else {
-            report.problems.push(Problem::CorruptPayload {
-                offset: payload_at,
-                key: describe(&header.key),
-            });
+            match record::decode_header(&bytes) {
+                Ok(header) if header.key == RecordKey::Seal => {
+                    // A version 1 seal: the records before it are complete; the start converts it.
+                    break;
+                }
+                Ok(header) if at + header.header_len as u64 + header.payload_len > len => {
+                    "the segment ends inside a payload".to_owned()
+                }
+                Ok(header) => {
+                    let payload_at = at + header.header_len as u64;
+                    if hashes_to(
+                        file,
+                        path,
+                        payload_at,
+                        header.payload_len,
+                        (header.key.checksum_function(), &header.payload_sha256),
+                    )
+                    .await?
+                    {
+                        kept.push(Kept {
+                            key: header.key,
+                            payload_offset: payload_at,
+                            payload_len: header.payload_len,
+                            sha256: header.payload_sha256,
+                        });
+                        at = payload_at + header.payload_len;
+                        progress(at);
+                        continue;
+                    }
+                    report.problems.push(Problem::CorruptPayload {
+                        offset: payload_at,
+                        key: describe(&header.key),
+                    });
+                    // Its length is not trusted either: the walk resumes at an intact record.
+                    match next_intact_record(file, at + 1, len).await? {
+                        Some(next) => at = next,
+                        None => at = len,
+                    }
+                    progress(at);
+                    continue;
+                }
+                Err(Torn::Short) => "the segment ends inside a header".to_owned(),
+                Err(Torn::Corrupt(why)) => why,
+                Err(Torn::Unsupported(what)) if at == 0 => return Err(unsupported(path, &what)),
+                Err(Torn::Unsupported(what)) => format!("{what} after records of this version"),
+            }
+        };
+        match next_intact_record(file, at + 1, len).await? {
+            Some(next) => {
+                report.problems.push(Problem::Unreadable {
+                    offset: at,
+                    len: next - at,
+                    why: not_a_record,
+                });
+                at = next;
+                progress(at);
+            }
+            None => {
+                report.problems.push(Problem::TornTail {
+                    offset: at,
+                    len: len - at,
+                    why: not_a_record,
+                });
+                break;
+            }
         }
-        at = payload_at + header.payload_len;
-        progress(at);
     }
     Ok(())
 }

@@ -572,6 +572,36 @@ async fn a_killed_engine_is_verified_once_and_then_sealed() {
 }
 
 #[tokio::test]
+async fn damage_inside_an_unsealed_segment_costs_only_the_damaged_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let blobs: Vec<Bytes> = (0..6).map(|i| blob(40 + i, 3000)).collect();
+    put_then_kill(dir.path(), &blobs.iter().collect::<Vec<_>>()).await;
+    let segment = segment_holding(dir.path(), &blobs[0]);
+    // Blob 1's payload rots (its header still parses); blob 3's header does (the byte before
+    // its payload is the last of the header's checksum), so nothing says where blob 4 starts.
+    corrupt_payload(&segment, &blobs[1]);
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let payload = bytes
+        .windows(blobs[3].len())
+        .position(|w| w == &blobs[3][..])
+        .unwrap();
+    bytes[payload - 1] ^= 0xff;
+    std::fs::write(&segment, &bytes).unwrap();
+
+    for start in ["after the damage", "from the footer the first start wrote"] {
+        let engine = open(dir.path()).await;
+        for (i, data) in blobs.iter().enumerate() {
+            let digest = Digest::of(data);
+            match i {
+                1 | 3 => assert!(!engine.contains(&digest), "blob {i}, {start}"),
+                _ => assert_eq!(read_all(&engine, &digest).await, *data, "blob {i}, {start}"),
+            }
+        }
+        engine.shutdown().await;
+    }
+}
+
+#[tokio::test]
 async fn a_corrupt_footer_falls_back_to_scanning_the_segment() {
     let dir = tempfile::tempdir().unwrap();
     let blobs: Vec<Bytes> = (0..5).map(|i| blob(20 + i, 3000)).collect();

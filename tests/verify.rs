@@ -227,6 +227,47 @@ async fn a_torn_tail_is_left_to_recovery_and_a_bad_footer_is_damage() {
 }
 
 #[tokio::test]
+async fn a_damaged_header_inside_an_unsealed_segment_is_skipped_not_a_torn_tail() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    drop(open_with_blobs(dir.path()).await);
+    // The second record's magic is damaged: nothing says where the third one starts.
+    let segment = segments(dir.path()).remove(0);
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let second = bytes[1..]
+        .windows(4)
+        .position(|w| w == b"HRD2")
+        .map(|at| at + 1)
+        .unwrap();
+    bytes[second] ^= 0x20;
+    std::fs::write(&segment, &bytes).unwrap();
+
+    let damaged = report(dir.path(), false).await;
+    assert!(damaged.is_damaged(), "{damaged}");
+    assert_eq!(damaged.intact(), 4, "{damaged}");
+    let third = bytes[second..]
+        .windows(4)
+        .position(|w| w == b"HRD2")
+        .map(|at| (second + at) as u64)
+        .unwrap();
+    assert!(
+        matches!(
+            damaged.segments[0].problems[..],
+            [Problem::Unreadable { offset, len, .. }]
+                if offset == second as u64 && offset + len == third
+        ),
+        "{damaged}"
+    );
+    // The repair keeps the four intact records, as the next start would.
+    report(dir.path(), true).await;
+    let engine = open(config(dir.path())).await;
+    let blobs = blobs();
+    for (i, blob) in blobs.iter().enumerate() {
+        assert_eq!(engine.contains(&Digest::of(blob)), i != 1, "blob {i}");
+    }
+}
+
+#[tokio::test]
 async fn the_background_scrub_drops_a_cold_corrupt_record() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().unwrap();

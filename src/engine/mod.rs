@@ -34,6 +34,7 @@ pub use digest::{parse_hash, Digest, DigestFunction, Hasher, HASH_LEN};
 use index::{Entry, Index};
 pub use log::{LogBatch, LogRecord};
 pub use record::{AcKind, RecordKey};
+pub(crate) use segment::next_intact_record;
 use segment::{
     read_payload, Finish, LogOptions, Payload, Pin, ReaderState, SegmentLog, SoloSegment,
     Writeback, IO_CHUNK,

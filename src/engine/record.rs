@@ -29,7 +29,8 @@
 use super::digest::{Digest, DigestFunction, HASH_LEN};
 use super::Error;
 
-const MAGIC: [u8; 4] = *b"HRD2";
+/// The first bytes of every record this build writes.
+pub const MAGIC: [u8; 4] = *b"HRD2";
 /// Version 1 records: the same header, keys without the digest function byte.
 const MAGIC_V1: [u8; 4] = *b"HRD1";
 const FOOTER_MAGIC: [u8; 4] = *b"HFT2";

@@ -1492,25 +1492,12 @@ async fn recover_segment(
         }
         return Ok(len);
     }
-    let Scan {
-        records,
-        end,
-        sealed,
+    let Walked {
+        records: accepted,
+        end: valid_end,
         torn,
-    } = scan_headers(file.as_ref(), 0, len, path).await?;
-    let verify = !sealed && !footer_before_sync;
-    let mut valid_end = end;
-    let mut accepted = Vec::with_capacity(records.len());
-    let mut torn = torn;
-    let mut window = Window::new(file.as_ref());
-    for (header, payload_at) in records {
-        if verify && !payload_hashes_to(&mut window, payload_at, &header).await? {
-            torn = Some(format!("payload at {payload_at} fails its checksum"));
-            valid_end = payload_at - header.header_len as u64;
-            break;
-        }
-        accepted.push((header, payload_at));
-    }
+        verified: verify,
+    } = walk_records(file.as_ref(), id, len, path, !footer_before_sync).await?;
     if valid_end < len {
         let reason = torn.unwrap_or_default();
         tracing::warn!(segment = id, valid_end, len, %reason, "cutting segment tail");
@@ -1569,6 +1556,119 @@ async fn recover_segment(
         tracing::warn!(segment = id, error = %e, "closing a recovered segment failed");
     }
     Ok(len)
+}
+
+/// The records a scan of a whole segment accepted.
+struct Walked {
+    /// Accepted records and where their payloads start, in file order.
+    records: Vec<(Header, u64)>,
+    /// Where the last accepted record ends: the segment's valid length.
+    end: u64,
+    /// Why the bytes after `end` are not records, if there are any.
+    torn: Option<String>,
+    /// Whether the accepted payloads were re-hashed.
+    verified: bool,
+}
+
+/// Walks a segment's records from its start, re-hashing each payload when `verify` (unless a
+/// version 1 seal vouches for them). Damage in the middle of the segment (a record whose header
+/// or payload fails its checks, with intact records after it: a sector the disk spoiled, or a
+/// write it put in the wrong place) costs only the damaged records: the walk resumes at the next
+/// record that is whole and hashes to its checksum. Only what follows the last intact record
+/// is a torn tail. A record found this way is trusted for what it proves about itself, as any
+/// scanned record is; its length is never used to skip bytes before it verified.
+async fn walk_records(
+    file: &dyn FsFile,
+    id: u32,
+    len: u64,
+    path: &Path,
+    verify: bool,
+) -> Result<Walked, Error> {
+    let mut walked = Walked {
+        records: Vec::new(),
+        end: 0,
+        torn: None,
+        verified: verify,
+    };
+    let mut window = Window::new(file);
+    let mut from = 0;
+    loop {
+        let scan = scan_headers(file, from, len, path).await?;
+        if scan.sealed {
+            walked.verified = false;
+        }
+        let mut damaged = None;
+        for (header, payload_at) in scan.records {
+            if walked.verified && !payload_hashes_to(&mut window, payload_at, &header).await? {
+                let start = payload_at - header.header_len as u64;
+                damaged = Some((start, format!("payload at {payload_at} fails its checksum")));
+                break;
+            }
+            walked.end = payload_at + header.payload_len;
+            walked.records.push((header, payload_at));
+        }
+        let (at, why) = match (damaged, scan.torn) {
+            (Some(damaged), _) => damaged,
+            (None, Some(why)) if !scan.sealed => (scan.end, why),
+            (None, torn) => {
+                walked.torn = torn;
+                return Ok(walked);
+            }
+        };
+        let next = match walked.verified {
+            true => next_intact_record(file, at + 1, len).await?,
+            false => None,
+        };
+        let Some(next) = next else {
+            walked.torn = Some(why);
+            return Ok(walked);
+        };
+        tracing::warn!(segment = id, from = at, to = next, reason = %why, "skipping damaged bytes");
+        from = next;
+    }
+}
+
+/// The first offset at or after `from` where a whole record starts whose header and payload
+/// pass their checks, if there is one before `len`: where a walk of a segment resumes after
+/// damage (recovery's, and `hoard verify`'s). Only an intact record is trusted, so a damaged
+/// header's length, or that of a record the disk wrote to the wrong place, never skips bytes.
+pub(crate) async fn next_intact_record(
+    file: &dyn FsFile,
+    from: u64,
+    len: u64,
+) -> Result<Option<u64>, Error> {
+    let window = &mut Window::new(file);
+    let searching = |e| Error::io("searching a damaged segment for records", e);
+    let magic = record::MAGIC.len() as u64;
+    let mut at = from;
+    while at + magic <= len {
+        let bytes = window
+            .read(at, (len - at).min(IO_CHUNK as u64) as usize)
+            .await
+            .map_err(searching)?;
+        let Some(found) = bytes
+            .windows(magic as usize)
+            .position(|w| w == record::MAGIC)
+        else {
+            // A magic may straddle the end of what was read.
+            at += (bytes.len() as u64).saturating_sub(magic - 1).max(1);
+            continue;
+        };
+        let candidate = at + found as u64;
+        let want = (len - candidate).min(record::MAX_HEADER_LEN as u64) as usize;
+        let head = window.read(candidate, want).await.map_err(searching)?;
+        if let Ok(header) = record::decode_header(&head) {
+            let payload_at = candidate + header.header_len as u64;
+            let fits = payload_at
+                .checked_add(header.payload_len)
+                .is_some_and(|end| end <= len);
+            if fits && payload_hashes_to(window, payload_at, &header).await? {
+                return Ok(Some(candidate));
+            }
+        }
+        at = candidate + 1;
+    }
+    Ok(None)
 }
 
 async fn payload_hashes_to(
