@@ -35,12 +35,13 @@ use hoard::wire::grpc::GrpcConfig;
 use hoard::wire::http::HttpConfig;
 use prost::Message as _;
 
-/// A bucket that can be taken down (every request then fails as unreachable) and counts GETs.
+/// A bucket that can be taken down (every request then fails as unreachable) and counts GETs
+/// and HEADs per key.
 #[derive(Default)]
 struct Switchable {
     inner: MemoryBucket,
     down: AtomicBool,
-    gets: Mutex<HashMap<String, usize>>,
+    requests: Mutex<HashMap<(&'static str, String), usize>>,
 }
 
 impl Switchable {
@@ -52,8 +53,19 @@ impl Switchable {
         }
     }
 
-    fn gets_of(&self, key: &str) -> usize {
-        self.gets.lock().unwrap().get(key).copied().unwrap_or(0)
+    fn count(&self, verb: &'static str, key: &str) {
+        *self
+            .requests
+            .lock()
+            .unwrap()
+            .entry((verb, key.to_owned()))
+            .or_default() += 1;
+    }
+
+    /// How many `verb` requests (`GET`, `HEAD`) named `key`.
+    fn requests_of(&self, verb: &'static str, key: &str) -> usize {
+        let requests = self.requests.lock().unwrap();
+        requests.get(&(verb, key.to_owned())).copied().unwrap_or(0)
     }
 }
 
@@ -69,13 +81,14 @@ impl Bucket for Switchable {
     }
     async fn get(&self, key: &str, offset: u64) -> Result<Option<ObjectStream>, BucketError> {
         self.check()?;
-        *self.gets.lock().unwrap().entry(key.to_owned()).or_default() += 1;
+        self.count("GET", key);
         // A slow first byte, so concurrent misses really overlap.
         tokio::time::sleep(Duration::from_millis(50)).await;
         self.inner.get(key, offset).await
     }
     async fn head(&self, key: &str) -> Result<Option<u64>, BucketError> {
         self.check()?;
+        self.count("HEAD", key);
         self.inner.head(key).await
     }
     fn describe(&self) -> String {
@@ -316,13 +329,15 @@ async fn an_object_that_fails_its_digest_is_never_served_nor_stored() {
 }
 
 #[tokio::test]
-async fn concurrent_misses_of_one_blob_fetch_it_once() {
+async fn concurrent_misses_of_one_blob_fetch_it_once_and_the_fill_is_not_sent_back() {
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let bucket = Arc::new(Switchable::default());
     let a = node(dir_a.path(), bucket.clone(), |_| {}).await;
     let data = blob(8, 3 << 20);
     let digest = put(a.store.as_ref(), &data).await;
     a.drained().await;
+    let key = blob_key(&digest);
+    let heads = bucket.requests_of("HEAD", &key);
     let b = node(dir_b.path(), bucket.clone(), |_| {}).await;
     let reads = (0..8).map(|_| {
         let store = b.store.clone();
@@ -331,7 +346,14 @@ async fn concurrent_misses_of_one_blob_fetch_it_once() {
     for read in futures::future::join_all(reads).await {
         assert_eq!(read.unwrap().unwrap(), data);
     }
-    assert_eq!(bucket.gets_of(&blob_key(&digest)), 1);
+    assert_eq!(bucket.requests_of("GET", &key), 1);
+    // The fill is in B's log, so B's uploader meets it; the bucket is where it came from.
+    b.drained().await;
+    assert_eq!(
+        bucket.requests_of("HEAD", &key),
+        heads,
+        "B looked for a blob it had just read from the bucket"
+    );
     a.stop();
     b.stop();
 }

@@ -378,6 +378,9 @@ impl BucketRead {
                 self.digest
             )));
         }
+        // Read whole and verified: the bucket holds it, so the uploader meeting the fill in
+        // the log need not look for it there again.
+        self.tier.present.insert(layout::blob_key(&self.digest));
         match self.fill.take() {
             Some(fill) => match fill.commit().await {
                 Ok(()) => self.tier.metrics.fill("filled"),
