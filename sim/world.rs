@@ -383,12 +383,8 @@ async fn simulate(planted: Option<String>, verbose: bool) -> Outcome {
     if audited.await.is_err() {
         oracle.fail(Invariant::ServerPanic, "the audit task panicked");
     }
-    // The disk's own record of injected faults is part of what must replay identically (and,
-    // in a replay, is printed: which fault hit which bytes is what a failure is traced back to).
+    // The disk's own record of injected faults is part of what must replay identically.
     for event in fs.events() {
-        if verbose {
-            println!("disk: {event}");
-        }
         oracle.event(event);
     }
     let (trace_hash, events) = oracle.trace();

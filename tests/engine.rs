@@ -393,6 +393,64 @@ async fn eviction_keeps_the_disk_within_budget_and_spares_recently_used_blobs() 
     }
 }
 
+/// Stores the 3000-byte blob numbered `n`.
+async fn put_filler(engine: &Arc<Engine>, n: u64) {
+    let data = blob(n, 3000);
+    engine.put_blob(Digest::of(&data), data).await.unwrap();
+}
+
+#[tokio::test]
+async fn evicting_a_damaged_segment_leaves_no_blob_present_that_cannot_be_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.max_size = Some(1 << 20);
+    config.segment_size = 128 << 10;
+    let engine = Engine::open(config, Arc::new(RealFs), Arc::new(TokioRuntime))
+        .await
+        .unwrap();
+    let [a, b, c] = [blob(61, 3000), blob(62, 3000), blob(63, 3000)];
+    for data in [&a, &b, &c] {
+        engine
+            .put_blob(Digest::of(data), data.clone())
+            .await
+            .unwrap();
+    }
+    let first = segment_holding(dir.path(), &a);
+    let mut filler = 1000..3000;
+    // The first segment is closed (sealed with a footer) once the log has moved on.
+    while segment_files(dir.path()).len() < 2 {
+        put_filler(&engine, filler.next().unwrap()).await;
+    }
+    // While it sits closed, the disk spoils its footer and blob b's header: a walk of its
+    // headers meets damage before c.
+    let mut bytes = std::fs::read(&first).unwrap();
+    let footer_byte = bytes.len() - 24 - 10;
+    bytes[footer_byte] ^= 0x01;
+    let b_payload = bytes.windows(b.len()).position(|w| w == &b[..]).unwrap();
+    bytes[b_payload - 1] ^= 0xff;
+    std::fs::write(&first, &bytes).unwrap();
+    // c is in use, so eviction copies it forward; a and b are not.
+    assert!(engine.missing(&[Digest::of(&c)]).is_empty());
+    while first.exists() {
+        put_filler(&engine, filler.next().unwrap()).await;
+    }
+
+    assert!(!engine.contains(&Digest::of(&a)));
+    assert!(
+        !engine.contains(&Digest::of(&b)),
+        "b's record was damaged and its segment is gone: it must not be present"
+    );
+    assert_eq!(
+        read_all(&engine, &Digest::of(&c)).await,
+        c,
+        "copied past the damage"
+    );
+    // b is missing, so a client uploads it again, and it is stored.
+    assert_eq!(engine.missing(&[Digest::of(&b)]), vec![Digest::of(&b)]);
+    engine.put_blob(Digest::of(&b), b.clone()).await.unwrap();
+    assert_eq!(read_all(&engine, &Digest::of(&b)).await, b);
+}
+
 #[tokio::test]
 async fn a_read_in_progress_survives_the_eviction_of_its_segment() {
     let dir = tempfile::tempdir().unwrap();

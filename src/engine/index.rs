@@ -42,8 +42,9 @@
 //! full-size table.
 //!
 //! Nothing iterates the tables or the instance names to decide an answer: placement depends on
-//! a random seed, answers never do. The one walk (`action_results_from`, for the cascade sweep)
-//! only picks candidates, each then checked on its own.
+//! a random seed, answers never do. The walks (`action_results_from`, for the cascade sweep;
+//! `entries_in_segment`, after removing a damaged segment) only pick candidates, each then
+//! checked on its own.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
@@ -239,6 +240,39 @@ impl Index {
             }
             _ => false,
         }
+    }
+
+    /// Every entry whose record is in `segment`, with its key: what a segment removed after a
+    /// walk that could not list all its records (damage hid some) leaves behind. A walk of both
+    /// tables, for that rare case only.
+    pub fn entries_in_segment(&self, segment: u32) -> Vec<(RecordKey, Location)> {
+        let blobs = self.blobs.slots.iter().filter(|slot| !slot.is_vacant());
+        let actions = self.actions.slots.iter().filter(|slot| !slot.is_vacant());
+        let blobs = blobs
+            .map(|slot| (slot.packed.location(), slot))
+            .filter(|(location, _)| location.segment == segment)
+            .map(|(location, slot)| {
+                let function = match slot.packed.has(BLAKE3) {
+                    true => DigestFunction::Blake3,
+                    false => DigestFunction::Sha256,
+                };
+                let digest = Digest::new(function, slot.hash, location.len);
+                (RecordKey::Blob(digest), location)
+            });
+        let actions = actions
+            .map(|slot| (slot.packed.location(), slot))
+            .filter(|(location, _)| location.segment == segment)
+            .map(|(location, slot)| {
+                let (id, function) = untag_function(slot.instance);
+                let key = RecordKey::Action {
+                    instance: self.instances.name(id).to_owned(),
+                    function,
+                    action: slot.action,
+                    kind: slot.packed.kind(),
+                };
+                (key, location)
+            });
+        blobs.chain(actions).collect()
     }
 
     /// Up to `max` keys of `ActionResult` entries from slot position `from` on, and the

@@ -629,7 +629,8 @@ impl Engine {
             .await?
             .ok_or_else(|| Error::Internal(format!("segment {segment} is gone")))?;
         let mut moved = Vec::new();
-        for record in self.segments.records(segment).await? {
+        let listing = self.segments.records(segment).await?;
+        for record in listing.records {
             let (key, from) = (record.key, record.location);
             let live = self.index.lock().expect("index").live_at(&key, &from);
             match live {
@@ -660,6 +661,18 @@ impl Engine {
             }
         }
         let freed = self.segments.remove(segment).await?;
+        if !listing.whole {
+            // Damage hid records the index may still name: they must not outlive their bytes,
+            // or the cache would answer "present" for blobs it can no longer read.
+            let left = self
+                .index
+                .lock()
+                .expect("index")
+                .entries_in_segment(segment);
+            for (key, location) in left {
+                self.forget(&key, &location);
+            }
+        }
         tracing::info!(segment, freed, kept = moved.len(), "evicted segment");
         Ok(())
     }

@@ -76,7 +76,7 @@ async fn scrub_segment(engine: &Weak<Engine>, segment: u32, rate: u64) -> Scrubb
         None => return done,
     };
     let records = match records {
-        Ok(records) => records,
+        Ok(listing) => listing.records,
         Err(e) => {
             // Evicted meanwhile, most likely; the next round finds what is there.
             tracing::debug!(segment, error = %e, "scrub skipped a segment");

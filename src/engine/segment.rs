@@ -831,7 +831,7 @@ impl SegmentLog {
     }
 
     /// The complete records of a closed segment, in log order.
-    pub async fn records(&self, segment: u32) -> Result<Vec<Recovered>, Error> {
+    pub async fn records(&self, segment: u32) -> Result<Listing, Error> {
         let reader = self
             .reader(segment)
             .await?
@@ -845,13 +845,15 @@ impl SegmentLog {
             .map_or(0, |s| s.len);
         let path = self.dir.join(segment_name(segment));
         if let Some(entries) = read_footer(reader.as_ref(), len, &path).await? {
-            return Ok(entries
-                .into_iter()
-                .map(|e| from_footer(segment, e))
-                .collect());
+            return Ok(Listing {
+                records: entries
+                    .into_iter()
+                    .map(|e| from_footer(segment, e))
+                    .collect(),
+                whole: true,
+            });
         }
-        let scan = scan_headers(reader.as_ref(), 0, len, &path).await?;
-        Ok(unverified_records(segment, scan.records))
+        list_records(reader.as_ref(), segment, 0, len, &path).await
     }
 
     /// Deletes a closed segment. Reads already holding its handle finish; new ones miss.
@@ -1396,6 +1398,48 @@ pub async fn count_sealed_records(fs: &dyn Fs, dir: &Path) -> (u64, u64) {
         }
     }
     (blobs, actions)
+}
+
+/// The records a walk of a segment's headers found.
+pub struct Listing {
+    /// The records, in log order (payloads not verified).
+    pub records: Vec<Recovered>,
+    /// Whether they are all there is: no damage was skipped. Records the damage destroyed
+    /// may still be indexed, so whoever removes such a segment must forget them by location.
+    pub whole: bool,
+}
+
+/// The records between `from` (a record's start) and `to` of bytes written whole (a closed
+/// segment, or what a segment being written has synced). Bytes there that are no record are
+/// damage: the walk goes on at the next intact record after them.
+async fn list_records(
+    file: &dyn FsFile,
+    segment: u32,
+    from: u64,
+    to: u64,
+    path: &Path,
+) -> Result<Listing, Error> {
+    let mut listing = Listing {
+        records: Vec::new(),
+        whole: true,
+    };
+    let mut from = from;
+    while from < to {
+        let scan = scan_headers(file, from, to, path).await?;
+        listing
+            .records
+            .extend(unverified_records(segment, scan.records));
+        let Some(why) = scan.torn.filter(|_| !scan.sealed) else {
+            break;
+        };
+        listing.whole = false;
+        let Some(next) = next_intact_record(file, scan.end + 1, to).await? else {
+            break;
+        };
+        tracing::warn!(segment, from = scan.end, to = next, reason = %why, "skipping damaged bytes");
+        from = next;
+    }
+    Ok(listing)
 }
 
 /// What a pass over a segment's headers found.

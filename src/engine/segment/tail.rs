@@ -5,10 +5,7 @@
 //! that exists, so (with the engine's upload floor keeping that segment from eviction) its
 //! segment id is never reused for newer records after a restart.
 
-use super::{
-    scan_headers, segment_name, unverified_records, Error, Location, ReaderState, Recovered,
-    SegmentLog,
-};
+use super::{list_records, segment_name, Error, Location, ReaderState, Recovered, SegmentLog};
 
 /// A position in the log: every record of an earlier segment, and every record of `segment`
 /// whose payload starts at or before `offset` (a record's end, where the next header starts), is
@@ -52,7 +49,7 @@ impl SegmentLog {
                 self.scan_between(segment, cursor.offset, bound).await?
             } else {
                 match self.records(segment).await {
-                    Ok(records) => records,
+                    Ok(listing) => listing.records,
                     // Removed meanwhile (a retired segment that held nothing durable).
                     Err(Error::Internal(_))
                         if matches!(self.reader_now(segment), ReaderState::Gone) =>
@@ -129,7 +126,8 @@ impl SegmentLog {
         segments.map.range(segment + 1..).next().map(|(&id, _)| id)
     }
 
-    /// The complete records between `from` and `to` of a segment being written.
+    /// The complete records between `from` and `to` (its synced length) of a segment being
+    /// written, past any damage there.
     async fn scan_between(
         &self,
         segment: u32,
@@ -143,7 +141,8 @@ impl SegmentLog {
             return Ok(Vec::new());
         };
         let path = self.dir.join(segment_name(segment));
-        let scan = scan_headers(reader.as_ref(), from, to, &path).await?;
-        Ok(unverified_records(segment, scan.records))
+        Ok(list_records(reader.as_ref(), segment, from, to, &path)
+            .await?
+            .records)
     }
 }
