@@ -449,7 +449,6 @@ impl SimFs {
     pub fn process_exit(&self) {
         let mut world = self.world();
         world.log_drops();
-        world.retell_damage();
         let in_flight: Vec<u64> = world
             .handles
             .iter()
@@ -1192,26 +1191,8 @@ impl World {
         }
     }
 
-    /// Tells the hook again of every damaged file, with everything written after the damage: each
-    /// restart may scan the file, stop at the damage and cut off everything behind it.
-    fn retell_damage(&mut self) {
-        let Some(hook) = self.damage_hook.clone() else {
-            return;
-        };
-        let mut retold = Vec::new();
-        for (ino, inode) in &self.inodes {
-            if let Some(from) = inode.damage.iter().map(|d| d.start).min() {
-                retold.push((*ino, inode.cache.clone(), from..inode.cache.len() as u64));
-            }
-        }
-        for (ino, image, range) in retold {
-            hook(&self.path_of(ino), &image, range);
-        }
-    }
-
     fn crash(&mut self) {
         self.log_drops();
-        self.retell_damage();
         self.stats.crashes += 1;
         self.handles.clear();
         self.locks.clear();
