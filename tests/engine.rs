@@ -26,6 +26,16 @@ async fn open(dir: &Path) -> Arc<Engine> {
         .expect("engine opens")
 }
 
+/// An engine on `dir` that evicts: `max_size` bytes on disk, in segments of `segment_size`.
+async fn open_evicting(dir: &Path, max_size: u64, segment_size: u64) -> Arc<Engine> {
+    let mut config = config(dir);
+    config.max_size = Some(max_size);
+    config.segment_size = segment_size;
+    Engine::open(config, Arc::new(RealFs), Arc::new(TokioRuntime))
+        .await
+        .unwrap()
+}
+
 async fn read_all(engine: &Engine, digest: &Digest) -> Bytes {
     engine
         .read_blob(digest, 0, digest.size)
@@ -344,12 +354,7 @@ async fn oversized_uploads_are_refused_up_front() {
 #[tokio::test]
 async fn eviction_keeps_the_disk_within_budget_and_spares_recently_used_blobs() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = config(dir.path());
-    config.max_size = Some(2 << 20);
-    config.segment_size = 256 << 10;
-    let engine = Engine::open(config, Arc::new(RealFs), Arc::new(TokioRuntime))
-        .await
-        .unwrap();
+    let engine = open_evicting(dir.path(), 2 << 20, 256 << 10).await;
     let hot = blob(1, 50_000);
     engine
         .put_blob(Digest::of(&hot), hot.clone())
@@ -402,12 +407,7 @@ async fn put_filler(engine: &Arc<Engine>, n: u64) {
 #[tokio::test]
 async fn evicting_a_damaged_segment_leaves_no_blob_present_that_cannot_be_read() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = config(dir.path());
-    config.max_size = Some(1 << 20);
-    config.segment_size = 128 << 10;
-    let engine = Engine::open(config, Arc::new(RealFs), Arc::new(TokioRuntime))
-        .await
-        .unwrap();
+    let engine = open_evicting(dir.path(), 1 << 20, 128 << 10).await;
     let [a, b, c] = [blob(61, 3000), blob(62, 3000), blob(63, 3000)];
     for data in [&a, &b, &c] {
         engine
@@ -454,12 +454,7 @@ async fn evicting_a_damaged_segment_leaves_no_blob_present_that_cannot_be_read()
 #[tokio::test]
 async fn a_read_in_progress_survives_the_eviction_of_its_segment() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = config(dir.path());
-    config.max_size = Some(1 << 20);
-    config.segment_size = 128 << 10;
-    let engine = Engine::open(config, Arc::new(RealFs), Arc::new(TokioRuntime))
-        .await
-        .unwrap();
+    let engine = open_evicting(dir.path(), 1 << 20, 128 << 10).await;
     let victim = blob(7, 100_000);
     let digest = Digest::of(&victim);
     engine.put_blob(digest, victim.clone()).await.unwrap();
