@@ -24,8 +24,8 @@ mod upload;
 
 use std::io;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -242,6 +242,10 @@ pub struct Stats {
     /// Action results removed because a blob they name is gone (see
     /// [`Engine::remove_action_if_value`]), since start.
     pub cascade_removals: u64,
+    /// Records the background scrub re-hashed, since start.
+    pub scrubbed_records: u64,
+    /// Payload bytes of those records.
+    pub scrubbed_bytes: u64,
 }
 
 /// The storage engine. Cheap to share behind an `Arc`.
@@ -253,7 +257,10 @@ pub struct Engine {
     segments: SegmentLog,
     index: Mutex<Index>,
     /// Action results removed by [`Engine::remove_action_if_value`].
-    cascade_removals: std::sync::atomic::AtomicU64,
+    cascade_removals: AtomicU64,
+    /// Records the background scrub re-hashed, and their payload bytes.
+    scrubbed_records: AtomicU64,
+    scrubbed_bytes: AtomicU64,
     uploads: upload::Tracker,
     /// One eviction pass at a time.
     evicting: tokio::sync::Mutex<()>,
@@ -351,6 +358,8 @@ impl Engine {
             segments,
             index: Mutex::new(index),
             cascade_removals: Default::default(),
+            scrubbed_records: Default::default(),
+            scrubbed_bytes: Default::default(),
             uploads,
             janitor,
             evicting: tokio::sync::Mutex::new(()),
@@ -371,6 +380,8 @@ impl Engine {
         Stats {
             disk_bytes: self.segments.disk_bytes(),
             cascade_removals: self.cascade_removals.load(Ordering::Relaxed),
+            scrubbed_records: self.scrubbed_records.load(Ordering::Relaxed),
+            scrubbed_bytes: self.scrubbed_bytes.load(Ordering::Relaxed),
             ..self.index.lock().expect("index").stats()
         }
     }

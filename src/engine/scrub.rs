@@ -10,6 +10,7 @@
 //! lock while it reads or sleeps, and drops a record only if the index still points at the very
 //! bytes that failed (an upload of the same key since then is left alone).
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -91,6 +92,10 @@ async fn scrub_segment(engine: &Weak<Engine>, segment: u32, rate: u64) -> Scrubb
             Ok(Some(intact)) => {
                 done.records += 1;
                 done.bytes += record.location.len;
+                engine.scrubbed_records.fetch_add(1, Ordering::Relaxed);
+                engine
+                    .scrubbed_bytes
+                    .fetch_add(record.location.len, Ordering::Relaxed);
                 done.dropped += u64::from(!intact);
                 let pause = Duration::from_secs_f64(record.location.len as f64 / rate as f64);
                 let runtime = engine.runtime.clone();

@@ -18,7 +18,9 @@
 //! `hoard_ac_lookups_total`, `hoard_cas_lookups_total`, `hoard_upload_failures_total`, and at
 //! scrape time from the engine `hoard_cas_blobs`, `hoard_cas_stored_bytes`, `hoard_ac_entries`,
 //! `hoard_disk_bytes`, `hoard_evictions_total`, `hoard_evicted_bytes_total`,
-//! `hoard_corrupt_blobs_dropped_total`, `hoard_cascade_removals_total`, `hoard_uptime_seconds`, plus `hoard_build_info`.
+//! `hoard_corrupt_blobs_dropped_total`, `hoard_cascade_removals_total`,
+//! `hoard_scrubbed_records_total`, `hoard_scrubbed_bytes_total`, `hoard_uptime_seconds`, plus
+//! `hoard_build_info`.
 //!
 //! The status page (`GET /ui/`) draws from the same registry: [`history`] keeps the last hour
 //! of samples, [`top`] the busiest keys per instance, [`ui`] renders both as JSON next to the
@@ -185,6 +187,18 @@ impl Collector for EngineCollector {
                 None,
                 stats.cascade_removals,
             ),
+            (
+                "scrubbed_records",
+                "Cold records the background scrub re-hashed.",
+                None,
+                stats.scrubbed_records,
+            ),
+            (
+                "scrubbed",
+                "Payload bytes the background scrub re-hashed.",
+                Some(&Unit::Bytes),
+                stats.scrubbed_bytes,
+            ),
         ];
         for (name, help, unit, value) in counters {
             let counter = ConstCounter::new(value);
@@ -221,6 +235,7 @@ impl Collector for EngineCollector {
 /// | `hoard_cas_blobs`, `hoard_cas_stored_bytes`, `hoard_ac_entries`, `hoard_disk_bytes` | gauge | |
 /// | `hoard_evictions_total`, `hoard_evicted_bytes_total` | counter | |
 /// | `hoard_corrupt_blobs_dropped_total`, `hoard_cascade_removals_total` | counter | |
+/// | `hoard_scrubbed_records_total`, `hoard_scrubbed_bytes_total` | counter | |
 /// | `hoard_uptime_seconds` | gauge | |
 /// | `hoard_build_info` | gauge (always 1) | `version` |
 pub struct Metrics {
