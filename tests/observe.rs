@@ -437,6 +437,8 @@ async fn metrics_count_the_traffic_of_both_front_ends() {
     expect("hoard_evicted_bytes_total", 0.0);
     expect("hoard_corrupt_blobs_dropped_total", 0.0);
     expect("hoard_cascade_removals_total", 0.0);
+    expect("hoard_scrubbed_records_total", 0.0);
+    expect("hoard_scrubbed_bytes_total", 0.0);
     assert!(value(&series, &text, "hoard_uptime_seconds") >= 0.0);
     assert!(text.contains(&format!(
         "hoard_build_info{{version=\"{}\"}} 1",
