@@ -12,8 +12,9 @@
 //!   nothing (`wrong-refusal-code`, `half-written-visible`).
 //! - `bad_inputs`: short and over-long uploads, malformed resource names (hash, size, digest
 //!   function, upload id), absurd sizes, reads past the end or at negative offsets, unknown
-//!   digest functions, malformed action results and digests, bad GetTree tokens and sizes:
-//!   each refused with its code, and nothing stored (`bad-input-accepted`).
+//!   digest functions, malformed action results and digests, bad GetTree tokens and sizes, zstd
+//!   uploads inflating short or long, cut inside their frame, or no zstd at all: each refused
+//!   with its code, and nothing stored (`bad-input-accepted`).
 //! - `vanishing`: a write whose client goes away half way (its bytes are never a blob, and its
 //!   temp file does not outlive the audit), a read dropped after its first message; the server
 //!   serves on.
@@ -45,8 +46,8 @@ use tonic::{Code, Status};
 
 use crate::oracle::Invariant;
 use crate::workload::{
-    ac_client, action_key, bytestream_client, cas_client, check_action, Client, ACTION_KEYS,
-    IDENTITY, INSTANCES,
+    ac_client, action_key, bytestream_client, cas_client, check_action, zstd_frame, Client,
+    ACTION_KEYS, IDENTITY, INSTANCES,
 };
 
 /// Codes any request may get from a server in trouble (restarting, a failing or full disk, a
@@ -471,7 +472,7 @@ impl Client {
     /// A few malformed requests of the kinds the front end refuses, each checked.
     async fn bad_inputs(&self, channel: &Channel, tag: &str) {
         for n in 0..thread_rng().gen_range(1..=3) {
-            let kind = thread_rng().gen_range(0..9);
+            let kind = thread_rng().gen_range(0..10);
             self.bad_input(channel, &format!("{tag} {n}"), kind).await;
         }
     }
@@ -609,6 +610,38 @@ impl Client {
                 self.refused("GetActionResult of a malformed digest", &answer, &invalid);
             }
             7 => self.bad_action_result(channel, tag, &digest).await,
+            8 => {
+                // Compressed uploads that do not make the declared blob.
+                let resource = format!(
+                    "uploads/{:016x}/compressed-blobs/zstd/{}/{}",
+                    thread_rng().gen::<u64>(),
+                    digest.hex(),
+                    digest.size
+                );
+                let (what, stream) = match thread_rng().gen_range(0..4) {
+                    0 => (
+                        "a zstd upload inflating short",
+                        zstd_frame(&content[..content.len() - 5]),
+                    ),
+                    1 => {
+                        let mut long = content.to_vec();
+                        long.extend_from_slice(b"extra");
+                        ("a zstd upload inflating long", zstd_frame(&long))
+                    }
+                    2 => {
+                        let whole = zstd_frame(&content);
+                        let cut = whole.slice(..whole.len() - 3);
+                        ("a zstd upload cut inside its frame", cut)
+                    }
+                    _ => ("an upload that is no zstd stream", content.clone()),
+                };
+                let requests = messages(&resource, &stream, 0);
+                let answer = bytestream.write(futures::stream::iter(requests)).await;
+                if self.refused(what, &answer, &invalid) {
+                    self.absent(channel, &digest, Invariant::BadInputAccepted, what)
+                        .await;
+                }
+            }
             _ => {
                 // GetTree with a token not issued for the root, or a negative page size.
                 let bad_token = thread_rng().gen_bool(0.5);

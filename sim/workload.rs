@@ -129,7 +129,7 @@ pub async fn connect(attempts: usize) -> Option<Channel> {
 }
 
 /// `data` as one zstd frame (what a compressing client sends).
-fn zstd_frame(data: &[u8]) -> Bytes {
+pub fn zstd_frame(data: &[u8]) -> Bytes {
     Bytes::from(zstd::bulk::compress(data, 1).expect("zstd compresses"))
 }
 
