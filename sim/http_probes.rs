@@ -1,7 +1,8 @@
 //! Probes of the HTTP front end's edges, run by the Bazel-shaped HTTP clients between builds:
 //! `HEAD` of present and missing keys, a `PUT /cas/` whose bytes hash elsewhere, a body shorter
 //! than its `Content-Length` whose client then goes away, an absurd `Content-Length`, malformed
-//! paths and action results, and requests without (or with wrong) credentials. Each answer is
+//! paths and action results, requests without (or with wrong) credentials, and an action result
+//! looked up under instances other than its own (`instance-leak`). Each answer is
 //! checked for its status, and that nothing was stored (`wrong-refusal-code`,
 //! `bad-input-accepted`, `half-written-visible`, `auth-gate-broken`); the vanished uploads' temp
 //! files are held to `temp-file-leak` by the final audit.
@@ -130,7 +131,7 @@ fn put_head(digest: &Digest, length: u64) -> String {
 
 /// One probe, its kind drawn from the seed. `auth`: the server requires credentials.
 pub async fn probe(tag: &str, oracle: &Oracle, sender: &mut Sender, auth: bool) {
-    let kind = thread_rng().gen_range(0..6);
+    let kind = thread_rng().gen_range(0..7);
     let (digest, content) = probe_blob(tag, "blob", thread_rng().gen_range(16..4096));
     let cas = format!("/cas/{}", digest.hex());
     match kind {
@@ -202,7 +203,56 @@ pub async fn probe(tag: &str, oracle: &Oracle, sender: &mut Sender, auth: bool) 
             );
         }
         4 => malformed(tag, oracle, sender, &digest).await,
-        _ => without_credentials(oracle, sender, auth, &digest, content).await,
+        5 => without_credentials(oracle, sender, auth, &digest, content).await,
+        _ => other_instances(tag, oracle, sender, &digest, content).await,
+    }
+}
+
+/// An action result stored under a probe's own instance over HTTP is served there, and under no
+/// other instance name, the default (none) and the Bazel clients' one included.
+async fn other_instances(
+    tag: &str,
+    oracle: &Oracle,
+    sender: &mut Sender,
+    digest: &Digest,
+    content: Bytes,
+) {
+    let cas = format!("/cas/{}", digest.hex());
+    let stored = ask_authorized(sender, Method::PUT, &cas, content).await;
+    if !matches!(stored, Some((StatusCode::OK, _))) {
+        return;
+    }
+    let action = Digest::of(format!("http instance probe {tag}").as_bytes());
+    let result = crate::workload::result_with_outputs("out/", &[*digest]);
+    let own = format!(
+        "/http-probe-{}/ac/{}",
+        thread_rng().gen_range(0..4),
+        action.hex()
+    );
+    let put = ask_authorized(sender, Method::PUT, &own, result.encode_to_vec().into()).await;
+    let put = put.map(|(s, _)| s);
+    expect(
+        oracle,
+        "PUT /ac/ under a probe's instance",
+        put,
+        &[StatusCode::OK],
+    );
+    if put != Some(StatusCode::OK) {
+        return;
+    }
+    for other in ["", "http-probe-x", INSTANCE, "http-probe-0/sub"] {
+        let path = match other {
+            "" => format!("/ac/{}", action.hex()),
+            name => format!("/{name}/ac/{}", action.hex()),
+        };
+        if let Some((StatusCode::OK, _)) =
+            ask_authorized(sender, Method::GET, &path, Bytes::new()).await
+        {
+            oracle.fail(
+                Invariant::InstanceLeak,
+                format!("GET {path} serves the result stored at {own}"),
+            );
+        }
     }
 }
 
