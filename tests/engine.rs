@@ -114,13 +114,16 @@ async fn wrong_hash_short_and_long_uploads_are_rejected_and_store_nothing() {
         assert!(matches!(err, Error::HashMismatch { .. }), "{err}");
 
         let mut short = engine.begin_upload(digest).await.unwrap();
-        short.write(&data[..len - 1]).await.unwrap();
+        short
+            .write(Bytes::copy_from_slice(&data[..len - 1]))
+            .await
+            .unwrap();
         let err = short.commit().await.unwrap_err();
         assert!(matches!(err, Error::SizeMismatch { .. }), "{err}");
 
         let mut long = engine.begin_upload(digest).await.unwrap();
-        long.write(&data).await.unwrap();
-        let err = long.write(b"x").await.unwrap_err();
+        long.write(Bytes::copy_from_slice(&data)).await.unwrap();
+        let err = long.write(Bytes::from_static(b"x")).await.unwrap_err();
         assert!(matches!(err, Error::SizeMismatch { .. }), "{err}");
         drop(long);
 
@@ -167,7 +170,7 @@ async fn five_hundred_concurrent_distinct_uploads_are_byte_exact() {
                 let digest = Digest::of(&data);
                 let mut upload = engine.begin_upload(digest).await?;
                 for chunk in data.chunks(16 * 1024) {
-                    upload.write(chunk).await?;
+                    upload.write(Bytes::copy_from_slice(chunk)).await?;
                 }
                 upload.commit().await
             })
@@ -934,7 +937,7 @@ async fn a_stalled_large_commit_does_not_hold_up_small_commits() {
     let big = blob(30, 300_000);
     let digest = Digest::of(&big);
     let mut upload = engine.begin_upload(digest).await.unwrap();
-    upload.write(&big).await.unwrap();
+    upload.write(Bytes::copy_from_slice(&big)).await.unwrap();
     // The large record's disk stalls once its bytes were synced once (its footer's sync; a
     // copy out of a staging file would stall on reading it, under the segment writer lock).
     let tmp = dir.path().join("tmp");
@@ -1130,7 +1133,10 @@ async fn a_crash_during_write_once_ingest_leaves_nothing_visible() {
     }
     let in_flight = blob(72, 600_000);
     let mut upload = engine.begin_upload(Digest::of(&in_flight)).await.unwrap();
-    upload.write(&in_flight[..400_000]).await.unwrap();
+    upload
+        .write(Bytes::copy_from_slice(&in_flight[..400_000]))
+        .await
+        .unwrap();
     let image = crash_image(dir.path());
     assert_eq!(temp_files(image.path()), 1, "the upload in progress");
     // The disk tore both finished segments: one is cut inside its payload, the other lost its
@@ -1172,12 +1178,17 @@ async fn a_large_upload_whose_write_failed_takes_no_more_bytes_and_never_commits
     let big = blob(80, 300_000);
     let digest = Digest::of(&big);
     let mut upload = engine.begin_upload(digest).await.unwrap();
-    upload.write(&big[..100_000]).await.unwrap();
+    upload
+        .write(Bytes::copy_from_slice(&big[..100_000]))
+        .await
+        .unwrap();
     // Its file now holds bytes other than those hashed (a failed write may land partly).
     let tmp = dir.path().join("tmp");
     gate.stall(move |call, path| call == "write" && path.starts_with(&tmp));
     let failing = tokio::spawn(async move {
-        let written = upload.write(&big[100_000..200_000]).await;
+        let written = upload
+            .write(Bytes::copy_from_slice(&big[100_000..200_000]))
+            .await;
         (upload, written)
     });
     gate.wait_stalled(1).await;
@@ -1186,7 +1197,10 @@ async fn a_large_upload_whose_write_failed_takes_no_more_bytes_and_never_commits
     assert!(written.is_err());
     let rest = blob(80, 300_000);
     assert!(
-        upload.write(&rest[100_000..]).await.is_err(),
+        upload
+            .write(Bytes::copy_from_slice(&rest[100_000..]))
+            .await
+            .is_err(),
         "no more bytes"
     );
     assert!(upload.commit().await.is_err(), "never committed");
@@ -1209,7 +1223,7 @@ async fn a_failed_early_sync_of_a_large_upload_fails_its_commit() {
         first
     });
     let mut upload = engine.begin_upload(digest).await.unwrap();
-    upload.write(&big).await.unwrap();
+    upload.write(Bytes::copy_from_slice(&big)).await.unwrap();
     gate.wait_stalled(1).await;
     gate.release(true);
     assert!(upload.commit().await.is_err());

@@ -484,7 +484,7 @@ impl Engine {
     /// Stores a blob held in memory (verified against `digest`).
     pub async fn put_blob(self: &Arc<Self>, digest: Digest, data: Bytes) -> Result<(), Error> {
         let mut upload = self.begin_upload(digest).await?;
-        upload.write(&data).await?;
+        upload.write(data).await?;
         upload.commit().await
     }
 

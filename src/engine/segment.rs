@@ -1038,13 +1038,14 @@ impl SoloSegment {
     }
 
     /// Appends the next payload bytes (the caller bounds and hashes them).
-    pub async fn write(&mut self, data: &[u8]) -> Result<(), Error> {
+    pub async fn write(&mut self, data: Bytes) -> Result<(), Error> {
+        let len = data.len() as u64;
         self.file
-            .write(data)
+            .write_owned(data)
             .await
             .map_err(io_error(format!("writing {}", self.path.display())))?;
         if let Some(writeback) = &mut self.writeback {
-            writeback.wrote(data.len() as u64);
+            writeback.wrote(len);
         }
         Ok(())
     }

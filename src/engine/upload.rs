@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use super::record::RecordKey;
@@ -93,7 +94,7 @@ impl Upload {
 
     /// Appends the next bytes. More bytes than declared is an error (and the upload stays as it
     /// was, so it can still be completed correctly).
-    pub async fn write(&mut self, data: &[u8]) -> Result<(), Error> {
+    pub async fn write(&mut self, data: Bytes) -> Result<(), Error> {
         let after = self.received + data.len() as u64;
         if after > self.expected.size {
             return Err(Error::SizeMismatch {
@@ -105,13 +106,14 @@ impl Upload {
         let hasher = self.hasher.as_mut().expect("hashing until commit");
         match &mut self.stage {
             Stage::Memory(buffer) => {
-                buffer.extend_from_slice(data);
-                hasher.update(data);
+                buffer.extend_from_slice(&data);
+                hasher.update(&data);
             }
             Stage::Segment(solo) => {
                 let solo = solo.as_mut().expect("open until commit");
                 // Hash while the write is under way (it goes to the file on a blocking thread).
-                let (written, ()) = futures::join!(solo.write(data), async { hasher.update(data) });
+                let (written, ()) =
+                    futures::join!(solo.write(data.clone()), async { hasher.update(&data) });
                 if let Err(e) = written {
                     self.broken = true;
                     return Err(e);

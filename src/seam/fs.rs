@@ -68,6 +68,12 @@ pub trait FsFile: Send + Sync {
     /// Appends all of `buf`. May only reach this handle's buffer (see the module docs).
     async fn write(&mut self, buf: &[u8]) -> io::Result<()>;
 
+    /// [`write`](FsFile::write) of bytes the handle may keep, so a large write can reach the
+    /// file without first being copied into the handle's buffer.
+    async fn write_owned(&mut self, data: Bytes) -> io::Result<()> {
+        self.write(&data).await
+    }
+
     /// Pushes this handle's buffered bytes to the file, where other handles see them.
     async fn flush(&mut self) -> io::Result<()>;
 

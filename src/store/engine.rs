@@ -131,7 +131,7 @@ impl BlobUpload for Upload {
         Upload::received(self)
     }
 
-    async fn write(&mut self, data: &[u8]) -> Result<(), Error> {
+    async fn write(&mut self, data: Bytes) -> Result<(), Error> {
         Upload::write(self, data).await
     }
 

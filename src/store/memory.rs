@@ -287,7 +287,7 @@ impl BlobUpload for MemoryUpload {
         self.data.len() as u64
     }
 
-    async fn write(&mut self, data: &[u8]) -> Result<(), Error> {
+    async fn write(&mut self, data: Bytes) -> Result<(), Error> {
         let after = self.received() + data.len() as u64;
         if after > self.expected.size {
             return Err(Error::SizeMismatch {
@@ -295,8 +295,8 @@ impl BlobUpload for MemoryUpload {
                 received: after,
             });
         }
-        self.hasher.update(data);
-        self.data.extend_from_slice(data);
+        self.hasher.update(&data);
+        self.data.extend_from_slice(&data);
         Ok(())
     }
 
@@ -342,9 +342,9 @@ mod tests {
             let store = MemoryStore::new(1 << 20, 1 << 20);
             let good = Digest::of(b"hello");
             let mut upload = store.begin_upload(good).await.unwrap();
-            upload.write(b"hel").await.unwrap();
+            upload.write(Bytes::from_static(b"hel")).await.unwrap();
             assert_eq!(store.find_missing_and_touch(&[good]).await.unwrap(), [good]);
-            upload.write(b"lo").await.unwrap();
+            upload.write(Bytes::from_static(b"lo")).await.unwrap();
             upload.commit().await.unwrap();
             assert_eq!(store.read_blob(&good).await.unwrap(), &b"hello"[..]);
 
@@ -355,7 +355,7 @@ mod tests {
             assert!(matches!(short.await, Err(Error::SizeMismatch { .. })));
             let mut long = store.begin_upload(Digest::of(b"ab")).await.unwrap();
             assert!(matches!(
-                long.write(b"abc").await,
+                long.write(Bytes::from_static(b"abc")).await,
                 Err(Error::SizeMismatch { .. })
             ));
             assert_eq!(store.stats().blobs, 1);

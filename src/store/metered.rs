@@ -175,7 +175,7 @@ impl BlobUpload for MeteredUpload {
         self.inner.received()
     }
 
-    async fn write(&mut self, data: &[u8]) -> Result<(), Error> {
+    async fn write(&mut self, data: Bytes) -> Result<(), Error> {
         let written = self.inner.write(data).await;
         counted(&self.metrics, self.protocol, written)
     }

@@ -140,7 +140,7 @@ pub trait BlobUpload: Send {
 
     /// Appends the next bytes; more than declared is [`Error::SizeMismatch`] and leaves the
     /// upload as it was.
-    async fn write(&mut self, data: &[u8]) -> Result<(), Error>;
+    async fn write(&mut self, data: Bytes) -> Result<(), Error>;
 
     /// Verifies size and hash, then makes the blob durable and findable. `Ok` is the
     /// acknowledgement: the blob survives a crash from then on.
@@ -222,7 +222,7 @@ pub trait Store: Send + Sync + 'static {
     fn put_blob(&self, digest: Digest, data: Bytes) -> StoreFuture<'_, ()> {
         Box::pin(async move {
             let mut upload = self.begin_upload(digest).await?;
-            upload.write(&data).await?;
+            upload.write(data).await?;
             upload.commit().await
         })
     }

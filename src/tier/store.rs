@@ -317,7 +317,7 @@ impl BlobUpload for TierUpload {
         self.inner.received()
     }
 
-    async fn write(&mut self, data: &[u8]) -> Result<(), Error> {
+    async fn write(&mut self, data: Bytes) -> Result<(), Error> {
         self.inner.write(data).await
     }
 
@@ -431,7 +431,7 @@ impl BlobRead for BucketRead {
                 hasher.update(&chunk);
             }
             if let Some(fill) = &mut self.fill {
-                if let Err(e) = fill.write(&chunk).await {
+                if let Err(e) = fill.write(chunk.clone()).await {
                     tracing::debug!(digest = %self.digest, error = %e, "abandoning a fill");
                     self.fill = None;
                 }

@@ -136,15 +136,16 @@ async fn receive(
                 ),
             }));
         }
-        match inflater.as_deref_mut() {
-            None => upload.write(&message.data).await?,
-            Some(inflater) => inflater.feed(&message.data, upload).await?,
-        }
         wire_end += message.data.len() as u64;
         finished = message.finish_write;
-        // Released before the next message is decoded: its bytes share tonic's receive buffer,
+        let data = message.data;
+        match inflater.as_deref_mut() {
+            None => upload.write(data.clone()).await?,
+            Some(inflater) => inflater.feed(&data, upload).await?,
+        }
+        // Released before the next message is decoded: these bytes share tonic's receive buffer,
         // which then reuses that memory instead of allocating (and faulting in) a fresh one.
-        drop(message);
+        drop(data);
         let end = match stream.message().await {
             Ok(Some(next)) => {
                 message = next;

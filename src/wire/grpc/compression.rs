@@ -19,6 +19,7 @@
 
 use std::io;
 
+use bytes::Bytes;
 use tonic::Status;
 use zstd::stream::raw::{CParameter, DParameter, Decoder, Encoder, InBuffer, Operation, OutBuffer};
 use zstd::zstd_safe::zstd_sys::ZSTD_ErrorCode;
@@ -207,7 +208,9 @@ impl Inflater {
                         "the zstd stream decompresses to more than the declared {size} bytes"
                     )));
                 }
-                upload.write(&self.buffer[..produced]).await?;
+                upload
+                    .write(Bytes::copy_from_slice(&self.buffer[..produced]))
+                    .await?;
             }
             let consumed_all = input.pos() == input.src.len();
             if consumed_all && produced < self.buffer.len() {

@@ -82,7 +82,7 @@ pub async fn splice(store: &dyn Store, blob: &Digest, chunks: &[Digest]) -> Resu
             Err(e) => return Err(e.into()),
         };
         while let Some(bytes) = reader.next_chunk(READ_CHUNK).await? {
-            upload.write(&bytes).await?;
+            upload.write(bytes).await?;
         }
     }
     // Size and hash are checked here; nothing is stored unless they match.

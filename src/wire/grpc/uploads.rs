@@ -87,6 +87,7 @@ impl ParkedUploads {
 mod tests {
     use super::*;
     use crate::store::{Digest, MemoryStore, Store};
+    use bytes::Bytes;
 
     fn key(uuid: &str) -> WriteResource {
         WriteResource {
@@ -98,7 +99,10 @@ mod tests {
 
     async fn partial(store: &MemoryStore, resource: &WriteResource) -> Box<dyn BlobUpload> {
         let mut upload = store.begin_upload(resource.digest).await.unwrap();
-        upload.write(&resource.uuid.as_bytes()[..1]).await.unwrap();
+        upload
+            .write(Bytes::copy_from_slice(&resource.uuid.as_bytes()[..1]))
+            .await
+            .unwrap();
         upload
     }
 

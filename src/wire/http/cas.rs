@@ -64,7 +64,7 @@ pub(super) async fn put(
     // Too large, no space and busy are refused here, before a byte of the body is read.
     let mut upload = store.begin_upload(Digest::sha256(hash, size)).await?;
     while let Some(data) = next_data(body).await? {
-        upload.write(&data).await?;
+        upload.write(data).await?;
     }
     // Dropping `upload` on any error above discards what was staged.
     upload.commit().await?;
