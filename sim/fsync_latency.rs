@@ -99,6 +99,10 @@ impl FsFile for LateSyncFile {
         self.inner.flush().await
     }
 
+    async fn allocate(&mut self, len: u64) -> io::Result<()> {
+        self.inner.allocate(len).await
+    }
+
     async fn sync(&mut self) -> io::Result<()> {
         self.inner.sync().await?;
         let delay = {

@@ -191,3 +191,29 @@ async fn reopen_under_descriptor_limit(dir: &Path) {
     }
     assert!(open_descriptors() < 1024);
 }
+
+/// A large upload reserves its space when it begins, so of two that cannot both fit, the second
+/// is refused before a byte of it streams, and the first still completes.
+#[tokio::test]
+async fn a_large_upload_reserves_its_space_when_it_begins() {
+    let _serial = SERIAL.lock().await;
+    let Some(tmpfs) = Tmpfs::mount("8m") else {
+        return;
+    };
+    let dir = tmpfs.path();
+    let engine = open(config(&dir, 1 << 20)).await.unwrap();
+    let (first, second) = (blob(1, 5 << 20), blob(2, 5 << 20));
+    let mut upload = engine.begin_upload(Digest::of(&first)).await.unwrap();
+    match engine.begin_upload(Digest::of(&second)).await {
+        Err(Error::NoSpace(_)) => {}
+        Err(e) => panic!("the second upload is refused for space, not {e}"),
+        Ok(_) => panic!("the second upload began though the first holds its space"),
+    }
+    upload.write(first.clone()).await.unwrap();
+    upload.commit().await.unwrap();
+    let digest = Digest::of(&first);
+    assert_eq!(
+        engine.read_blob(&digest, 0, digest.size).await.unwrap(),
+        first
+    );
+}

@@ -888,6 +888,9 @@ mod gated {
         async fn flush(&mut self) -> io::Result<()> {
             self.inner.flush().await
         }
+        async fn allocate(&mut self, len: u64) -> io::Result<()> {
+            self.inner.allocate(len).await
+        }
         async fn sync(&mut self) -> io::Result<()> {
             self.gate.pass("sync", &self.path).await?;
             self.inner.sync().await

@@ -1011,10 +1011,15 @@ impl SoloSegment {
                 Err(e) => started = Err(e),
             }
         }
-        if let Err(e) = match started {
-            Ok(()) => file.write(&header).await,
-            Err(e) => Err(e),
-        } {
+        let whole = header.len() as u64 + payload_len;
+        let written = async {
+            started?;
+            // Reserved up front: the kernel then allocates no blocks page by page as the
+            // payload streams in, and a disk too full for the blob refuses it before a byte.
+            file.allocate(whole).await?;
+            file.write(&header).await
+        };
+        if let Err(e) = written.await {
             drop(file);
             if let Err(e) = fs.remove(&path).await {
                 tracing::warn!(path = %path.display(), error = %e, "removing an unfinished segment failed");

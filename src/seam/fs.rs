@@ -77,6 +77,11 @@ pub trait FsFile: Send + Sync {
     /// Pushes this handle's buffered bytes to the file, where other handles see them.
     async fn flush(&mut self) -> io::Result<()>;
 
+    /// Reserves disk space for the file's first `len` bytes without changing its length, so the
+    /// writes that follow need not allocate as they go. A full disk is an error (`ENOSPC`); a
+    /// filesystem that cannot reserve leaves the file as it was.
+    async fn allocate(&mut self, len: u64) -> io::Result<()>;
+
     /// Flushes, then makes the file's contents durable (`fsync`).
     async fn sync(&mut self) -> io::Result<()>;
 

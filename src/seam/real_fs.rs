@@ -7,6 +7,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -239,6 +240,27 @@ impl FsFile for RealFile {
 
     async fn flush(&mut self) -> io::Result<()> {
         self.write_through(None).await
+    }
+
+    async fn allocate(&mut self, len: u64) -> io::Result<()> {
+        let file = self.file.clone();
+        blocking(move || {
+            let len = libc::off_t::try_from(len).map_err(io::Error::other)?;
+            // SAFETY: fallocate reads only its integer arguments; the descriptor is open (held
+            // by `file`).
+            let done =
+                unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, 0, len) };
+            if done == 0 {
+                return Ok(());
+            }
+            let error = io::Error::last_os_error();
+            match error.raw_os_error() {
+                // Not supported here: the writes allocate as they go instead.
+                Some(libc::EOPNOTSUPP | libc::ENOSYS) => Ok(()),
+                _ => Err(error),
+            }
+        })
+        .await
     }
 
     async fn sync(&mut self) -> io::Result<()> {

@@ -1151,6 +1151,15 @@ impl World {
         Ok(())
     }
 
+    /// Refuses with ENOSPC a reservation the free space cannot hold, as `fallocate` does; the
+    /// model keeps no reservation (the writes that follow count their bytes themselves).
+    fn allocate(&mut self, id: u64, len: u64) -> io::Result<()> {
+        let handle = self.writable(id)?;
+        let (ino, path, pending) = (handle.ino, handle.path.clone(), handle.pending.len() as u64);
+        let held = self.inode(ino).cache.len() as u64 + pending;
+        self.check_space(len.saturating_sub(held), &path)
+    }
+
     fn file_len(&mut self, id: u64) -> io::Result<u64> {
         let ino = self.handle(id)?.ino;
         Ok(self.inode(ino).cache.len() as u64)
@@ -1486,6 +1495,11 @@ impl FsFile for SimFile {
         self.fs.run("flush", None, |w| w.flush(id)).await
     }
 
+    async fn allocate(&mut self, len: u64) -> io::Result<()> {
+        let id = self.id;
+        self.fs.run("allocate", None, |w| w.allocate(id, len)).await
+    }
+
     async fn sync(&mut self) -> io::Result<()> {
         let id = self.id;
         self.fs.run("sync", None, |w| w.sync(id)).await
@@ -1818,6 +1832,10 @@ mod tests {
         f.write(&[0; 600]).await.unwrap();
         let err = f.write(&[0; 500]).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::StorageFull);
+        // A reservation counts only what the file does not hold yet.
+        f.allocate(1000).await.unwrap();
+        let err = f.allocate(1001).await.unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOSPC));
         assert_eq!(fs.free_space(p("/")).await.unwrap(), 400);
         f.flush().await.unwrap();
         let mut g = fs.create(p("/g")).await.unwrap();
@@ -1827,7 +1845,7 @@ mod tests {
         drop(f);
         fs.remove(p("/f")).await.unwrap();
         assert_eq!(fs.free_space(p("/")).await.unwrap(), 600);
-        assert_eq!(fs.stats().fault(FaultKind::Enospc), 2);
+        assert_eq!(fs.stats().fault(FaultKind::Enospc), 3);
         fs.set_faults(false);
         let mut big = fs.create(p("/big")).await.unwrap();
         big.write(&[0; 5000]).await.unwrap();
