@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use hoard::engine::{Digest, Engine, EngineConfig, Error};
 use hoard::seam::real_fs::RealFs;
 use hoard::seam::TokioRuntime;
@@ -73,6 +74,15 @@ fn segment_files(dir: &Path) -> Vec<(String, u64)> {
         .collect()
 }
 
+/// Reads `data` back whole by its digest.
+async fn assert_serves(engine: &Engine, data: &Bytes) {
+    let digest = Digest::of(data);
+    assert_eq!(
+        engine.read_blob(&digest, 0, digest.size).await.unwrap(),
+        *data
+    );
+}
+
 fn open_descriptors() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
@@ -115,22 +125,14 @@ async fn a_full_disk_leaks_neither_segment_files_nor_descriptors() {
     assert_eq!(on_disk, engine.stats().disk_bytes);
     // What was acknowledged is served, full disk or not, and after a restart.
     for data in &stored {
-        let digest = Digest::of(data);
-        assert_eq!(
-            engine.read_blob(&digest, 0, digest.size).await.unwrap(),
-            *data
-        );
+        assert_serves(&engine, data).await;
     }
     engine.shutdown().await;
     drop(engine);
     let engine = open(config(&dir, 1 << 20)).await.unwrap();
     assert_eq!(engine.stats().blobs, stored.len() as u64);
     for data in &stored {
-        let digest = Digest::of(data);
-        assert_eq!(
-            engine.read_blob(&digest, 0, digest.size).await.unwrap(),
-            *data
-        );
+        assert_serves(&engine, data).await;
     }
 }
 
@@ -182,12 +184,7 @@ async fn reopen_under_descriptor_limit(dir: &Path) {
     let engine = open(config(dir, 1)).await.expect("opens under 1,024 fds");
     assert_eq!(engine.stats().blobs, SEGMENTS);
     for seed in 0..SEGMENTS {
-        let data = blob(seed, 100);
-        let digest = Digest::of(&data);
-        assert_eq!(
-            engine.read_blob(&digest, 0, digest.size).await.unwrap(),
-            data
-        );
+        assert_serves(&engine, &blob(seed, 100)).await;
     }
     assert!(open_descriptors() < 1024);
 }
@@ -211,9 +208,5 @@ async fn a_large_upload_reserves_its_space_when_it_begins() {
     }
     upload.write(first.clone()).await.unwrap();
     upload.commit().await.unwrap();
-    let digest = Digest::of(&first);
-    assert_eq!(
-        engine.read_blob(&digest, 0, digest.size).await.unwrap(),
-        first
-    );
+    assert_serves(&engine, &first).await;
 }
