@@ -83,6 +83,13 @@ async fn assert_serves(engine: &Engine, data: &Bytes) {
     );
 }
 
+/// An engine with 1 MiB segments on a fresh 8 MiB tmpfs (`None` where one cannot be mounted).
+async fn open_on_small_disk() -> Option<(Tmpfs, Arc<Engine>)> {
+    let tmpfs = Tmpfs::mount("8m")?;
+    let engine = open(config(&tmpfs.path(), 1 << 20)).await.unwrap();
+    Some((tmpfs, engine))
+}
+
 fn open_descriptors() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
@@ -90,11 +97,10 @@ fn open_descriptors() -> usize {
 #[tokio::test]
 async fn a_full_disk_leaks_neither_segment_files_nor_descriptors() {
     let _serial = SERIAL.lock().await;
-    let Some(tmpfs) = Tmpfs::mount("8m") else {
+    let Some((tmpfs, engine)) = open_on_small_disk().await else {
         return;
     };
     let dir = tmpfs.path();
-    let engine = open(config(&dir, 1 << 20)).await.unwrap();
     let baseline = open_descriptors();
     let mut stored = Vec::new();
     let mut refused = 0;
@@ -194,11 +200,10 @@ async fn reopen_under_descriptor_limit(dir: &Path) {
 #[tokio::test]
 async fn a_large_upload_reserves_its_space_when_it_begins() {
     let _serial = SERIAL.lock().await;
-    let Some(tmpfs) = Tmpfs::mount("8m") else {
+    // The mount lives as long as this binding.
+    let Some((_tmpfs, engine)) = open_on_small_disk().await else {
         return;
     };
-    let dir = tmpfs.path();
-    let engine = open(config(&dir, 1 << 20)).await.unwrap();
     let (first, second) = (blob(1, 5 << 20), blob(2, 5 << 20));
     let mut upload = engine.begin_upload(Digest::of(&first)).await.unwrap();
     match engine.begin_upload(Digest::of(&second)).await {

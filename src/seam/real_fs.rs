@@ -2,7 +2,9 @@
 //! the simulator, where `sim/` supplies the filesystem).
 //!
 //! Writes collect in a per-handle buffer and reach the file on [`FsFile::flush`], exactly the
-//! contract the trait states, so production behaves like the world the simulator checks.
+//! contract the trait states, so production behaves like the world the simulator checks. (They
+//! may reach it sooner: a full buffer, or an owned write of a buffer's worth, goes through at
+//! once, which the contract allows.)
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};

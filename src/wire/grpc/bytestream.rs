@@ -138,14 +138,16 @@ async fn receive(
         }
         wire_end += message.data.len() as u64;
         finished = message.finish_write;
-        let data = message.data;
+        // The bytes are moved out here and released before the next message is decoded: they
+        // share tonic's receive buffer, which then reuses that memory instead of allocating (and
+        // faulting in) a fresh one.
         match inflater.as_deref_mut() {
-            None => upload.write(data.clone()).await?,
-            Some(inflater) => inflater.feed(&data, upload).await?,
+            None => upload.write(message.data).await?,
+            Some(inflater) => {
+                let data = message.data;
+                inflater.feed(&data, upload).await?;
+            }
         }
-        // Released before the next message is decoded: these bytes share tonic's receive buffer,
-        // which then reuses that memory instead of allocating (and faulting in) a fresh one.
-        drop(data);
         let end = match stream.message().await {
             Ok(Some(next)) => {
                 message = next;
